@@ -1,0 +1,89 @@
+// Argument checks shared by the CPU and CUDA entry points. The Python package validates first and
+// gives friendlier messages; these checks make the raw ops (torch.ops.medtrim.*) safe on their own:
+// bad input raises a RuntimeError naming the argument instead of reading out of bounds.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+
+namespace medtrim {
+
+constexpr int64_t kMaxClasses = 32;  // one 32-bit disease mask per sample
+
+// dis (N,) int32 disease masks, adj (N, C, WA) int32, dir (N, C, WR) int32.
+inline void check_entities(const char* name, const at::Tensor& dis, const at::Tensor& adj,
+                           const at::Tensor& dir) {
+  TORCH_CHECK(dis.scalar_type() == at::kInt, name, "_dis must be int32, got ", dis.scalar_type());
+  TORCH_CHECK(adj.scalar_type() == at::kInt, name, "_adj must be int32, got ", adj.scalar_type());
+  TORCH_CHECK(dir.scalar_type() == at::kInt, name, "_dir must be int32, got ", dir.scalar_type());
+  TORCH_CHECK(dis.dim() == 1, name, "_dis must be 1-D (N,), got shape ", dis.sizes());
+  TORCH_CHECK(adj.dim() == 3, name, "_adj must be 3-D (N, classes, words), got shape ", adj.sizes());
+  TORCH_CHECK(dir.dim() == 3, name, "_dir must be 3-D (N, classes, words), got shape ", dir.sizes());
+  TORCH_CHECK(adj.size(0) == dis.size(0) && dir.size(0) == dis.size(0), name,
+              "_dis, ", name, "_adj and ", name, "_dir disagree on N: ", dis.size(0), ", ",
+              adj.size(0), ", ", dir.size(0));
+  TORCH_CHECK(adj.size(1) == dir.size(1), name, "_adj and ", name,
+              "_dir disagree on the number of classes: ", adj.size(1), " vs ", dir.size(1));
+  TORCH_CHECK(adj.size(1) >= 1 && adj.size(1) <= kMaxClasses, name,
+              ": the number of disease classes must be between 1 and ", kMaxClasses, ", got ",
+              adj.size(1));
+  TORCH_CHECK(adj.size(2) >= 1 && dir.size(2) >= 1, name,
+              "_adj and ", name, "_dir need at least one word per class");
+  TORCH_CHECK(dis.device() == adj.device() && dis.device() == dir.device(), name,
+              "_dis, ", name, "_adj and ", name, "_dir must be on one device");
+  TORCH_CHECK(dis.size(0) < (int64_t(1) << 31), name, ": at most 2^31 - 1 samples are supported");
+}
+
+inline void check_pair(const at::Tensor& a_adj, const at::Tensor& a_dir, const at::Tensor& b_adj,
+                       const at::Tensor& b_dir) {
+  TORCH_CHECK(a_adj.size(1) == b_adj.size(1) && a_adj.size(2) == b_adj.size(2) &&
+                  a_dir.size(2) == b_dir.size(2),
+              "anchors and candidates must use the same vocabulary layout: anchor_adj ",
+              a_adj.sizes(), " / anchor_dir ", a_dir.sizes(), " vs candidate_adj ", b_adj.sizes(),
+              " / candidate_dir ", b_dir.sizes());
+  TORCH_CHECK(a_adj.device() == b_adj.device(), "anchors (", a_adj.device(),
+              ") and candidates (", b_adj.device(), ") must be on the same device");
+}
+
+inline void check_weight(const char* name, double w) {
+  TORCH_CHECK(std::isfinite(w) && w >= 0.0, name, " must be finite and >= 0, got ", w);
+}
+
+inline void check_weights(double w_dis, double w_adj, double w_dir) {
+  check_weight("w_dis", w_dis);
+  check_weight("w_adj", w_adj);
+  check_weight("w_dir", w_dir);
+  TORCH_CHECK(std::isfinite(static_cast<float>(w_dis)) && std::isfinite(static_cast<float>(w_adj)) &&
+                  std::isfinite(static_cast<float>(w_dir)),
+              "weights must be representable in float32");
+}
+
+inline void check_mining(const at::Tensor& a_dis, const at::Tensor& a_ids, const at::Tensor& b_dis,
+                         const at::Tensor& b_ids, const at::Tensor& semi_hard, double threshold,
+                         double upper) {
+  TORCH_CHECK(a_ids.scalar_type() == at::kLong && b_ids.scalar_type() == at::kLong,
+              "anchor_ids and candidate_ids must be int64");
+  TORCH_CHECK(a_ids.dim() == 1 && a_ids.size(0) == a_dis.size(0), "anchor_ids must have shape (",
+              a_dis.size(0), ",), got ", a_ids.sizes());
+  TORCH_CHECK(b_ids.dim() == 1 && b_ids.size(0) == b_dis.size(0),
+              "candidate_ids must have shape (", b_dis.size(0), ",), got ", b_ids.sizes());
+  TORCH_CHECK(semi_hard.scalar_type() == at::kBool && semi_hard.dim() == 1 &&
+                  semi_hard.size(0) == a_dis.size(0),
+              "semi_hard must be a bool tensor of shape (", a_dis.size(0), ",)");
+  TORCH_CHECK(a_ids.device() == a_dis.device() && b_ids.device() == a_dis.device() &&
+                  semi_hard.device() == a_dis.device(),
+              "anchor_ids, candidate_ids and semi_hard must be on the anchors' device");
+  TORCH_CHECK(std::isfinite(threshold) && std::isfinite(upper) && 0.0 <= threshold &&
+                  threshold <= upper,
+              "need 0 <= threshold <= upper (both finite), got threshold=", threshold,
+              ", upper=", upper);
+}
+
+// Only bits of existing classes may be read: mask the rest off inside the kernels.
+inline uint32_t class_mask(int64_t classes) {
+  return classes >= 32 ? 0xFFFFFFFFu : ((1u << classes) - 1u);
+}
+
+}  // namespace medtrim

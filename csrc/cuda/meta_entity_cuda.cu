@@ -1,0 +1,232 @@
+// CUDA kernels: a tiled score matrix and a fused score + mining pass that streams candidate tiles
+// through shared memory and keeps a per-anchor running selection, so N x M is never written.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "checks.h"
+#include "meta_entity.h"
+#include "meta_entity_ops.h"
+
+namespace medtrim {
+namespace {
+
+constexpr int kThreads = 128;          // threads per block in both kernels
+constexpr int kDefaultSharedLimit = 48 * 1024;  // usable without an opt-in on every GPU
+
+struct DeviceEntities {
+  const uint32_t* dis;
+  const uint32_t* adj;
+  const uint32_t* dir;
+  int64_t n;
+  int adj_stride;  // classes * wa
+  int dir_stride;  // classes * wr
+};
+
+DeviceEntities device_entities(const at::Tensor& dis, const at::Tensor& adj, const at::Tensor& dir) {
+  return DeviceEntities{reinterpret_cast<const uint32_t*>(dis.data_ptr<int32_t>()),
+                        reinterpret_cast<const uint32_t*>(adj.data_ptr<int32_t>()),
+                        reinterpret_cast<const uint32_t*>(dir.data_ptr<int32_t>()), dis.size(0),
+                        static_cast<int>(adj.size(1) * adj.size(2)),
+                        static_cast<int>(dir.size(1) * dir.size(2))};
+}
+
+// Copies `count` consecutive samples starting at `first` into shared memory (coalesced).
+__device__ void stage_samples(const DeviceEntities& e, int64_t first, int count, uint32_t* s_dis,
+                              uint32_t* s_adj, uint32_t* s_dir, uint32_t classes_mask) {
+  for (int k = threadIdx.x; k < count; k += blockDim.x) s_dis[k] = e.dis[first + k] & classes_mask;
+  const uint32_t* g_adj = e.adj + first * e.adj_stride;
+  for (int k = threadIdx.x; k < count * e.adj_stride; k += blockDim.x) s_adj[k] = g_adj[k];
+  const uint32_t* g_dir = e.dir + first * e.dir_stride;
+  for (int k = threadIdx.x; k < count * e.dir_stride; k += blockDim.x) s_dir[k] = g_dir[k];
+}
+
+// Each block scores `rows` anchors (staged in shared memory, read by all threads at once) against
+// kThreads candidates (one per thread, read from global memory, cached across the rows). Threads
+// write consecutive columns, so every row write is coalesced.
+__global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows, int wa, int wr,
+                                    uint32_t classes_mask, ScoreWeights w, float* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem);
+  uint32_t* s_adj = s_dis + rows;
+  uint32_t* s_dir = s_adj + rows * A.adj_stride;
+
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * rows;
+  const int count = static_cast<int>(min(static_cast<int64_t>(rows), A.n - row0));
+  stage_samples(A, row0, count, s_dis, s_adj, s_dir, classes_mask);
+  __syncthreads();
+
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= B.n) return;
+  const SampleView cand{__ldg(B.dis + j) & classes_mask, B.adj + j * B.adj_stride,
+                        B.dir + j * B.dir_stride};
+  for (int r = 0; r < count; ++r) {
+    const SampleView anchor{s_dis[r], s_adj + r * A.adj_stride, s_dir + r * A.dir_stride};
+    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w);
+  }
+}
+
+// Each thread owns one anchor and walks one split of the candidates, tile by tile; candidates are
+// staged in shared memory and read by all threads at once. Partial selections go to `partial`
+// (splits x N), merged by finalize_kernel.
+__global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B, const int64_t* __restrict__ a_ids,
+                                    const int64_t* __restrict__ b_ids, int tile, int64_t split_len,
+                                    int wa, int wr, uint32_t classes_mask, ScoreWeights w,
+                                    float threshold, float upper, MineState* __restrict__ partial) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  int64_t* s_ids = reinterpret_cast<int64_t*>(smem);
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(s_ids + tile);
+  uint32_t* s_adj = s_dis + tile;
+  uint32_t* s_dir = s_adj + tile * B.adj_stride;
+
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool active = i < A.n;
+  SampleView anchor{0u, nullptr, nullptr};
+  int64_t self = 0;
+  if (active) {
+    anchor = SampleView{__ldg(A.dis + i) & classes_mask, A.adj + i * A.adj_stride,
+                        A.dir + i * A.dir_stride};
+    self = a_ids[i];
+  }
+
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * split_len;
+  const int64_t end = min(B.n, begin + split_len);
+  MineState state;
+  for (int64_t t0 = begin; t0 < end; t0 += tile) {
+    const int count = static_cast<int>(min(static_cast<int64_t>(tile), end - t0));
+    for (int k = threadIdx.x; k < count; k += blockDim.x) s_ids[k] = b_ids[t0 + k];
+    stage_samples(B, t0, count, s_dis, s_adj, s_dir, classes_mask);
+    __syncthreads();
+    if (active) {
+      for (int t = 0; t < count; ++t) {
+        if (s_ids[t] == self) continue;
+        const SampleView cand{s_dis[t], s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
+        state.push(pair_score(anchor, cand, wa, wr, w), static_cast<uint32_t>(t0 + t), threshold,
+                   upper);
+      }
+    }
+    __syncthreads();
+  }
+  if (active) partial[static_cast<int64_t>(blockIdx.y) * A.n + i] = state;
+}
+
+__global__ void mine_finalize_kernel(const MineState* __restrict__ partial, int splits, int64_t n,
+                                     const bool* __restrict__ semi_hard,
+                                     int64_t* __restrict__ positive, int64_t* __restrict__ negative) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  MineState state = partial[i];
+  for (int s = 1; s < splits; ++s) state.merge(partial[static_cast<int64_t>(s) * n + i]);
+  positive[i] = state.positive_index();
+  negative[i] = state.negative_index(semi_hard[i]);
+}
+
+// Largest power-of-two tile (<= kThreads) whose shared memory fits the default 48 KiB.
+int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes) {
+  int tile = kThreads;
+  while (tile > 1 && fixed_bytes + tile * bytes_per_sample > kDefaultSharedLimit) tile /= 2;
+  TORCH_CHECK(fixed_bytes + tile * bytes_per_sample <= kDefaultSharedLimit,
+              "the vocabulary is too large for the CUDA kernels (",
+              bytes_per_sample, " bytes of masks per sample)");
+  return tile;
+}
+
+int multiprocessor_count(int device) {
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return std::max(sms, 1);
+}
+
+ScoreWeights to_float_weights(double w_dis, double w_adj, double w_dir) {
+  return ScoreWeights{static_cast<float>(w_dis), static_cast<float>(w_adj),
+                      static_cast<float>(w_dir)};
+}
+
+}  // namespace
+
+at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
+                             const at::Tensor& a_dir, const at::Tensor& b_dis,
+                             const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,
+                             double w_adj, double w_dir) {
+  check_entities("anchor", a_dis, a_adj, a_dir);
+  check_entities("candidate", b_dis, b_adj, b_dir);
+  check_pair(a_adj, a_dir, b_adj, b_dir);
+  check_weights(w_dis, w_adj, w_dir);
+  TORCH_CHECK(a_dis.is_cuda(), "score_matrix_cuda called with tensors on ", a_dis.device());
+  const c10::cuda::CUDAGuard guard(a_dis.device());
+
+  const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
+  const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
+  const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
+  auto out = at::empty({A.n, B.n}, a_dis.options().dtype(at::kFloat));
+  if (A.n == 0 || B.n == 0) return out;
+
+  const int64_t per_sample = 4 * (1 + A.adj_stride + A.dir_stride);
+  const int rows = std::min(pick_tile(per_sample, 0), 16);
+  const size_t smem = static_cast<size_t>(rows * per_sample);
+  const dim3 grid(static_cast<unsigned>((B.n + kThreads - 1) / kThreads),
+                  static_cast<unsigned>((A.n + rows - 1) / rows));
+  TORCH_CHECK(grid.y <= 65535u, "too many anchors for one score matrix launch: ", A.n);
+  score_matrix_kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+      A, B, rows, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
+      class_mask(a_adj.size(1)), to_float_weights(w_dis, w_adj, w_dir), out.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
+    const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+    const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
+    const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
+    double w_adj, double w_dir, double threshold, double upper) {
+  check_entities("anchor", a_dis, a_adj, a_dir);
+  check_entities("candidate", b_dis, b_adj, b_dir);
+  check_pair(a_adj, a_dir, b_adj, b_dir);
+  check_weights(w_dis, w_adj, w_dir);
+  check_mining(a_dis, a_ids, b_dis, b_ids, semi_hard, threshold, upper);
+  TORCH_CHECK(a_dis.is_cuda(), "mine_triplets_cuda called with tensors on ", a_dis.device());
+  const c10::cuda::CUDAGuard guard(a_dis.device());
+
+  const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
+  const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
+  const auto aid = a_ids.contiguous(), bid = b_ids.contiguous(), semi = semi_hard.contiguous();
+  const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
+  auto positive = at::full({A.n}, -1, a_ids.options());
+  auto negative = at::full({A.n}, -1, a_ids.options());
+  if (A.n == 0 || B.n == 0) return {positive, negative};
+
+  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8;  // masks + id
+  const int tile = pick_tile(per_sample, 0);
+  const size_t smem = static_cast<size_t>(tile * per_sample);
+
+  // Split the candidates so that even a small N keeps every SM busy; each split adds O(N) state.
+  const int64_t anchor_blocks = (A.n + kThreads - 1) / kThreads;
+  const int64_t target_blocks = 8LL * multiprocessor_count(a_dis.get_device());
+  const int64_t max_splits = std::max<int64_t>(1, (B.n + tile - 1) / tile);
+  const int64_t splits = std::clamp<int64_t>((target_blocks + anchor_blocks - 1) / anchor_blocks,
+                                             1, std::min<int64_t>(max_splits, 64));
+  const int64_t split_len = ((B.n + splits - 1) / splits + tile - 1) / tile * tile;
+  const int64_t used_splits = (B.n + split_len - 1) / split_len;
+
+  auto partial = at::empty({used_splits, A.n, static_cast<int64_t>(sizeof(MineState))},
+                           a_dis.options().dtype(at::kByte));
+  auto* partial_ptr = reinterpret_cast<MineState*>(partial.data_ptr<uint8_t>());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>(used_splits));
+  mine_partial_kernel<<<grid, kThreads, smem, stream>>>(
+      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), tile, split_len,
+      static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)), class_mask(a_adj.size(1)),
+      to_float_weights(w_dis, w_adj, w_dir), static_cast<float>(threshold),
+      static_cast<float>(upper), partial_ptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  mine_finalize_kernel<<<static_cast<unsigned>(anchor_blocks), kThreads, 0, stream>>>(
+      partial_ptr, static_cast<int>(used_splits), A.n, semi.data_ptr<bool>(),
+      positive.data_ptr<int64_t>(), negative.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {positive, negative};
+}
+
+}  // namespace medtrim

@@ -1,0 +1,196 @@
+// Meta-entity pair score and per-anchor triplet selection, shared by the CPU and CUDA kernels.
+//
+// A sample is encoded as bitsets: a disease mask (bit d = disease class d present, at most 32
+// classes) and, per disease class, an adjective mask of `wa` 32-bit words and a direction mask of
+// `wr` words. A pair score is then a few AND/OR/popcount operations per shared disease.
+//
+// Every floating-point step is an explicit, correctly rounded float32 operation in a fixed order
+// (no FMA contraction), so the CPU kernel, the CUDA kernel and the pure-PyTorch reference produce
+// bit-identical scores, and therefore identical ties and identical mined indices.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MT_HD __host__ __device__ __forceinline__
+#else
+#define MT_HD inline
+#endif
+
+namespace medtrim {
+
+MT_HD int popcount32(uint32_t x) {
+#if defined(__CUDA_ARCH__)
+  return __popc(x);
+#else
+  return __builtin_popcount(x);
+#endif
+}
+
+MT_HD int lowest_bit(uint32_t x) {  // x != 0
+#if defined(__CUDA_ARCH__)
+  return __ffs(static_cast<int>(x)) - 1;
+#else
+  return __builtin_ctz(x);
+#endif
+}
+
+MT_HD float f_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+MT_HD float f_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+MT_HD float f_div(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+struct ScoreWeights {
+  float w_dis;
+  float w_adj;
+  float w_dir;
+};
+
+// Intersection over union of two bitsets; 1 when both are empty (the published rule).
+MT_HD float set_iou(const uint32_t* a, const uint32_t* b, int words) {
+  int inter = 0, uni = 0;
+  for (int w = 0; w < words; ++w) {
+    inter += popcount32(a[w] & b[w]);
+    uni += popcount32(a[w] | b[w]);
+  }
+  return uni == 0 ? 1.0f : f_div(static_cast<float>(inter), static_cast<float>(uni));
+}
+
+// One sample's view: its disease mask and pointers to its (classes x words) adjective and direction
+// masks. `dis` must already be restricted to the valid classes.
+struct SampleView {
+  uint32_t dis;
+  const uint32_t* adj;  // [classes][wa]
+  const uint32_t* dir;  // [classes][wr]
+};
+
+// S(a, b) = w_dis * J(L_a, L_b)
+//         + (w_adj * sum_{d in a&b} IoU(adj) + w_dir * sum_{d in a&b} IoU(dir)) / |a|
+// J is the Jaccard index of the multi-hot labels with the implied "no finding" class, so two empty
+// records have J = 1, one empty record J = 0, and the descriptor sums vanish when a is empty.
+MT_HD float pair_score(const SampleView& a, const SampleView& b, int wa, int wr, ScoreWeights w) {
+  if (a.dis == 0) return b.dis == 0 ? w.w_dis : 0.0f;
+  const uint32_t shared = a.dis & b.dis;
+  if (shared == 0) return 0.0f;
+  const float jaccard = f_div(static_cast<float>(popcount32(shared)),
+                              static_cast<float>(popcount32(a.dis | b.dis)));
+  float adj_sum = 0.0f, dir_sum = 0.0f;
+  for (uint32_t rest = shared; rest != 0; rest &= rest - 1) {  // diseases in ascending order
+    const int d = lowest_bit(rest);
+    adj_sum = f_add(adj_sum, set_iou(a.adj + d * wa, b.adj + d * wa, wa));
+    dir_sum = f_add(dir_sum, set_iou(a.dir + d * wr, b.dir + d * wr, wr));
+  }
+  const float descriptors = f_add(f_mul(w.w_adj, adj_sum), f_mul(w.w_dir, dir_sum));
+  return f_add(f_mul(w.w_dis, jaccard),
+               f_div(descriptors, static_cast<float>(popcount32(a.dis))));
+}
+
+// ---- streaming selection of (positive, negative) for one anchor -------------------------------
+//
+// Candidates are ranked by 64-bit keys that combine the score with the candidate index, so that one
+// integer comparison orders by score and breaks ties towards the lowest index. Scores are finite
+// and >= 0 (weights are validated), so their IEEE bits order like the values.
+constexpr uint64_t kNoMax = 0;           // "none" for keys where larger is better
+constexpr uint64_t kNoMin = ~uint64_t(0);  // "none" for keys where smaller is better
+
+MT_HD uint32_t float_bits(float s) {
+  union { float f; uint32_t u; } v;
+  v.f = s + 0.0f;  // turns -0 into +0
+  return v.u;
+}
+MT_HD uint64_t max_key(float s, uint32_t j) {  // larger score first, then lower index
+  return (static_cast<uint64_t>(float_bits(s)) << 32) | static_cast<uint32_t>(~j);
+}
+MT_HD uint64_t min_key(float s, uint32_t j) {  // smaller score first, then lower index
+  return (static_cast<uint64_t>(float_bits(s)) << 32) | j;
+}
+MT_HD int64_t max_key_index(uint64_t k) { return static_cast<int64_t>(static_cast<uint32_t>(~static_cast<uint32_t>(k))); }
+MT_HD int64_t min_key_index(uint64_t k) { return static_cast<int64_t>(static_cast<uint32_t>(k)); }
+
+// The two best keys seen so far. Keys are unique (they contain the index), so the runner-up is the
+// answer when the best one turns out to be the positive, which the negative must not repeat.
+struct TopTwoMax {
+  uint64_t k1 = kNoMax, k2 = kNoMax;
+  MT_HD void push(uint64_t k) {
+    if (k > k1) { k2 = k1; k1 = k; } else if (k > k2) { k2 = k; }
+  }
+  MT_HD void merge(const TopTwoMax& o) { push(o.k1); push(o.k2); }
+  // best index other than `exclude`, or -1
+  MT_HD int64_t best_except(int64_t exclude) const {
+    if (k1 != kNoMax && max_key_index(k1) != exclude) return max_key_index(k1);
+    if (k2 != kNoMax && max_key_index(k2) != exclude) return max_key_index(k2);
+    return -1;
+  }
+};
+struct TopTwoMin {
+  uint64_t k1 = kNoMin, k2 = kNoMin;
+  MT_HD void push(uint64_t k) {
+    if (k < k1) { k2 = k1; k1 = k; } else if (k < k2) { k2 = k; }
+  }
+  MT_HD void merge(const TopTwoMin& o) { push(o.k1); push(o.k2); }
+  MT_HD int64_t best_except(int64_t exclude) const {
+    if (k1 != kNoMin && min_key_index(k1) != exclude) return min_key_index(k1);
+    if (k2 != kNoMin && min_key_index(k2) != exclude) return min_key_index(k2);
+    return -1;
+  }
+};
+
+// Everything one pass over the candidates must remember for one anchor. Mining rules:
+//   positive  = highest score (lowest index on ties)
+//   kept      = candidates other than the positive with score < upper
+//   semi-hard = lowest score >= threshold among kept, else the highest among kept
+//   hard      = lowest score among kept
+struct MineState {
+  uint64_t positive = kNoMax;  // max key over all candidates
+  TopTwoMax below_upper_max;   // fallback of the semi-hard rule
+  TopTwoMin below_upper_min;   // hard rule
+  TopTwoMin semi_hard_min;     // threshold <= score < upper
+
+  MT_HD void push(float s, uint32_t j, float threshold, float upper) {
+    const uint64_t kmax = max_key(s, j);
+    if (kmax > positive) positive = kmax;
+    if (s < upper) {
+      below_upper_max.push(kmax);
+      const uint64_t kmin = min_key(s, j);
+      below_upper_min.push(kmin);
+      if (s >= threshold) semi_hard_min.push(kmin);
+    }
+  }
+  MT_HD void merge(const MineState& o) {
+    if (o.positive > positive) positive = o.positive;
+    below_upper_max.merge(o.below_upper_max);
+    below_upper_min.merge(o.below_upper_min);
+    semi_hard_min.merge(o.semi_hard_min);
+  }
+  MT_HD int64_t positive_index() const {
+    return positive == kNoMax ? -1 : max_key_index(positive);
+  }
+  MT_HD int64_t negative_index(bool semi_hard) const {
+    const int64_t pos = positive_index();
+    if (pos < 0) return -1;
+    if (semi_hard) {
+      const int64_t n = semi_hard_min.best_except(pos);
+      return n >= 0 ? n : below_upper_max.best_except(pos);
+    }
+    return below_upper_min.best_except(pos);
+  }
+};
+
+}  // namespace medtrim

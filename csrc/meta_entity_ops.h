@@ -1,0 +1,36 @@
+// Entry points of the meta-entity kernels; registered as torch ops in python/ops_registration*.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace medtrim {
+
+// (N, M) float32 score matrix, S[a, b] = score of anchor a against candidate b.
+at::Tensor score_matrix_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj,
+                            const at::Tensor& a_dir, const at::Tensor& b_dis,
+                            const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,
+                            double w_adj, double w_dir);
+
+// Fused score + mining: (positive, negative) int64 (N,), -1 where there is none. Never builds N x M.
+std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
+    const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+    const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
+    const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
+    double w_adj, double w_dir, double threshold, double upper);
+
+#ifdef MEDTRIM_WITH_CUDA
+at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
+                             const at::Tensor& a_dir, const at::Tensor& b_dis,
+                             const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,
+                             double w_adj, double w_dir);
+
+std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
+    const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+    const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
+    const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
+    double w_adj, double w_dir, double threshold, double upper);
+#endif
+
+}  // namespace medtrim

@@ -1,0 +1,32 @@
+"""medtrim_ext: meta-entity triplet mining (MedTrim) with C++/CUDA kernels behind a PyTorch API.
+
+    >>> from medtrim_ext import MetaEntities, TripletMiner
+    >>> ents = MetaEntities.from_records([{"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}, {}])
+    >>> triplets = TripletMiner()(ents)
+"""
+
+from __future__ import annotations
+
+from ._loader import load_extension as _load_extension
+
+_C = _load_extension()
+
+from . import ops as _ops  # noqa: E402  (registers the fake kernels)
+from . import reference  # noqa: E402
+from .entities import MetaEntities  # noqa: E402
+from .mining import TripletMiner, Triplets  # noqa: E402
+from .vocabulary import Vocabulary  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["MetaEntities", "TripletMiner", "Triplets", "Vocabulary", "build_info", "reference"]
+
+
+def build_info() -> dict:
+    """Which backends are compiled, the torch they were built for, and what runs now."""
+    import torch
+
+    info = dict(_C.build_info())
+    info["version"] = __version__
+    info["torch_runtime"] = torch.__version__
+    info["cuda_available"] = bool("cuda" in info["backends"] and torch.cuda.is_available())
+    return info

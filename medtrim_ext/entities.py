@@ -1,0 +1,203 @@
+"""MetaEntities: the diseases, adjectives and directions of N reports, packed for the kernels."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from .bits import num_words, pack_bits, unpack_bits
+from .vocabulary import NO_FINDING, Vocabulary
+
+
+class MetaEntities:
+    """Meta-entities of N samples over one :class:`Vocabulary`.
+
+    Per sample: a set of diseases and, per disease, a set of adjectives and a set of directions.
+    Stored as bitsets (what the kernels read):
+
+    - ``disease_bits``: int32 ``(N,)``, bit d set when disease class d is present
+    - ``adjective_bits``: int32 ``(N, C, ceil(A / 32))``
+    - ``direction_bits``: int32 ``(N, C, ceil(R / 32))``
+
+    An empty sample means "no finding". Descriptors of a disease that is absent are dropped.
+    Build with :meth:`from_records` or :meth:`from_masks`; move with :meth:`to`; subset with
+    ``ents[idx]`` (int, slice, index list/tensor or bool mask); ``len(ents)`` is N.
+    """
+
+    def __init__(self, disease_bits: torch.Tensor, adjective_bits: torch.Tensor,
+                 direction_bits: torch.Tensor, vocabulary: Vocabulary):
+        c, a, r = vocabulary.sizes
+        n = disease_bits.shape[0] if disease_bits.dim() == 1 else -1
+        expected = {"disease_bits": (disease_bits, (n,)),
+                    "adjective_bits": (adjective_bits, (n, c, num_words(a))),
+                    "direction_bits": (direction_bits, (n, c, num_words(r)))}
+        for name, (t, shape) in expected.items():
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.int32:
+                raise TypeError(f"{name} must be an int32 tensor")
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+            if t.device != disease_bits.device:
+                raise ValueError(f"{name} is on {t.device} but disease_bits on {disease_bits.device}")
+        self.disease_bits = disease_bits
+        self.adjective_bits = adjective_bits
+        self.direction_bits = direction_bits
+        self.vocabulary = vocabulary
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_masks(cls, diseases: torch.Tensor, adjectives: torch.Tensor, directions: torch.Tensor,
+                   vocabulary: Vocabulary | None = None) -> "MetaEntities":
+        """From bool masks ``diseases (N, C)``, ``adjectives (N, C, A)``, ``directions (N, C, R)``,
+        whose columns follow ``vocabulary`` (default: the packaged ontology)."""
+        vocab = vocabulary if vocabulary is not None else Vocabulary.default()
+        c, a, r = vocab.sizes
+        for name, t, dims, cols in (("diseases", diseases, 2, c), ("adjectives", adjectives, 3, a),
+                                    ("directions", directions, 3, r)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype != torch.bool:
+                raise TypeError(f"{name} must be a bool tensor, got {t.dtype} (use .bool())")
+            if t.dim() != dims:
+                raise ValueError(f"{name} must be {dims}-D, got shape {tuple(t.shape)}")
+            if t.shape[-1] != cols:
+                raise ValueError(f"{name} has {t.shape[-1]} columns but the vocabulary "
+                                 f"{vocab.name!r} has {cols}; pass vocabulary=...")
+        n = diseases.shape[0]
+        for name, t in (("adjectives", adjectives), ("directions", directions)):
+            if tuple(t.shape[:2]) != (n, c):
+                raise ValueError(f"{name} must have shape ({n}, {c}, ...) to match diseases, "
+                                 f"got {tuple(t.shape)}")
+            if t.device != diseases.device:
+                raise ValueError(f"{name} is on {t.device} but diseases on {diseases.device}")
+        present = diseases.unsqueeze(-1)
+        return cls(pack_bits(diseases).squeeze(-1), pack_bits(adjectives & present),
+                   pack_bits(directions & present), vocab)
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping], vocabulary: Vocabulary | None = None,
+                     device: torch.device | str | None = None) -> "MetaEntities":
+        """From one dict per report: ``{disease: {"adjs": [...], "dirs": [...]}}``.
+
+        Names go through the vocabulary's synonyms (case-insensitive); unknown names raise
+        ``ValueError`` naming the record and the name. ``{}`` (or ``{"no finding": ...}``) is a
+        report with no finding.
+        """
+        vocab = vocabulary if vocabulary is not None else Vocabulary.default()
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+            raise TypeError("records must be a sequence of dicts, one per report")
+        records = list(records)
+        c, a, r = vocab.sizes
+        dis = torch.zeros(len(records), c, dtype=torch.bool)
+        adj = torch.zeros(len(records), c, a, dtype=torch.bool)
+        dirs = torch.zeros(len(records), c, r, dtype=torch.bool)
+        for i, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise TypeError(f"records[{i}] must be a dict, got {type(record).__name__}")
+            names = [k for k in record if not (isinstance(k, str) and k.strip().lower() == NO_FINDING)]
+            if len(names) != len(record) and names:
+                raise ValueError(f"records[{i}] lists {NO_FINDING!r} together with diseases {names}")
+            for name in names:
+                try:
+                    d = vocab.disease_index(name)
+                    spec = record[name]
+                    dis[i, d] = True
+                    for adj_name in _descriptor_list(spec, "adjs"):
+                        adj[i, d, vocab.adjective_index(adj_name)] = True
+                    for dir_name in _descriptor_list(spec, "dirs"):
+                        dirs[i, d, vocab.direction_index(dir_name)] = True
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"records[{i}]: {exc}") from None
+        ents = cls.from_masks(dis, adj, dirs, vocab)
+        return ents.to(device) if device is not None else ents
+
+    @classmethod
+    def cat(cls, parts: Sequence["MetaEntities"]) -> "MetaEntities":
+        """Concatenate entity sets that share a vocabulary and a device."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("cat needs at least one MetaEntities")
+        for i, p in enumerate(parts[1:], 1):
+            if p.vocabulary != parts[0].vocabulary:
+                raise ValueError(f"parts[{i}] has a different vocabulary than parts[0]")
+            if p.device != parts[0].device:
+                raise ValueError(f"parts[{i}] is on {p.device} but parts[0] on {parts[0].device}")
+        return cls(torch.cat([p.disease_bits for p in parts]),
+                   torch.cat([p.adjective_bits for p in parts]),
+                   torch.cat([p.direction_bits for p in parts]), parts[0].vocabulary)
+
+    # -- views -----------------------------------------------------------------------------------
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bool masks ``(N, C)``, ``(N, C, A)``, ``(N, C, R)`` in vocabulary column order."""
+        c, a, r = self.vocabulary.sizes
+        return (unpack_bits(self.disease_bits.unsqueeze(-1), c), unpack_bits(self.adjective_bits, a),
+                unpack_bits(self.direction_bits, r))
+
+    def to_records(self) -> list[dict]:
+        """One ``{disease: {"adjs": [...], "dirs": [...]}}`` dict per sample, canonical names."""
+        vocab = self.vocabulary
+        dis, adj, dirs = (m.cpu() for m in self.masks())
+        records = []
+        for i in range(len(self)):
+            rec = {}
+            for d in dis[i].nonzero().flatten().tolist():
+                rec[vocab.diseases[d]] = {
+                    "adjs": [vocab.adjectives[k] for k in adj[i, d].nonzero().flatten().tolist()],
+                    "dirs": [vocab.directions[k] for k in dirs[i, d].nonzero().flatten().tolist()],
+                }
+            records.append(rec)
+        return records
+
+    def to(self, device: torch.device | str) -> "MetaEntities":
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return MetaEntities(self.disease_bits.to(device), self.adjective_bits.to(device),
+                            self.direction_bits.to(device), self.vocabulary)
+
+    def cpu(self) -> "MetaEntities":
+        return self.to("cpu")
+
+    def cuda(self, device: int | None = None) -> "MetaEntities":
+        return self.to(torch.device("cuda", device) if device is not None else "cuda")
+
+    @property
+    def device(self) -> torch.device:
+        return self.disease_bits.device
+
+    def __len__(self) -> int:
+        return self.disease_bits.shape[0]
+
+    def __getitem__(self, idx) -> "MetaEntities":
+        if isinstance(idx, int):
+            n = len(self)
+            if not -n <= idx < n:
+                raise IndexError(f"index {idx} is out of range for {n} samples")
+            idx = slice(idx % n, idx % n + 1)
+        elif isinstance(idx, torch.Tensor):
+            if idx.dtype not in (torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+                raise TypeError(f"index tensor must be bool or integer, got {idx.dtype}")
+            idx = idx.to(self.device)
+        return MetaEntities(self.disease_bits[idx], self.adjective_bits[idx],
+                            self.direction_bits[idx], self.vocabulary)
+
+    def __repr__(self) -> str:
+        return (f"MetaEntities(n={len(self)}, vocabulary={self.vocabulary.name!r} "
+                f"{self.vocabulary.sizes}, device={self.device})")
+
+
+def _descriptor_list(spec, key: str) -> list:
+    """The adjective or direction names of one disease entry (missing or None = none)."""
+    if spec is None:
+        return []
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"the value of a disease must be a dict with 'adjs'/'dirs', got {spec!r}")
+    unknown = set(spec) - {"adjs", "dirs"}
+    if unknown:
+        raise ValueError(f"unexpected keys {sorted(unknown)} in {spec!r} (only 'adjs' and 'dirs')")
+    names = spec.get(key)
+    if names is None:
+        return []
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"{key!r} must be a list of names, got {names!r}")
+    return list(names)

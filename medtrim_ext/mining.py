@@ -1,0 +1,166 @@
+"""TripletMiner: meta-entity scores and (anchor, positive, semi-hard negative) mining."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import ops
+from .entities import MetaEntities
+
+
+class Triplets(NamedTuple):
+    """Mined triplets as three int64 ``(N,)`` tensors. ``anchor`` indexes the anchors;
+    ``positive`` and ``negative`` index the candidate set and are -1 where no triplet exists."""
+
+    anchor: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """Bool ``(N,)``: rows with both a positive and a negative."""
+        return (self.positive >= 0) & (self.negative >= 0)
+
+    def only_valid(self) -> "Triplets":
+        """The rows that form a full triplet."""
+        keep = self.valid
+        return Triplets(self.anchor[keep], self.positive[keep], self.negative[keep])
+
+    def to(self, device) -> "Triplets":
+        return Triplets(*(t.to(device) for t in self))
+
+
+def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob):
+    for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir),
+                        ("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not math.isfinite(float(torch.tensor(value, dtype=torch.float32))):
+            raise ValueError(f"{name} must fit in float32, got {value!r}")
+    if not 0 <= threshold <= upper:
+        raise ValueError(f"need 0 <= threshold <= upper, got threshold={threshold!r}, upper={upper!r}")
+    if not 0 <= semi_hard_prob <= 1:
+        raise ValueError(f"semi_hard_prob must be in [0, 1], got {semi_hard_prob!r}")
+
+
+class TripletMiner:
+    """Scores pairs of samples by their meta-entities and mines one triplet per anchor.
+
+    Score of anchor a against candidate b (asymmetric)::
+
+        S(a, b) = w_dis * J(L_a, L_b)
+                + (w_adj * sum_{d in D_a & D_b} IoU(adj_a[d], adj_b[d])
+                 + w_dir * sum_{d in D_a & D_b} IoU(dir_a[d], dir_b[d])) / |D_a|
+
+    J is the Jaccard index of the disease labels including the implied "no finding" class; an IoU
+    of two empty sets is 1. Scores are float32.
+
+    Mining, per anchor over its candidate pool (every candidate whose id differs from the anchor's):
+
+    - positive: the highest score;
+    - kept: the other candidates with score < ``upper``;
+    - negative, with probability ``semi_hard_prob`` (semi-hard): the lowest kept score that is
+      >= ``threshold``, else the highest kept score; otherwise (hard): the lowest kept score.
+
+    Ties go to the lowest candidate index. Scores are compared with ``threshold`` and ``upper``
+    in float32. An anchor with an empty pool gets positive = negative = -1; with nothing kept,
+    negative = -1. The semi-hard/hard choice is drawn on the CPU from ``generator`` (or torch's
+    default generator), so CPU and CUDA give identical triplets for the same seed; with
+    ``semi_hard_prob`` 0 or 1 nothing is drawn.
+
+    The fused kernels never build the (N, M) score matrix: memory is O(N + M).
+    """
+
+    def __init__(self, w_dis: float = 0.85, w_adj: float = 0.10, w_dir: float = 0.05,
+                 threshold: float = 0.25, upper: float = 0.6, semi_hard_prob: float = 1.0):
+        _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob)
+        self.w_dis, self.w_adj, self.w_dir = float(w_dis), float(w_adj), float(w_dir)
+        self.threshold, self.upper = float(threshold), float(upper)
+        self.semi_hard_prob = float(semi_hard_prob)
+
+    def __repr__(self) -> str:
+        return (f"TripletMiner(w_dis={self.w_dis}, w_adj={self.w_adj}, w_dir={self.w_dir}, "
+                f"threshold={self.threshold}, upper={self.upper}, semi_hard_prob={self.semi_hard_prob})")
+
+    @property
+    def weights(self) -> dict:
+        return {"w_dis": self.w_dis, "w_adj": self.w_adj, "w_dir": self.w_dir}
+
+    def score_matrix(self, anchors: MetaEntities, candidates: MetaEntities | None = None) -> torch.Tensor:
+        """(N, M) float32 scores of every anchor against every candidate (M = N without candidates)."""
+        candidates = self._check_sets(anchors, candidates)
+        return ops.score_matrix(anchors, candidates, self.w_dis, self.w_adj, self.w_dir)
+
+    def semi_hard_mask(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Bool (n,) on the CPU: which anchors use the semi-hard rule (the rest use the hard rule)."""
+        if self.semi_hard_prob >= 1.0:
+            return torch.ones(n, dtype=torch.bool)
+        if self.semi_hard_prob <= 0.0:
+            return torch.zeros(n, dtype=torch.bool)
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+        return torch.rand(n, generator=generator) < self.semi_hard_prob
+
+    def __call__(self, anchors: MetaEntities, candidates: MetaEntities | None = None, *,
+                 anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Triplets:
+        """Mine one triplet per anchor with the fused kernel.
+
+        Without ``candidates`` the anchors mine among themselves, excluding themselves. With
+        ``candidates`` (a memory bank, an all-gathered batch), pass ``anchor_ids`` and
+        ``candidate_ids`` so that equal ids (the same study) never pair; without ids nothing is
+        excluded. Indices in the result refer to the candidate set.
+        """
+        if candidates is None:
+            if candidate_ids is not None:
+                raise ValueError("candidate_ids needs candidates")
+        elif (anchor_ids is None) != (candidate_ids is None):
+            raise ValueError("pass both anchor_ids and candidate_ids, or neither")
+        cands = self._check_sets(anchors, candidates)
+        n, m, device = len(anchors), len(cands), anchors.device
+        if anchor_ids is None:
+            anchor_ids = torch.arange(n, device=device)
+            candidate_ids = anchor_ids if candidates is None else -1 - torch.arange(m, device=device)
+        else:
+            anchor_ids = _check_ids("anchor_ids", anchor_ids, n, device)
+            candidate_ids = (anchor_ids if candidates is None
+                             else _check_ids("candidate_ids", candidate_ids, m, device))
+        semi_hard = self.semi_hard_mask(n, generator).to(device)
+        pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard,
+                                     self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper)
+        return Triplets(torch.arange(n, device=device), pos, neg)
+
+    @staticmethod
+    def _check_sets(anchors, candidates):
+        if not isinstance(anchors, MetaEntities):
+            raise TypeError(f"anchors must be MetaEntities, got {type(anchors).__name__}")
+        if candidates is None:
+            return anchors
+        if not isinstance(candidates, MetaEntities):
+            raise TypeError(f"candidates must be MetaEntities, got {type(candidates).__name__}")
+        if candidates.vocabulary != anchors.vocabulary:
+            raise ValueError("candidates use a different vocabulary than anchors "
+                             f"({candidates.vocabulary.name!r} vs {anchors.vocabulary.name!r})")
+        if candidates.device != anchors.device:
+            raise ValueError(f"candidates are on {candidates.device} but anchors on {anchors.device}")
+        return candidates
+
+
+def _check_ids(name: str, ids, n: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    if tuple(ids.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(ids.shape)}")
+    if ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but the entities are on {device}")
+    return ids.to(torch.int64)

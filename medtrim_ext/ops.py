@@ -1,0 +1,44 @@
+"""Thin wrappers over the ``torch.ops.medtrim`` kernels, plus their fake (meta) implementations.
+
+The fake kernels give output shapes without running anything, which is what ``torch.compile`` and
+``torch.library.opcheck`` need. Argument checking for users lives in :mod:`medtrim_ext.mining`;
+the C++ side re-checks so the raw ops are safe on their own.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .entities import MetaEntities
+
+
+@torch.library.register_fake("medtrim::score_matrix")
+def _score_matrix_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candidate_adj,
+                       candidate_dir, w_dis, w_adj, w_dir):
+    return anchor_dis.new_empty((anchor_dis.shape[0], candidate_dis.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("medtrim::mine_triplets")
+def _mine_triplets_fake(anchor_dis, anchor_adj, anchor_dir, anchor_ids, candidate_dis,
+                        candidate_adj, candidate_dir, candidate_ids, semi_hard, w_dis, w_adj,
+                        w_dir, threshold, upper):
+    n = anchor_dis.shape[0]
+    return anchor_ids.new_empty((n,)), anchor_ids.new_empty((n,))
+
+
+def score_matrix(anchors: MetaEntities, candidates: MetaEntities, w_dis: float, w_adj: float,
+                 w_dir: float) -> torch.Tensor:
+    return torch.ops.medtrim.score_matrix(
+        anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits,
+        candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
+        float(w_dis), float(w_adj), float(w_dir))
+
+
+def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: torch.Tensor,
+                  candidate_ids: torch.Tensor, semi_hard: torch.Tensor, w_dis: float, w_adj: float,
+                  w_dir: float, threshold: float, upper: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.medtrim.mine_triplets(
+        anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits, anchor_ids,
+        candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
+        candidate_ids, semi_hard, float(w_dis), float(w_adj), float(w_dir), float(threshold),
+        float(upper))

@@ -1,0 +1,111 @@
+"""Pure-PyTorch reference implementations: the oracle for tests and the baseline for benchmarks.
+
+They follow the published MedTrim semantics from boolean masks with matrix products (no bit
+tricks), and perform the same float32 operations in the same order as the kernels, so scores agree
+bit for bit and mined indices agree exactly. They materialize (N, M) tensors: use them on sizes
+that fit in memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .entities import MetaEntities
+from .mining import Triplets
+
+
+def _iou(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """IoU of every row-set of x (N, K) with every row-set of y (M, K); 1 where both are empty."""
+    inter = x @ y.T
+    union = x.sum(1)[:, None] + y.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+
+def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, *,
+                 w_dis: float = 0.85, w_adj: float = 0.10, w_dir: float = 0.05) -> torch.Tensor:
+    """(N, M) float32 scores: S[a, b] = w_dis * J + (w_adj * sum IoU_adj + w_dir * sum IoU_dir) / |D_a|."""
+    candidates = anchors if candidates is None else candidates
+    da, aa, ra = (m.float() for m in anchors.masks())
+    db, ab, rb = (m.float() for m in candidates.masks())
+    f32 = dict(dtype=torch.float32, device=da.device)
+    wd, wa, wr = (torch.tensor(w, **f32) for w in (w_dis, w_adj, w_dir))
+
+    n_a, n_b = da.sum(1), db.sum(1)
+    inter = da @ db.T
+    union = n_a[:, None] + n_b[None, :] - inter
+    jaccard = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+    adj_sum = torch.zeros_like(inter)
+    dir_sum = torch.zeros_like(inter)
+    zero = torch.zeros((), **f32)
+    for d in range(da.shape[1]):  # ascending disease order, like the kernels
+        shared = (da[:, d, None] * db[None, :, d]) > 0
+        if not bool(shared.any()):
+            continue
+        adj_sum = adj_sum + torch.where(shared, _iou(aa[:, d], ab[:, d]), zero)
+        dir_sum = dir_sum + torch.where(shared, _iou(ra[:, d], rb[:, d]), zero)
+
+    scores = wd * jaccard + (wa * adj_sum + wr * dir_sum) / n_a.clamp_min(1)[:, None]
+    # an anchor with no finding matches only other no-finding samples, with no descriptor terms
+    empty_pair = (n_a[:, None] == 0) & (n_b[None, :] == 0)
+    no_finding_row = torch.where(empty_pair, wd, zero)
+    return torch.where(n_a[:, None] == 0, no_finding_row, scores)
+
+
+def mine_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor,
+                     semi_hard: torch.Tensor, *, threshold: float = 0.25,
+                     upper: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) per anchor row of a score matrix; -1 where there is none.
+
+    Candidate b is in anchor a's pool when ``anchor_ids[a] != candidate_ids[b]``. Ties go to the
+    lowest candidate index (``argmax``/``argmin`` return the first occurrence).
+    """
+    n, m = scores.shape
+    device = scores.device
+    none = torch.full((n,), -1, dtype=torch.int64, device=device)
+    if m == 0 or n == 0:
+        return none, none.clone()
+    f32 = dict(dtype=torch.float32, device=device)
+    thr, up = torch.tensor(threshold, **f32), torch.tensor(upper, **f32)
+    inf = torch.tensor(float("inf"), **f32)
+
+    pool = anchor_ids[:, None] != candidate_ids[None, :]
+    positive = torch.where(pool, scores, -inf).argmax(1)
+    positive = torch.where(pool.any(1), positive, none)
+
+    columns = torch.arange(m, device=device)
+    kept = pool & (scores < up) & (columns[None, :] != positive[:, None])
+    semi = kept & (scores >= thr)
+    semi_idx = torch.where(semi, scores, inf).argmin(1)
+    fallback_idx = torch.where(kept, scores, -inf).argmax(1)
+    hard_idx = torch.where(kept, scores, inf).argmin(1)
+    negative = torch.where(semi_hard, torch.where(semi.any(1), semi_idx, fallback_idx), hard_idx)
+    negative = torch.where(kept.any(1), negative, none)
+    return positive, negative
+
+
+def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None, *,
+                  anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
+                  semi_hard: torch.Tensor | None = None, w_dis: float = 0.85, w_adj: float = 0.10,
+                  w_dir: float = 0.05, threshold: float = 0.25, upper: float = 0.6) -> Triplets:
+    """Reference of the fused mining: score matrix, then :func:`mine_from_scores`.
+
+    Defaults: self-mining with ``ids = arange(N)`` when ``candidates`` is None, no exclusion for
+    an external candidate set, and the semi-hard rule for every anchor.
+    """
+    n = len(anchors)
+    device = anchors.device
+    if candidates is None:
+        candidates = anchors
+        ids = torch.arange(n, device=device)
+        anchor_ids = ids if anchor_ids is None else anchor_ids
+        candidate_ids = anchor_ids if candidate_ids is None else candidate_ids
+    elif anchor_ids is None or candidate_ids is None:
+        anchor_ids = torch.arange(n, device=device)
+        candidate_ids = -1 - torch.arange(len(candidates), device=device)
+    if semi_hard is None:
+        semi_hard = torch.ones(n, dtype=torch.bool, device=device)
+    scores = score_matrix(anchors, candidates, w_dis=w_dis, w_adj=w_adj, w_dir=w_dir)
+    pos, neg = mine_from_scores(scores, anchor_ids, candidate_ids, semi_hard,
+                                threshold=threshold, upper=upper)
+    return Triplets(torch.arange(n, device=device), pos, neg)

@@ -1,0 +1,22 @@
+// Declares the medtrim:: torch ops and registers their CPU kernels. Importing medtrim_ext._C runs
+// these static registrations; Python adds fake (meta) kernels in medtrim_ext/ops.py.
+#include <torch/library.h>
+
+#include "meta_entity_ops.h"
+
+TORCH_LIBRARY(medtrim, m) {
+  m.def(
+      "score_matrix(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "
+      "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, "
+      "float w_dis, float w_adj, float w_dir) -> Tensor");
+  m.def(
+      "mine_triplets(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, Tensor anchor_ids, "
+      "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, Tensor candidate_ids, "
+      "Tensor semi_hard, float w_dis, float w_adj, float w_dir, float threshold, float upper) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
+  m.impl("score_matrix", &medtrim::score_matrix_cpu);
+  m.impl("mine_triplets", &medtrim::mine_triplets_cpu);
+}
