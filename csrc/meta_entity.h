@@ -4,9 +4,9 @@
 // classes) and, per disease class, an adjective mask of `wa` 32-bit words and a direction mask of
 // `wr` words. A pair score is then a few AND/OR/popcount operations per shared disease.
 //
-// Every floating-point step is an explicit, correctly rounded float32 operation in a fixed order
-// (no FMA contraction), so the CPU kernel, the CUDA kernel and the pure-PyTorch reference produce
-// bit-identical scores, and therefore identical ties and identical mined indices.
+// Every floating-point step is an explicit, correctly rounded float64 operation in a fixed order (no
+// FMA contraction), rounded to float32 once, so the CPU kernel, the CUDA kernel and the pure-PyTorch
+// reference produce bit-identical scores, and therefore identical ties and identical mined indices.
 #pragma once
 
 #include <cstdint>
@@ -35,42 +35,42 @@ MT_HD int lowest_bit(uint32_t x) {  // x != 0
 #endif
 }
 
-MT_HD float f_add(float a, float b) {
+MT_HD double d_add(double a, double b) {
 #if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
+  return __dadd_rn(a, b);
 #else
   return a + b;
 #endif
 }
-MT_HD float f_mul(float a, float b) {
+MT_HD double d_mul(double a, double b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
+  return __dmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
-MT_HD float f_div(float a, float b) {
+MT_HD double d_div(double a, double b) {
 #if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
+  return __ddiv_rn(a, b);
 #else
   return a / b;
 #endif
 }
 
-struct ScoreWeights {
-  float w_dis;
-  float w_adj;
-  float w_dir;
+struct ScoreWeights {  // kept in double: the user's Python floats, unrounded
+  double w_dis;
+  double w_adj;
+  double w_dir;
 };
 
 // Intersection over union of two bitsets; 1 when both are empty (the published rule).
-MT_HD float set_iou(const uint32_t* a, const uint32_t* b, int words) {
+MT_HD double set_iou(const uint32_t* a, const uint32_t* b, int words) {
   int inter = 0, uni = 0;
   for (int w = 0; w < words; ++w) {
     inter += popcount32(a[w] & b[w]);
     uni += popcount32(a[w] | b[w]);
   }
-  return uni == 0 ? 1.0f : f_div(static_cast<float>(inter), static_cast<float>(uni));
+  return uni == 0 ? 1.0 : d_div(static_cast<double>(inter), static_cast<double>(uni));
 }
 
 // One sample's view: its disease mask and pointers to its (classes x words) adjective and direction
@@ -85,21 +85,25 @@ struct SampleView {
 //         + (w_adj * sum_{d in a&b} IoU(adj) + w_dir * sum_{d in a&b} IoU(dir)) / |a|
 // J is the Jaccard index of the multi-hot labels with the implied "no finding" class, so two empty
 // records have J = 1, one empty record J = 0, and the descriptor sums vanish when a is empty.
+//
+// Computed in double and rounded to float32 once at the end: scores that are equal in exact
+// arithmetic (0.125 + 0.05 and 0.0833.. + 0.0916..) then round to the same float32, so genuine ties
+// stay ties and break towards the lowest index, as with the published double-precision code.
 MT_HD float pair_score(const SampleView& a, const SampleView& b, int wa, int wr, ScoreWeights w) {
-  if (a.dis == 0) return b.dis == 0 ? w.w_dis : 0.0f;
+  if (a.dis == 0) return b.dis == 0 ? static_cast<float>(w.w_dis) : 0.0f;
   const uint32_t shared = a.dis & b.dis;
   if (shared == 0) return 0.0f;
-  const float jaccard = f_div(static_cast<float>(popcount32(shared)),
-                              static_cast<float>(popcount32(a.dis | b.dis)));
-  float adj_sum = 0.0f, dir_sum = 0.0f;
+  const double jaccard = d_div(static_cast<double>(popcount32(shared)),
+                               static_cast<double>(popcount32(a.dis | b.dis)));
+  double adj_sum = 0.0, dir_sum = 0.0;
   for (uint32_t rest = shared; rest != 0; rest &= rest - 1) {  // diseases in ascending order
     const int d = lowest_bit(rest);
-    adj_sum = f_add(adj_sum, set_iou(a.adj + d * wa, b.adj + d * wa, wa));
-    dir_sum = f_add(dir_sum, set_iou(a.dir + d * wr, b.dir + d * wr, wr));
+    adj_sum = d_add(adj_sum, set_iou(a.adj + d * wa, b.adj + d * wa, wa));
+    dir_sum = d_add(dir_sum, set_iou(a.dir + d * wr, b.dir + d * wr, wr));
   }
-  const float descriptors = f_add(f_mul(w.w_adj, adj_sum), f_mul(w.w_dir, dir_sum));
-  return f_add(f_mul(w.w_dis, jaccard),
-               f_div(descriptors, static_cast<float>(popcount32(a.dis))));
+  const double descriptors = d_add(d_mul(w.w_adj, adj_sum), d_mul(w.w_dir, dir_sum));
+  return static_cast<float>(d_add(d_mul(w.w_dis, jaccard),
+                                  d_div(descriptors, static_cast<double>(popcount32(a.dis)))));
 }
 
 // ---- streaming selection of (positive, negative) for one anchor -------------------------------

@@ -1,9 +1,10 @@
 """Pure-PyTorch reference implementations: the oracle for tests and the baseline for benchmarks.
 
 They follow the published MedTrim semantics from boolean masks with matrix products (no bit
-tricks), and perform the same float32 operations in the same order as the kernels, so scores agree
-bit for bit and mined indices agree exactly. They materialize (N, M) tensors: use them on sizes
-that fit in memory.
+tricks). Counts come from float32 matrix products (exact for integers), the arithmetic runs in
+float64 in the kernels' order and is rounded to float32 once, so scores agree bit for bit with the
+kernels and mined indices agree exactly. They materialize (N, M) tensors: use them on sizes that fit
+in memory.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from .entities import MetaEntities
 from .mining import Triplets
 
 
+def _counts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union sizes (float64) of every row-set of x (N, K) with every one of y (M, K)."""
+    inter = (x @ y.T).double()  # float32 products of 0/1 sums are exact integers
+    union = x.sum(1).double()[:, None] + y.sum(1).double()[None, :] - inter
+    return inter, union
+
+
 def _iou(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """IoU of every row-set of x (N, K) with every row-set of y (M, K); 1 where both are empty."""
-    inter = x @ y.T
-    union = x.sum(1)[:, None] + y.sum(1)[None, :] - inter
+    inter, union = _counts(x, y)
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
 
@@ -27,17 +34,16 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, 
     candidates = anchors if candidates is None else candidates
     da, aa, ra = (m.float() for m in anchors.masks())
     db, ab, rb = (m.float() for m in candidates.masks())
-    f32 = dict(dtype=torch.float32, device=da.device)
-    wd, wa, wr = (torch.tensor(w, **f32) for w in (w_dis, w_adj, w_dir))
+    f64 = dict(dtype=torch.float64, device=da.device)
+    wd, wa, wr = (torch.tensor(w, **f64) for w in (w_dis, w_adj, w_dir))
 
-    n_a, n_b = da.sum(1), db.sum(1)
-    inter = da @ db.T
-    union = n_a[:, None] + n_b[None, :] - inter
+    n_a, n_b = da.sum(1).double(), db.sum(1).double()
+    inter, union = _counts(da, db)
     jaccard = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
 
     adj_sum = torch.zeros_like(inter)
     dir_sum = torch.zeros_like(inter)
-    zero = torch.zeros((), **f32)
+    zero = torch.zeros((), **f64)
     for d in range(da.shape[1]):  # ascending disease order, like the kernels
         shared = (da[:, d, None] * db[None, :, d]) > 0
         if not bool(shared.any()):
@@ -49,7 +55,7 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, 
     # an anchor with no finding matches only other no-finding samples, with no descriptor terms
     empty_pair = (n_a[:, None] == 0) & (n_b[None, :] == 0)
     no_finding_row = torch.where(empty_pair, wd, zero)
-    return torch.where(n_a[:, None] == 0, no_finding_row, scores)
+    return torch.where(n_a[:, None] == 0, no_finding_row, scores).float()
 
 
 def mine_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor,

@@ -36,8 +36,7 @@ struct EntityArrays {
 int64_t row_grain(int64_t m) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(m, 1)); }
 
 ScoreWeights to_float_weights(double w_dis, double w_adj, double w_dir) {
-  return ScoreWeights{static_cast<float>(w_dis), static_cast<float>(w_adj),
-                      static_cast<float>(w_dir)};
+  return ScoreWeights{w_dis, w_adj, w_dir};
 }
 
 }  // namespace

@@ -141,8 +141,7 @@ int multiprocessor_count(int device) {
 }
 
 ScoreWeights to_float_weights(double w_dis, double w_adj, double w_dir) {
-  return ScoreWeights{static_cast<float>(w_dis), static_cast<float>(w_adj),
-                      static_cast<float>(w_dir)};
+  return ScoreWeights{w_dis, w_adj, w_dir};
 }
 
 }  // namespace

@@ -1,0 +1,89 @@
+"""The score-matrix kernel against the pure-PyTorch reference."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medtrim_ext import MetaEntities, TripletMiner, Vocabulary, reference
+
+from helpers import entity_sets, generic_vocabulary, random_entities, weights
+
+
+def kernel_and_reference(anchors, candidates, w):
+    miner = TripletMiner(*w)
+    return (miner.score_matrix(anchors, candidates),
+            reference.score_matrix(anchors, candidates, w_dis=w[0], w_adj=w[1], w_dir=w[2]))
+
+
+@given(entity_sets(), weights)
+def test_kernel_equals_reference_bit_for_bit(sets, w):
+    anchors, candidates, _ = sets
+    got, want = kernel_and_reference(anchors, candidates, w)
+    m = len(anchors) if candidates is None else len(candidates)
+    assert got.shape == (len(anchors), m) and got.dtype == torch.float32
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("n,m", [(300, 257), (97, 400)])
+def test_kernel_equals_reference_at_a_few_hundred(n, m):
+    g = torch.Generator().manual_seed(n * m)
+    vocab = Vocabulary.default()
+    a = random_entities(n, vocab, p_disease=0.15, p_desc=0.05, generator=g)
+    b = random_entities(m, vocab, p_disease=0.15, p_desc=0.05, generator=g)
+    got, want = kernel_and_reference(a, b, (0.85, 0.10, 0.05))
+    assert torch.equal(got, want)
+
+
+def test_closed_form_values():
+    recs = [{"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}},
+            {"pleural effusion": {"adjs": ["small", "large"], "dirs": ["left"]},
+             "atelectasis": {}},
+            {}, {}]
+    ents = MetaEntities.from_records(recs)
+    s = TripletMiner(w_dis=0.85, w_adj=0.10, w_dir=0.05).score_matrix(ents).double()
+    # a=0 vs b=1: J = 1/2, adj IoU = 1/2, dir IoU = 1, |D_a| = 1
+    assert s[0, 1].item() == pytest.approx(0.85 / 2 + 0.10 * 0.5 + 0.05 * 1.0, abs=1e-7)
+    # a=1 vs b=0: J = 1/2, the descriptor sums are divided by |D_a| = 2
+    assert s[1, 0].item() == pytest.approx(0.85 / 2 + (0.10 * 0.5 + 0.05 * 1.0) / 2, abs=1e-7)
+    # self-score of a non-empty record is w_dis + w_adj + w_dir; two empty records score w_dis
+    assert s[0, 0].item() == pytest.approx(1.0, abs=1e-7)
+    assert s[2, 3].item() == pytest.approx(0.85, abs=1e-7)
+    # an empty record and a non-empty one never match
+    assert s[0, 2].item() == 0.0 and s[2, 0].item() == 0.0
+
+
+def test_empty_sets_give_empty_matrices():
+    vocab = generic_vocabulary(3, 4, 2)
+    g = torch.Generator().manual_seed(0)
+    a = random_entities(5, vocab, p_disease=0.5, p_desc=0.5, generator=g)
+    miner = TripletMiner()
+    assert miner.score_matrix(a, a[:0]).shape == (5, 0)
+    assert miner.score_matrix(a[:0], a).shape == (0, 5)
+    assert miner.score_matrix(a[:0]).shape == (0, 0)
+
+
+def test_n_equals_one():
+    ents = MetaEntities.from_records([{"edema": {"adjs": ["mild"]}}])
+    assert TripletMiner().score_matrix(ents).tolist() == [[pytest.approx(1.0)]]
+
+
+@given(st.integers(1, 12), weights)
+def test_identical_records_all_score_the_self_score(n, w):
+    rec = {"edema": {"adjs": ["mild"], "dirs": ["bilateral"]}, "cardiomegaly": {}}
+    ents = MetaEntities.from_records([rec] * n)
+    s = TripletMiner(*w).score_matrix(ents)
+    assert torch.equal(s, torch.full_like(s, s[0, 0].item()))
+    assert s[0, 0].item() == pytest.approx(w[0] + w[1] + w[2], rel=1e-6)
+
+
+def test_descriptors_of_absent_diseases_are_ignored():
+    vocab = generic_vocabulary(2, 3, 2)
+    dis = torch.tensor([[True, False], [True, False]])
+    adj = torch.zeros(2, 2, 3, dtype=torch.bool)
+    adj[0, 1, 0] = True  # descriptor on a disease the sample does not have
+    dirs = torch.zeros(2, 2, 2, dtype=torch.bool)
+    ents = MetaEntities.from_masks(dis, adj, dirs, vocab)
+    s = TripletMiner().score_matrix(ents)
+    assert torch.equal(s, torch.full_like(s, s[0, 0].item()))
+    assert ents.to_records()[0] == {"disease 0": {"adjs": [], "dirs": []}}
