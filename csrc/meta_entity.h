@@ -17,7 +17,15 @@
 #define MT_HD inline
 #endif
 
+// The CPU hot loops are compiled twice, once for baseline x86-64 and once with POPCNT (see
+// csrc/cpu/hot_loops_popcnt.cpp). Each build sees these inline helpers in its own namespace, so the
+// linker can never hand the baseline build a helper compiled with instructions it may not have.
+#ifndef MEDTRIM_KERNEL_NS
+#define MEDTRIM_KERNEL_NS portable
+#endif
+
 namespace medtrim {
+inline namespace MEDTRIM_KERNEL_NS {
 
 MT_HD int popcount32(uint32_t x) {
 #if defined(__CUDA_ARCH__)
@@ -63,14 +71,30 @@ struct ScoreWeights {  // kept in double: the user's Python floats, unrounded
   double w_dir;
 };
 
+// i / u for the small integer counts of a pair score. Two interchangeable ways, bit-identical
+// because both are the correctly rounded double quotient:
+// Both return 1 for 0 / 0, which is the published IoU of two empty sets.
+struct DivideQuotient {  // divide on the spot (CUDA: cheap enough, and no table to cache)
+  MT_HD double operator()(int i, int u) const {
+    return u == 0 ? 1.0 : d_div(static_cast<double>(i), static_cast<double>(u));
+  }
+};
+struct TableQuotient {  // look up a table of every i / u with i <= u <= max_count (CPU, branchless)
+  const double* table;  // [(max_count + 1) * (max_count + 1)], entry u * (max_count + 1) + i
+  int stride;           // max_count + 1
+  MT_HD double operator()(int i, int u) const { return table[u * stride + i]; }
+};
+
 // Intersection over union of two bitsets; 1 when both are empty (the published rule).
-MT_HD double set_iou(const uint32_t* a, const uint32_t* b, int words) {
+// `words` may be a compile-time constant (std::integral_constant) so the loop unrolls.
+template <class Words, class Quotient>
+MT_HD double set_iou(const uint32_t* a, const uint32_t* b, Words words, const Quotient& q) {
   int inter = 0, uni = 0;
-  for (int w = 0; w < words; ++w) {
+  for (int w = 0; w < static_cast<int>(words); ++w) {
     inter += popcount32(a[w] & b[w]);
     uni += popcount32(a[w] | b[w]);
   }
-  return uni == 0 ? 1.0 : d_div(static_cast<double>(inter), static_cast<double>(uni));
+  return q(inter, uni);
 }
 
 // One sample's view: its disease mask and pointers to its (classes x words) adjective and direction
@@ -82,28 +106,47 @@ struct SampleView {
 };
 
 // S(a, b) = w_dis * J(L_a, L_b)
-//         + (w_adj * sum_{d in a&b} IoU(adj) + w_dir * sum_{d in a&b} IoU(dir)) / |a|
+//         + (w_adj * sum_{d in a&b} IoU(adj) + w_dir * sum_{d in a&b} IoU(dir)) * (1 / |a|)
 // J is the Jaccard index of the multi-hot labels with the implied "no finding" class, so two empty
 // records have J = 1, one empty record J = 0, and the descriptor sums vanish when a is empty.
 //
 // Computed in double and rounded to float32 once at the end: scores that are equal in exact
 // arithmetic (0.125 + 0.05 and 0.0833.. + 0.0916..) then round to the same float32, so genuine ties
 // stay ties and break towards the lowest index, as with the published double-precision code.
-MT_HD float pair_score(const SampleView& a, const SampleView& b, int wa, int wr, ScoreWeights w) {
-  if (a.dis == 0) return b.dis == 0 ? static_cast<float>(w.w_dis) : 0.0f;
+// The pieces below are also used on their own by the CPU kernel, which handles whole groups of
+// candidates with one disease mask at a time; pair_score is their composition.
+
+// Score of an anchor with no finding: w_dis against another no-finding sample, else 0.
+MT_HD float empty_anchor_score(uint32_t b_dis, ScoreWeights w) {
+  return b_dis == 0 ? static_cast<float>(w.w_dis) : 0.0f;
+}
+
+// w_adj * sum IoU(adj) + w_dir * sum IoU(dir) over the shared diseases, in ascending order.
+template <class WordsA, class WordsR, class Quotient>
+MT_HD double descriptor_term(const SampleView& a, const SampleView& b, uint32_t shared, WordsA wa,
+                             WordsR wr, ScoreWeights w, const Quotient& q) {
+  double adj_sum = 0.0, dir_sum = 0.0;
+  for (uint32_t rest = shared; rest != 0; rest &= rest - 1) {
+    const int d = lowest_bit(rest);
+    adj_sum = d_add(adj_sum, set_iou(a.adj + d * static_cast<int>(wa), b.adj + d * static_cast<int>(wa), wa, q));
+    dir_sum = d_add(dir_sum, set_iou(a.dir + d * static_cast<int>(wr), b.dir + d * static_cast<int>(wr), wr, q));
+  }
+  return d_add(d_mul(w.w_adj, adj_sum), d_mul(w.w_dir, dir_sum));
+}
+
+// jaccard = |a & b| / |a | b| and inv_count = 1 / |a| (via the quotient, so a lookup on the CPU).
+MT_HD float combine_score(double jaccard, double descriptors, double inv_count, ScoreWeights w) {
+  return static_cast<float>(d_add(d_mul(w.w_dis, jaccard), d_mul(descriptors, inv_count)));
+}
+
+template <class Quotient>
+MT_HD float pair_score(const SampleView& a, const SampleView& b, int wa, int wr, ScoreWeights w,
+                       const Quotient& q) {
+  if (a.dis == 0) return empty_anchor_score(b.dis, w);
   const uint32_t shared = a.dis & b.dis;
   if (shared == 0) return 0.0f;
-  const double jaccard = d_div(static_cast<double>(popcount32(shared)),
-                               static_cast<double>(popcount32(a.dis | b.dis)));
-  double adj_sum = 0.0, dir_sum = 0.0;
-  for (uint32_t rest = shared; rest != 0; rest &= rest - 1) {  // diseases in ascending order
-    const int d = lowest_bit(rest);
-    adj_sum = d_add(adj_sum, set_iou(a.adj + d * wa, b.adj + d * wa, wa));
-    dir_sum = d_add(dir_sum, set_iou(a.dir + d * wr, b.dir + d * wr, wr));
-  }
-  const double descriptors = d_add(d_mul(w.w_adj, adj_sum), d_mul(w.w_dir, dir_sum));
-  return static_cast<float>(d_add(d_mul(w.w_dis, jaccard),
-                                  d_div(descriptors, static_cast<double>(popcount32(a.dis)))));
+  return combine_score(q(popcount32(shared), popcount32(a.dis | b.dis)),
+                       descriptor_term(a, b, shared, wa, wr, w, q), q(1, popcount32(a.dis)), w);
 }
 
 // ---- streaming selection of (positive, negative) for one anchor -------------------------------
@@ -197,4 +240,5 @@ struct MineState {
   }
 };
 
+}  // namespace MEDTRIM_KERNEL_NS
 }  // namespace medtrim

@@ -105,6 +105,8 @@ class TripletMiner:
             return torch.ones(n, dtype=torch.bool)
         if self.semi_hard_prob <= 0.0:
             return torch.zeros(n, dtype=torch.bool)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator is not None and generator.device.type != "cpu":
             raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
         return torch.rand(n, generator=generator) < self.semi_hard_prob

@@ -30,7 +30,9 @@ def _iou(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, *,
                  w_dis: float = 0.85, w_adj: float = 0.10, w_dir: float = 0.05) -> torch.Tensor:
-    """(N, M) float32 scores: S[a, b] = w_dis * J + (w_adj * sum IoU_adj + w_dir * sum IoU_dir) / |D_a|."""
+    """(N, M) float32 scores: S[a, b] = w_dis * J + (w_adj * sum IoU_adj + w_dir * sum IoU_dir) / |D_a|.
+
+    Arithmetic in float64, in the kernels' order (``* (1 / |D_a|)``), rounded to float32 once."""
     candidates = anchors if candidates is None else candidates
     da, aa, ra = (m.float() for m in anchors.masks())
     db, ab, rb = (m.float() for m in candidates.masks())
@@ -43,18 +45,21 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, 
 
     adj_sum = torch.zeros_like(inter)
     dir_sum = torch.zeros_like(inter)
-    zero = torch.zeros((), **f64)
     for d in range(da.shape[1]):  # ascending disease order, like the kernels
-        shared = (da[:, d, None] * db[None, :, d]) > 0
-        if not bool(shared.any()):
+        # only pairs that share disease d get descriptor terms: work on that block alone
+        rows = da[:, d].nonzero().flatten()
+        cols = db[:, d].nonzero().flatten()
+        if len(rows) == 0 or len(cols) == 0:
             continue
-        adj_sum = adj_sum + torch.where(shared, _iou(aa[:, d], ab[:, d]), zero)
-        dir_sum = dir_sum + torch.where(shared, _iou(ra[:, d], rb[:, d]), zero)
+        block = (rows[:, None], cols[None, :])
+        adj_sum[block] = adj_sum[block] + _iou(aa[rows, d], ab[cols, d])
+        dir_sum[block] = dir_sum[block] + _iou(ra[rows, d], rb[cols, d])
 
-    scores = wd * jaccard + (wa * adj_sum + wr * dir_sum) / n_a.clamp_min(1)[:, None]
+    inv_n_a = 1.0 / n_a.clamp_min(1)  # multiplied, not divided, exactly like the kernels
+    scores = wd * jaccard + (wa * adj_sum + wr * dir_sum) * inv_n_a[:, None]
     # an anchor with no finding matches only other no-finding samples, with no descriptor terms
     empty_pair = (n_a[:, None] == 0) & (n_b[None, :] == 0)
-    no_finding_row = torch.where(empty_pair, wd, zero)
+    no_finding_row = torch.where(empty_pair, wd, torch.zeros((), **f64))
     return torch.where(n_a[:, None] == 0, no_finding_row, scores).float()
 
 

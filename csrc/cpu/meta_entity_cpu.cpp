@@ -1,43 +1,99 @@
-// CPU kernels: the materialized score matrix and the fused score + mining pass.
+// CPU kernels: argument checks, candidate grouping and parallel dispatch of the hot loops
+// (cpu/hot_loops.cpp) for the materialized score matrix and the fused score + mining pass.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "checks.h"
-#include "meta_entity.h"
+#include "cpu/hot_loops.h"
 #include "meta_entity_ops.h"
 
 namespace medtrim {
 namespace {
 
-// Raw views of one contiguous entity set.
-struct EntityArrays {
-  const uint32_t* dis;
-  const uint32_t* adj;
-  const uint32_t* dir;
-  int64_t n;
-  int64_t adj_stride;  // classes * wa
-  int64_t dir_stride;  // classes * wr
-  uint32_t classes_mask;
+// Every i / u with i <= u <= the largest count a pair score can divide by (32 disease bits, or all
+// bits of an adjective or direction mask). 0 / 0 is 1, the IoU of two empty sets.
+struct QuotientTable {
+  int stride;
+  std::vector<double> values;
 
-  EntityArrays(const at::Tensor& dis_t, const at::Tensor& adj_t, const at::Tensor& dir_t)
-      : dis(reinterpret_cast<const uint32_t*>(dis_t.data_ptr<int32_t>())),
-        adj(reinterpret_cast<const uint32_t*>(adj_t.data_ptr<int32_t>())),
-        dir(reinterpret_cast<const uint32_t*>(dir_t.data_ptr<int32_t>())),
-        n(dis_t.size(0)),
-        adj_stride(adj_t.size(1) * adj_t.size(2)),
-        dir_stride(dir_t.size(1) * dir_t.size(2)),
-        classes_mask(class_mask(adj_t.size(1))) {}
-
-  SampleView view(int64_t i) const {
-    return SampleView{dis[i] & classes_mask, adj + i * adj_stride, dir + i * dir_stride};
+  QuotientTable(int wa, int wr) : stride(32 * std::max({1, wa, wr}) + 1) {
+    values.assign(static_cast<size_t>(stride) * stride, 0.0);
+    values[0] = 1.0;
+    for (int u = 1; u < stride; ++u)
+      for (int i = 0; i <= u; ++i) values[u * stride + i] = static_cast<double>(i) / u;
   }
 };
 
+// Owns the grouped copies behind a cpu::GroupedCandidates view.
+struct CandidateGrouping {
+  std::vector<int64_t> order, start, ids;
+  std::vector<uint32_t> mask, adj, dir;
+  cpu::GroupedCandidates view{};
+
+  CandidateGrouping(const at::Tensor& dis_t, const at::Tensor& adj_t, const at::Tensor& dir_t,
+                    const int64_t* cand_ids) {
+    const auto* dis = reinterpret_cast<const uint32_t*>(dis_t.data_ptr<int32_t>());
+    const auto* adj_src = reinterpret_cast<const uint32_t*>(adj_t.data_ptr<int32_t>());
+    const auto* dir_src = reinterpret_cast<const uint32_t*>(dir_t.data_ptr<int32_t>());
+    const int64_t m = dis_t.size(0);
+    const int64_t as = adj_t.size(1) * adj_t.size(2), ds = dir_t.size(1) * dir_t.size(2);
+    const uint32_t classes = class_mask(adj_t.size(1));
+
+    order.resize(m);
+    for (int64_t j = 0; j < m; ++j) order[j] = j;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+      return (dis[x] & classes) < (dis[y] & classes);
+    });
+    adj.resize(m * as);
+    dir.resize(m * ds);
+    if (cand_ids != nullptr) ids.resize(m);
+    for (int64_t k = 0; k < m; ++k) {
+      const int64_t j = order[k];
+      std::copy_n(adj_src + j * as, as, adj.begin() + k * as);
+      std::copy_n(dir_src + j * ds, ds, dir.begin() + k * ds);
+      if (cand_ids != nullptr) ids[k] = cand_ids[j];
+      const uint32_t mk = dis[j] & classes;
+      if (k == 0 || mk != mask.back()) {
+        start.push_back(k);
+        mask.push_back(mk);
+      }
+    }
+    start.push_back(m);
+    view = cpu::GroupedCandidates{m, static_cast<int64_t>(mask.size()), order.data(), start.data(),
+                                  mask.data(), adj.data(), dir.data(),
+                                  cand_ids != nullptr ? ids.data() : nullptr, as, ds};
+  }
+};
+
+cpu::Anchors anchor_view(const at::Tensor& dis, const at::Tensor& adj, const at::Tensor& dir) {
+  return cpu::Anchors{reinterpret_cast<const uint32_t*>(dis.data_ptr<int32_t>()),
+                      reinterpret_cast<const uint32_t*>(adj.data_ptr<int32_t>()),
+                      reinterpret_cast<const uint32_t*>(dir.data_ptr<int32_t>()),
+                      adj.size(1) * adj.size(2), dir.size(1) * dir.size(2),
+                      class_mask(adj.size(1)), nullptr, nullptr};
+}
+
+cpu::Params params(const at::Tensor& adj, const at::Tensor& dir, double w_dis, double w_adj,
+                   double w_dir, const QuotientTable& table, double threshold, double upper) {
+  return cpu::Params{static_cast<int>(adj.size(2)), static_cast<int>(dir.size(2)), w_dis, w_adj,
+                     w_dir, table.values.data(), table.stride,
+                     // compared in float32, like a float32 score tensor with a Python float
+                     static_cast<float>(threshold), static_cast<float>(upper)};
+}
+
+bool cpu_has_popcnt() {
+#if defined(MEDTRIM_HAVE_POPCNT_BUILD)
+  static const bool has = __builtin_cpu_supports("popcnt");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Rows per parallel task: enough pairs per task (~64k) to amortize scheduling.
 int64_t row_grain(int64_t m) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(m, 1)); }
-
-ScoreWeights to_float_weights(double w_dis, double w_adj, double w_dir) {
-  return ScoreWeights{w_dis, w_adj, w_dir};
-}
 
 }  // namespace
 
@@ -53,19 +109,20 @@ at::Tensor score_matrix_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj,
 
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
-  const EntityArrays A(ad, aa, ar), B(bd, ba, br);
-  const int wa = static_cast<int>(a_adj.size(2)), wr = static_cast<int>(a_dir.size(2));
-  const ScoreWeights w = to_float_weights(w_dis, w_adj, w_dir);
+  const QuotientTable table(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)));
+  const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, 0.0, 0.0);
+  const cpu::Anchors anchors = anchor_view(ad, aa, ar);
+  const CandidateGrouping grouping(bd, ba, br, nullptr);
 
-  auto out = at::empty({A.n, B.n}, a_dis.options().dtype(at::kFloat));
+  auto out = at::empty({a_dis.size(0), b_dis.size(0)}, a_dis.options().dtype(at::kFloat));
   float* S = out.data_ptr<float>();
-  const int64_t m = B.n;
-  at::parallel_for(0, A.n, row_grain(m), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const SampleView a = A.view(i);
-      float* row = S + i * m;
-      for (int64_t j = 0; j < m; ++j) row[j] = pair_score(a, B.view(j), wa, wr, w);
-    }
+  const auto rows = cpu_has_popcnt() ?
+#if defined(MEDTRIM_HAVE_POPCNT_BUILD)
+      &cpu::popcnt::score_rows :
+#endif
+      &cpu::baseline::score_rows;
+  at::parallel_for(0, a_dis.size(0), row_grain(b_dis.size(0)), [&](int64_t begin, int64_t end) {
+    rows(anchors, grouping.view, p, begin, end, S);
   });
   return out;
 }
@@ -85,33 +142,24 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
   const auto aid = a_ids.contiguous(), bid = b_ids.contiguous(), semi = semi_hard.contiguous();
-  const EntityArrays A(ad, aa, ar), B(bd, ba, br);
-  const int wa = static_cast<int>(a_adj.size(2)), wr = static_cast<int>(a_dir.size(2));
-  const ScoreWeights w = to_float_weights(w_dis, w_adj, w_dir);
-  // Comparisons happen in float32, like comparing a float32 score tensor with a Python float.
-  const float thr = static_cast<float>(threshold), up = static_cast<float>(upper);
+  const QuotientTable table(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)));
+  const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, threshold, upper);
+  cpu::Anchors anchors = anchor_view(ad, aa, ar);
+  anchors.ids = aid.data_ptr<int64_t>();
+  anchors.semi_hard = semi.data_ptr<bool>();
+  const CandidateGrouping grouping(bd, ba, br, bid.data_ptr<int64_t>());
 
-  auto positive = at::empty({A.n}, a_ids.options());
-  auto negative = at::empty({A.n}, a_ids.options());
+  auto positive = at::empty({a_dis.size(0)}, a_ids.options());
+  auto negative = at::empty({a_dis.size(0)}, a_ids.options());
   int64_t* pos = positive.data_ptr<int64_t>();
   int64_t* neg = negative.data_ptr<int64_t>();
-  const int64_t* anchor_id = aid.data_ptr<int64_t>();
-  const int64_t* cand_id = bid.data_ptr<int64_t>();
-  const bool* use_semi = semi.data_ptr<bool>();
-  const int64_t m = B.n;
-
-  at::parallel_for(0, A.n, row_grain(m), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const SampleView a = A.view(i);
-      const int64_t self = anchor_id[i];
-      MineState state;
-      for (int64_t j = 0; j < m; ++j) {
-        if (cand_id[j] == self) continue;
-        state.push(pair_score(a, B.view(j), wa, wr, w), static_cast<uint32_t>(j), thr, up);
-      }
-      pos[i] = state.positive_index();
-      neg[i] = state.negative_index(use_semi[i]);
-    }
+  const auto rows = cpu_has_popcnt() ?
+#if defined(MEDTRIM_HAVE_POPCNT_BUILD)
+      &cpu::popcnt::mine_rows :
+#endif
+      &cpu::baseline::mine_rows;
+  at::parallel_for(0, a_dis.size(0), row_grain(b_dis.size(0)), [&](int64_t begin, int64_t end) {
+    rows(anchors, grouping.view, p, begin, end, pos, neg);
   });
   return {positive, negative};
 }

@@ -65,7 +65,7 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
                         B.dir + j * B.dir_stride};
   for (int r = 0; r < count; ++r) {
     const SampleView anchor{s_dis[r], s_adj + r * A.adj_stride, s_dir + r * A.dir_stride};
-    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w);
+    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w, DivideQuotient{});
   }
 }
 
@@ -104,7 +104,7 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B, const in
       for (int t = 0; t < count; ++t) {
         if (s_ids[t] == self) continue;
         const SampleView cand{s_dis[t], s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
-        state.push(pair_score(anchor, cand, wa, wr, w), static_cast<uint32_t>(t0 + t), threshold,
+        state.push(pair_score(anchor, cand, wa, wr, w, DivideQuotient{}), static_cast<uint32_t>(t0 + t), threshold,
                    upper);
       }
     }

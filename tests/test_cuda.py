@@ -1,0 +1,85 @@
+"""CUDA kernels: identical to the CPU kernels and the reference. Skipped without a CUDA device."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medtrim_ext import MetaEntities, TripletMiner, Vocabulary, build_info, reference
+
+from helpers import cuda_only, entity_sets, golden_cases, golden_vocabulary, random_entities, weights
+
+pytestmark = [pytest.mark.cuda, cuda_only]
+
+
+def test_cuda_backend_compiled():
+    assert build_info()["cuda"], "CUDA device present but the CUDA kernels were not built"
+
+
+@settings(max_examples=40)
+@given(entity_sets(max_n=70), weights, st.sampled_from([0.0, 0.5, 1.0]), st.integers(0, 2**31 - 1))
+def test_cuda_equals_cpu(sets, w, prob, seed):
+    anchors, candidates, _ = sets
+    miner = TripletMiner(*w, semi_hard_prob=prob)
+    ga, gc = anchors.cuda(), (None if candidates is None else candidates.cuda())
+    assert torch.equal(miner.score_matrix(ga, gc).cpu(), miner.score_matrix(anchors, candidates))
+    got = miner(ga, gc, generator=torch.Generator().manual_seed(seed))
+    want = miner(anchors, candidates, generator=torch.Generator().manual_seed(seed))
+    for g, w_ in zip(got, want):
+        assert g.device.type == "cuda"
+        assert torch.equal(g.cpu(), w_)
+
+
+def test_cuda_golden():
+    golden = golden_cases()
+    vocab = golden_vocabulary(golden)
+    for case in golden["cases"]:
+        ents = MetaEntities.from_records(case["samples"], vocabulary=vocab).cuda()
+        expected = torch.tensor(case["score"], dtype=torch.float64)
+        miner = TripletMiner(**case["weights"])
+        torch.testing.assert_close(miner.score_matrix(ents).cpu().double(), expected, rtol=0, atol=1e-6)
+        for thr, mined in case["mining_semi_hard_prob_1"].items():
+            t = TripletMiner(**case["weights"], threshold=float(thr))(ents)
+            assert t.positive.tolist() == mined["positive"]
+            assert t.negative.tolist() == mined["negative"]
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 0), (0, 5), (129, 1), (3000, 2500), (5000, 40)])
+def test_cuda_sizes_and_tiles(n, m):
+    g = torch.Generator().manual_seed(n + m)
+    vocab = Vocabulary.default()
+    a = random_entities(n, vocab, p_disease=0.15, p_desc=0.05, generator=g)
+    b = random_entities(m, vocab, p_disease=0.15, p_desc=0.05, generator=g)
+    miner = TripletMiner(semi_hard_prob=0.5)
+    assert torch.equal(miner.score_matrix(a.cuda(), b.cuda()).cpu(), miner.score_matrix(a, b))
+    ids_a, ids_b = torch.arange(n) % 7, torch.arange(m) % 5
+    got = miner(a.cuda(), b.cuda(), anchor_ids=ids_a.cuda(), candidate_ids=ids_b.cuda(),
+                generator=torch.Generator().manual_seed(1))
+    want = miner(a, b, anchor_ids=ids_a, candidate_ids=ids_b, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(x.cpu(), y) for x, y in zip(got, want))
+
+
+def test_cuda_large_vocabulary_uses_smaller_tiles():
+    vocab = Vocabulary(tuple(f"d{i}" for i in range(32)), tuple(f"a{i}" for i in range(500)),
+                       tuple(f"r{i}" for i in range(100)))
+    g = torch.Generator().manual_seed(0)
+    a = random_entities(300, vocab, p_disease=0.3, p_desc=0.05, generator=g)
+    miner = TripletMiner()
+    assert torch.equal(miner.score_matrix(a.cuda()).cpu(), miner.score_matrix(a))
+    assert all(torch.equal(x.cpu(), y) for x, y in zip(miner(a.cuda()), miner(a)))
+
+
+def test_cuda_reference_agrees():
+    g = torch.Generator().manual_seed(9)
+    a = random_entities(700, Vocabulary.default(), p_disease=0.2, p_desc=0.05, generator=g).cuda()
+    assert torch.equal(TripletMiner().score_matrix(a), reference.score_matrix(a))
+
+
+def test_cuda_device_mismatch_is_an_error():
+    ents = MetaEntities.from_records([{"edema": {}}, {}])
+    with pytest.raises(ValueError, match="candidates are on cpu but anchors on cuda"):
+        TripletMiner()(ents.cuda(), ents)
+    with pytest.raises(ValueError, match="anchor_ids is on cpu"):
+        TripletMiner()(ents.cuda(), ents.cuda(), anchor_ids=torch.arange(2), candidate_ids=torch.arange(2).cuda())
+    with pytest.raises(ValueError, match="CPU torch.Generator"):
+        TripletMiner(semi_hard_prob=0.5)(ents.cuda(), generator=torch.Generator(device="cuda"))

@@ -1,0 +1,66 @@
+"""torch.library integration: opcheck, fake kernels and torch.compile."""
+
+import pytest
+import torch
+
+import medtrim_ext
+from medtrim_ext import TripletMiner, Vocabulary
+
+from helpers import random_entities
+
+
+@pytest.fixture
+def sets():
+    g = torch.Generator().manual_seed(5)
+    vocab = Vocabulary.default()
+    return (random_entities(20, vocab, p_disease=0.3, p_desc=0.1, generator=g),
+            random_entities(13, vocab, p_disease=0.3, p_desc=0.1, generator=g))
+
+
+def test_opcheck_score_matrix(sets):
+    a, b = sets
+    args = (a.disease_bits, a.adjective_bits, a.direction_bits,
+            b.disease_bits, b.adjective_bits, b.direction_bits, 0.85, 0.1, 0.05)
+    torch.library.opcheck(torch.ops.medtrim.score_matrix.default, args)
+
+
+def test_opcheck_mine_triplets(sets):
+    a, b = sets
+    args = (a.disease_bits, a.adjective_bits, a.direction_bits, torch.arange(20),
+            b.disease_bits, b.adjective_bits, b.direction_bits, torch.arange(13) + 10,
+            torch.rand(20) < 0.5, 0.85, 0.1, 0.05, 0.25, 0.6)
+    torch.library.opcheck(torch.ops.medtrim.mine_triplets.default, args)
+
+
+def test_torch_compile_fullgraph(sets):
+    a, b = sets
+    miner = TripletMiner()
+
+    def mine(dis, adj, dirs, ids):
+        s = torch.ops.medtrim.score_matrix(dis, adj, dirs, dis, adj, dirs, 0.85, 0.1, 0.05)
+        pos, neg = torch.ops.medtrim.mine_triplets(dis, adj, dirs, ids, dis, adj, dirs, ids,
+                                                   torch.ones_like(ids, dtype=torch.bool),
+                                                   0.85, 0.1, 0.05, 0.25, 0.6)
+        return s.max(1).values, pos, neg
+
+    compiled = torch.compile(mine, fullgraph=True, backend="aot_eager")
+    ids = torch.arange(len(a))
+    got = compiled(a.disease_bits, a.adjective_bits, a.direction_bits, ids)
+    t = miner(a)
+    assert torch.equal(got[1], t.positive) and torch.equal(got[2], t.negative)
+    assert torch.equal(got[0], miner.score_matrix(a).max(1).values)
+
+
+def test_build_info():
+    info = medtrim_ext.build_info()
+    assert "cpu" in info["backends"]
+    assert info["torch_version"] == torch.__version__ == info["torch_runtime"]
+    assert info["cuda_available"] == ("cuda" in info["backends"] and torch.cuda.is_available())
+
+
+def test_torch_mismatch_gives_rebuild_message(monkeypatch):
+    from medtrim_ext import _build_config, _loader
+
+    monkeypatch.setattr(_build_config, "TORCH_VERSION", "0.0.1")
+    with pytest.raises(ImportError, match=r"built against torch 0\.0\.1 .* Rebuild it"):
+        _loader.load_extension()
