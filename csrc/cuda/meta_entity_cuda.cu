@@ -1,5 +1,6 @@
 // CUDA kernels: a tiled score matrix and a fused score + mining pass that streams candidate tiles
 // through shared memory and keeps a per-anchor running selection, so N x M is never written.
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,8 +15,29 @@
 namespace medtrim {
 namespace {
 
-constexpr int kThreads = 128;          // threads per block in both kernels
+constexpr int kThreads = 128;                   // threads per block in both kernels
 constexpr int kDefaultSharedLimit = 48 * 1024;  // usable without an opt-in on every GPU
+constexpr int kSmallCount = 32;                 // quotients i / u with u <= 32 come from a table
+constexpr int kTableStride = kSmallCount + 1;
+constexpr int64_t kTableBytes = sizeof(double) * kTableStride * kTableStride;
+
+// i / u from a shared-memory table for the usual small counts (every Jaccard index, most IoUs),
+// a division otherwise. The table is filled with the same correctly rounded division, so both
+// paths and the CPU's table give identical bits.
+struct SharedQuotient {
+  const double* table;  // [kTableStride * kTableStride], entry u * kTableStride + i
+  __device__ double operator()(int i, int u) const {
+    return u <= kSmallCount ? table[u * kTableStride + i]
+                            : __ddiv_rn(static_cast<double>(i), static_cast<double>(u));
+  }
+};
+
+__device__ void fill_quotient_table(double* table) {
+  for (int k = threadIdx.x; k < kTableStride * kTableStride; k += blockDim.x) {
+    const int u = k / kTableStride, i = k % kTableStride;
+    table[k] = u == 0 ? 1.0 : (i > u ? 0.0 : __ddiv_rn(static_cast<double>(i), static_cast<double>(u)));
+  }
+}
 
 struct DeviceEntities {
   const uint32_t* dis;
@@ -50,38 +72,50 @@ __device__ void stage_samples(const DeviceEntities& e, int64_t first, int count,
 __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows, int wa, int wr,
                                     uint32_t classes_mask, ScoreWeights w, float* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
-  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem);
+  double* s_table = reinterpret_cast<double*>(smem);
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem + kTableBytes);
   uint32_t* s_adj = s_dis + rows;
   uint32_t* s_dir = s_adj + rows * A.adj_stride;
 
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * rows;
   const int count = static_cast<int>(min(static_cast<int64_t>(rows), A.n - row0));
+  fill_quotient_table(s_table);
   stage_samples(A, row0, count, s_dis, s_adj, s_dir, classes_mask);
   __syncthreads();
 
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= B.n) return;
+  const SharedQuotient q{s_table};
   const SampleView cand{__ldg(B.dis + j) & classes_mask, B.adj + j * B.adj_stride,
                         B.dir + j * B.dir_stride};
   for (int r = 0; r < count; ++r) {
     const SampleView anchor{s_dis[r], s_adj + r * A.adj_stride, s_dir + r * A.dir_stride};
-    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w, DivideQuotient{});
+    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w, q);
   }
 }
 
 // Each thread owns one anchor and walks one split of the candidates, tile by tile; candidates are
-// staged in shared memory and read by all threads at once. Partial selections go to `partial`
-// (splits x N), merged by finalize_kernel.
-__global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B, const int64_t* __restrict__ a_ids,
-                                    const int64_t* __restrict__ b_ids, int tile, int64_t split_len,
-                                    int wa, int wr, uint32_t classes_mask, ScoreWeights w,
-                                    float threshold, float upper, MineState* __restrict__ partial) {
+// staged in shared memory and read by all threads at once. Anchors and candidates arrive sorted by
+// disease mask, so neighbouring threads take the same branches and candidate runs share their
+// score structure; `b_index` maps a sorted candidate back to its index, which keys and breaks
+// ties. Partial selections go to `partial` (splits x N), merged by mine_finalize_kernel.
+__global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
+                                    const int64_t* __restrict__ a_ids,
+                                    const int64_t* __restrict__ b_ids,
+                                    const int64_t* __restrict__ b_index, int tile,
+                                    int64_t split_len, int wa, int wr, uint32_t classes_mask,
+                                    ScoreWeights w, float threshold, float upper,
+                                    MineState* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem[];
-  int64_t* s_ids = reinterpret_cast<int64_t*>(smem);
-  uint32_t* s_dis = reinterpret_cast<uint32_t*>(s_ids + tile);
+  double* s_table = reinterpret_cast<double*>(smem);
+  int64_t* s_ids = reinterpret_cast<int64_t*>(smem + kTableBytes);
+  uint32_t* s_index = reinterpret_cast<uint32_t*>(s_ids + tile);
+  uint32_t* s_dis = s_index + tile;
   uint32_t* s_adj = s_dis + tile;
   uint32_t* s_dir = s_adj + tile * B.adj_stride;
 
+  fill_quotient_table(s_table);
+  const SharedQuotient q{s_table};
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = i < A.n;
   SampleView anchor{0u, nullptr, nullptr};
@@ -97,15 +131,17 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B, const in
   MineState state;
   for (int64_t t0 = begin; t0 < end; t0 += tile) {
     const int count = static_cast<int>(min(static_cast<int64_t>(tile), end - t0));
-    for (int k = threadIdx.x; k < count; k += blockDim.x) s_ids[k] = b_ids[t0 + k];
+    for (int k = threadIdx.x; k < count; k += blockDim.x) {
+      s_ids[k] = b_ids[t0 + k];
+      s_index[k] = static_cast<uint32_t>(b_index[t0 + k]);
+    }
     stage_samples(B, t0, count, s_dis, s_adj, s_dir, classes_mask);
-    __syncthreads();
+    __syncthreads();  // also publishes the quotient table on the first tile
     if (active) {
       for (int t = 0; t < count; ++t) {
         if (s_ids[t] == self) continue;
         const SampleView cand{s_dis[t], s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
-        state.push(pair_score(anchor, cand, wa, wr, w, DivideQuotient{}), static_cast<uint32_t>(t0 + t), threshold,
-                   upper);
+        state.push(pair_score(anchor, cand, wa, wr, w, q), s_index[t], threshold, upper);
       }
     }
     __syncthreads();
@@ -113,15 +149,18 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B, const in
   if (active) partial[static_cast<int64_t>(blockIdx.y) * A.n + i] = state;
 }
 
+// Merges the splits of each (sorted) anchor and writes its result at its original position.
 __global__ void mine_finalize_kernel(const MineState* __restrict__ partial, int splits, int64_t n,
+                                     const int64_t* __restrict__ a_index,
                                      const bool* __restrict__ semi_hard,
                                      int64_t* __restrict__ positive, int64_t* __restrict__ negative) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   MineState state = partial[i];
   for (int s = 1; s < splits; ++s) state.merge(partial[static_cast<int64_t>(s) * n + i]);
-  positive[i] = state.positive_index();
-  negative[i] = state.negative_index(semi_hard[i]);
+  const int64_t original = a_index[i];
+  positive[original] = state.positive_index();
+  negative[original] = state.negative_index(semi_hard[original]);
 }
 
 // Largest power-of-two tile (<= kThreads) whose shared memory fits the default 48 KiB.
@@ -129,8 +168,8 @@ int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes) {
   int tile = kThreads;
   while (tile > 1 && fixed_bytes + tile * bytes_per_sample > kDefaultSharedLimit) tile /= 2;
   TORCH_CHECK(fixed_bytes + tile * bytes_per_sample <= kDefaultSharedLimit,
-              "the vocabulary is too large for the CUDA kernels (",
-              bytes_per_sample, " bytes of masks per sample)");
+              "the vocabulary is too large for the CUDA kernels (", bytes_per_sample,
+              " bytes of masks per sample)");
   return tile;
 }
 
@@ -140,8 +179,10 @@ int multiprocessor_count(int device) {
   return std::max(sms, 1);
 }
 
-ScoreWeights to_float_weights(double w_dis, double w_adj, double w_dir) {
-  return ScoreWeights{w_dis, w_adj, w_dir};
+// Stable order of the samples by (valid bits of) their disease mask.
+at::Tensor order_by_disease_mask(const at::Tensor& dis, int64_t classes) {
+  const auto key = at::bitwise_and(dis.to(at::kLong), static_cast<int64_t>(class_mask(classes)));
+  return std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
 }
 
 }  // namespace
@@ -164,14 +205,14 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
   if (A.n == 0 || B.n == 0) return out;
 
   const int64_t per_sample = 4 * (1 + A.adj_stride + A.dir_stride);
-  const int rows = std::min(pick_tile(per_sample, 0), 16);
-  const size_t smem = static_cast<size_t>(rows * per_sample);
+  const int rows = std::min(pick_tile(per_sample, kTableBytes), 16);
+  const size_t smem = static_cast<size_t>(kTableBytes + rows * per_sample);
   const dim3 grid(static_cast<unsigned>((B.n + kThreads - 1) / kThreads),
                   static_cast<unsigned>((A.n + rows - 1) / rows));
-  TORCH_CHECK(grid.y <= 65535u, "too many anchors for one score matrix launch: ", A.n);
+  TORCH_CHECK((A.n + rows - 1) / rows <= 65535, "too many anchors for one score matrix launch: ", A.n);
   score_matrix_kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
       A, B, rows, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
-      class_mask(a_adj.size(1)), to_float_weights(w_dis, w_adj, w_dir), out.data_ptr<float>());
+      class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir}, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -189,41 +230,49 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   TORCH_CHECK(a_dis.is_cuda(), "mine_triplets_cuda called with tensors on ", a_dis.device());
   const c10::cuda::CUDAGuard guard(a_dis.device());
 
-  const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
-  const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
-  const auto aid = a_ids.contiguous(), bid = b_ids.contiguous(), semi = semi_hard.contiguous();
-  const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
-  auto positive = at::full({A.n}, -1, a_ids.options());
-  auto negative = at::full({A.n}, -1, a_ids.options());
-  if (A.n == 0 || B.n == 0) return {positive, negative};
+  const int64_t n = a_dis.size(0), m = b_dis.size(0), classes = a_adj.size(1);
+  auto positive = at::full({n}, -1, a_ids.options());
+  auto negative = at::full({n}, -1, a_ids.options());
+  if (n == 0 || m == 0) return {positive, negative};
 
-  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8;  // masks + id
-  const int tile = pick_tile(per_sample, 0);
-  const size_t smem = static_cast<size_t>(tile * per_sample);
+  // Sorted copies (O(N + M) memory): see mine_partial_kernel.
+  const auto a_index = order_by_disease_mask(a_dis, classes);
+  const auto b_index = order_by_disease_mask(b_dis, classes);
+  const auto ad = a_dis.index_select(0, a_index), aa = a_adj.index_select(0, a_index).contiguous(),
+             ar = a_dir.index_select(0, a_index).contiguous(), aid = a_ids.index_select(0, a_index);
+  const auto bd = b_dis.index_select(0, b_index), ba = b_adj.index_select(0, b_index).contiguous(),
+             br = b_dir.index_select(0, b_index).contiguous(), bid = b_ids.index_select(0, b_index);
+  const auto semi = semi_hard.contiguous();
+  const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
+
+  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4;  // masks, id, index
+  const int tile = pick_tile(per_sample, kTableBytes);
+  const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
 
   // Split the candidates so that even a small N keeps every SM busy; each split adds O(N) state.
-  const int64_t anchor_blocks = (A.n + kThreads - 1) / kThreads;
+  const int64_t anchor_blocks = (n + kThreads - 1) / kThreads;
   const int64_t target_blocks = 8LL * multiprocessor_count(a_dis.get_device());
-  const int64_t max_splits = std::max<int64_t>(1, (B.n + tile - 1) / tile);
+  const int64_t max_splits = std::max<int64_t>(1, (m + tile - 1) / tile);
   const int64_t splits = std::clamp<int64_t>((target_blocks + anchor_blocks - 1) / anchor_blocks,
                                              1, std::min<int64_t>(max_splits, 64));
-  const int64_t split_len = ((B.n + splits - 1) / splits + tile - 1) / tile * tile;
-  const int64_t used_splits = (B.n + split_len - 1) / split_len;
+  const int64_t split_len = ((m + splits - 1) / splits + tile - 1) / tile * tile;
+  const int64_t used_splits = (m + split_len - 1) / split_len;
+  TORCH_CHECK(anchor_blocks <= 0x7FFFFFFF, "too many anchors: ", n);
 
-  auto partial = at::empty({used_splits, A.n, static_cast<int64_t>(sizeof(MineState))},
+  auto partial = at::empty({used_splits, n, static_cast<int64_t>(sizeof(MineState))},
                            a_dis.options().dtype(at::kByte));
   auto* partial_ptr = reinterpret_cast<MineState*>(partial.data_ptr<uint8_t>());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>(used_splits));
   mine_partial_kernel<<<grid, kThreads, smem, stream>>>(
-      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), tile, split_len,
-      static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)), class_mask(a_adj.size(1)),
-      to_float_weights(w_dis, w_adj, w_dir), static_cast<float>(threshold),
+      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(), tile,
+      split_len, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
+      class_mask(classes), ScoreWeights{w_dis, w_adj, w_dir}, static_cast<float>(threshold),
       static_cast<float>(upper), partial_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   mine_finalize_kernel<<<static_cast<unsigned>(anchor_blocks), kThreads, 0, stream>>>(
-      partial_ptr, static_cast<int>(used_splits), A.n, semi.data_ptr<bool>(),
-      positive.data_ptr<int64_t>(), negative.data_ptr<int64_t>());
+      partial_ptr, static_cast<int>(used_splits), n, a_index.data_ptr<int64_t>(),
+      semi.data_ptr<bool>(), positive.data_ptr<int64_t>(), negative.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {positive, negative};
 }
