@@ -81,6 +81,24 @@ inline void check_mining(const at::Tensor& a_dis, const at::Tensor& a_ids, const
               ", upper=", upper);
 }
 
+// Pair index lists: int64, 1-D, equal length, on the entities' device, each entry -1 or in range.
+// (On CUDA the range check reads two scalars back: a sync, acceptable for this statistics op.)
+inline void check_pair_indices(const at::Tensor& a_idx, const at::Tensor& b_idx, int64_t n,
+                               int64_t m, const at::Device& device) {
+  TORCH_CHECK(a_idx.scalar_type() == at::kLong && b_idx.scalar_type() == at::kLong,
+              "anchor_index and candidate_index must be int64");
+  TORCH_CHECK(a_idx.dim() == 1 && b_idx.dim() == 1 && a_idx.size(0) == b_idx.size(0),
+              "anchor_index and candidate_index must be 1-D of equal length, got ", a_idx.sizes(),
+              " and ", b_idx.sizes());
+  TORCH_CHECK(a_idx.device() == device && b_idx.device() == device,
+              "anchor_index and candidate_index must be on ", device);
+  if (a_idx.numel() == 0) return;
+  TORCH_CHECK(a_idx.min().item<int64_t>() >= -1 && a_idx.max().item<int64_t>() < n,
+              "anchor_index entries must be -1 or in [0, ", n, ")");
+  TORCH_CHECK(b_idx.min().item<int64_t>() >= -1 && b_idx.max().item<int64_t>() < m,
+              "candidate_index entries must be -1 or in [0, ", m, ")");
+}
+
 // Only bits of existing classes may be read: mask the rest off inside the kernels.
 inline uint32_t class_mask(int64_t classes) {
   return classes >= 32 ? 0xFFFFFFFFu : ((1u << classes) - 1u);

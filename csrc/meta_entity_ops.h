@@ -20,7 +20,18 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
     const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
     double w_adj, double w_dir, double threshold, double upper);
 
+// Scores of listed pairs: out[k] = S(anchor_index[k], candidate_index[k]), NaN where an index is -1.
+at::Tensor pair_scores_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+                           const at::Tensor& b_dis, const at::Tensor& b_adj, const at::Tensor& b_dir,
+                           const at::Tensor& anchor_index, const at::Tensor& candidate_index,
+                           double w_dis, double w_adj, double w_dir);
+
 #ifdef MEDTRIM_WITH_CUDA
+at::Tensor pair_scores_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+                            const at::Tensor& b_dis, const at::Tensor& b_adj, const at::Tensor& b_dir,
+                            const at::Tensor& anchor_index, const at::Tensor& candidate_index,
+                            double w_dis, double w_adj, double w_dir);
+
 at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
                              const at::Tensor& a_dir, const at::Tensor& b_dis,
                              const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,

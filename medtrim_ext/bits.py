@@ -17,13 +17,15 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     flag ``32 * w + k``."""
     k = mask.shape[-1]
     words = num_words(k)
-    padded = torch.zeros(*mask.shape[:-1], words * WORD_BITS, dtype=torch.int64, device=mask.device)
-    padded[..., :k] = mask.to(torch.int64)
-    weights = torch.bitwise_left_shift(torch.ones(WORD_BITS, dtype=torch.int64, device=mask.device),
-                                       torch.arange(WORD_BITS, device=mask.device))
-    values = (padded.view(*mask.shape[:-1], words, WORD_BITS) * weights).sum(-1)  # in [0, 2^32)
-    values = values - (values >= 2**31).to(torch.int64) * 2**32  # two's complement, explicitly
-    return values.to(torch.int32)
+    # bit 31 weighs -2^31: the sum of distinct weights is then the word's two's-complement value,
+    # with no int32 overflow on the way
+    weights = torch.tensor([1 << b for b in range(WORD_BITS - 1)] + [-(1 << 31)], dtype=torch.int32,
+                           device=mask.device)
+    out = torch.empty(*mask.shape[:-1], words, dtype=torch.int32, device=mask.device)
+    for w in range(words):  # one word at a time keeps the temporary at 4 bytes per flag of a word
+        chunk = mask[..., w * WORD_BITS:(w + 1) * WORD_BITS].to(torch.int32)
+        out[..., w] = (chunk * weights[: chunk.shape[-1]]).sum(-1, dtype=torch.int32)
+    return out
 
 
 def unpack_bits(words: torch.Tensor, k: int) -> torch.Tensor:

@@ -99,6 +99,24 @@ class TripletMiner:
         candidates = self._check_sets(anchors, candidates)
         return ops.score_matrix(anchors, candidates, self.w_dis, self.w_adj, self.w_dir)
 
+    def pair_scores(self, anchors: MetaEntities, candidates: MetaEntities | None,
+                    anchor_index: torch.Tensor, candidate_index: torch.Tensor) -> torch.Tensor:
+        """float32 scores of the listed pairs (``anchor_index[k]``, ``candidate_index[k]``); NaN
+        where an index is -1. Without building the score matrix."""
+        cands = self._check_sets(anchors, candidates)
+        n = anchor_index.shape[0] if isinstance(anchor_index, torch.Tensor) else -1
+        anchor_index = _check_ids("anchor_index", anchor_index, n, anchors.device)
+        candidate_index = _check_ids("candidate_index", candidate_index, n, anchors.device)
+        return ops.pair_scores(anchors, cands, anchor_index, candidate_index, self.w_dis,
+                               self.w_adj, self.w_dir)
+
+    def triplet_scores(self, anchors: MetaEntities, triplets: "Triplets",
+                       candidates: MetaEntities | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of (anchor, positive) and (anchor, negative) for each triplet row; NaN where the
+        positive or negative is -1."""
+        return (self.pair_scores(anchors, candidates, triplets.anchor, triplets.positive),
+                self.pair_scores(anchors, candidates, triplets.anchor, triplets.negative))
+
     def semi_hard_mask(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Bool (n,) on the CPU: which anchors use the semi-hard rule (the rest use the hard rule)."""
         if self.semi_hard_prob >= 1.0:

@@ -26,6 +26,12 @@ def _mine_triplets_fake(anchor_dis, anchor_adj, anchor_dir, anchor_ids, candidat
     return anchor_ids.new_empty((n,)), anchor_ids.new_empty((n,))
 
 
+@torch.library.register_fake("medtrim::pair_scores")
+def _pair_scores_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candidate_adj,
+                      candidate_dir, anchor_index, candidate_index, w_dis, w_adj, w_dir):
+    return anchor_dis.new_empty(anchor_index.shape, dtype=torch.float32)
+
+
 def score_matrix(anchors: MetaEntities, candidates: MetaEntities, w_dis: float, w_adj: float,
                  w_dir: float) -> torch.Tensor:
     return torch.ops.medtrim.score_matrix(
@@ -42,3 +48,11 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: t
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
         candidate_ids, semi_hard, float(w_dis), float(w_adj), float(w_dir), float(threshold),
         float(upper))
+
+
+def pair_scores(anchors: MetaEntities, candidates: MetaEntities, anchor_index: torch.Tensor,
+                candidate_index: torch.Tensor, w_dis: float, w_adj: float, w_dir: float) -> torch.Tensor:
+    return torch.ops.medtrim.pair_scores(
+        anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits,
+        candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
+        anchor_index, candidate_index, float(w_dis), float(w_adj), float(w_dir))

@@ -14,9 +14,14 @@ TORCH_LIBRARY(medtrim, m) {
       "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, Tensor candidate_ids, "
       "Tensor semi_hard, float w_dis, float w_adj, float w_dir, float threshold, float upper) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "pair_scores(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "
+      "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, "
+      "Tensor anchor_index, Tensor candidate_index, float w_dis, float w_adj, float w_dir) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
   m.impl("score_matrix", &medtrim::score_matrix_cpu);
   m.impl("mine_triplets", &medtrim::mine_triplets_cpu);
+  m.impl("pair_scores", &medtrim::pair_scores_cpu);
 }

@@ -6,4 +6,5 @@
 TORCH_LIBRARY_IMPL(medtrim, CUDA, m) {
   m.impl("score_matrix", &medtrim::score_matrix_cuda);
   m.impl("mine_triplets", &medtrim::mine_triplets_cuda);
+  m.impl("pair_scores", &medtrim::pair_scores_cuda);
 }

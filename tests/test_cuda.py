@@ -30,6 +30,20 @@ def test_cuda_equals_cpu(sets, w, prob, seed):
         assert torch.equal(g.cpu(), w_)
 
 
+def test_cuda_pair_scores_equal_cpu():
+    g = torch.Generator().manual_seed(4)
+    a = random_entities(300, Vocabulary.default(), p_disease=0.2, p_desc=0.05, generator=g)
+    b = random_entities(200, Vocabulary.default(), p_disease=0.2, p_desc=0.05, generator=g)
+    ia, ib = torch.randint(-1, 300, (5000,), generator=g), torch.randint(-1, 200, (5000,), generator=g)
+    miner = TripletMiner()
+    got = miner.pair_scores(a.cuda(), b.cuda(), ia.cuda(), ib.cuda()).cpu()
+    want = miner.pair_scores(a, b, ia, ib)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
+    with pytest.raises(RuntimeError, match="anchor_index entries"):
+        miner.pair_scores(a.cuda(), b.cuda(), torch.tensor([300]).cuda(), torch.tensor([0]).cuda())
+
+
 def test_cuda_golden():
     golden = golden_cases()
     vocab = golden_vocabulary(golden)

@@ -32,6 +32,15 @@ def test_opcheck_mine_triplets(sets):
     torch.library.opcheck(torch.ops.medtrim.mine_triplets.default, args)
 
 
+def test_opcheck_pair_scores(sets):
+    a, b = sets
+    args = (a.disease_bits, a.adjective_bits, a.direction_bits,
+            b.disease_bits, b.adjective_bits, b.direction_bits,
+            torch.tensor([0, 5, 7, 19]), torch.tensor([12, 1, 3, 0]), 0.85, 0.1, 0.05)
+    # (indices of -1 give NaN, which opcheck's output comparison treats as a mismatch)
+    torch.library.opcheck(torch.ops.medtrim.pair_scores.default, args)
+
+
 def test_torch_compile_fullgraph(sets):
     a, b = sets
     miner = TripletMiner()

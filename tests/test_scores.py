@@ -87,3 +87,44 @@ def test_descriptors_of_absent_diseases_are_ignored():
     s = TripletMiner().score_matrix(ents)
     assert torch.equal(s, torch.full_like(s, s[0, 0].item()))
     assert ents.to_records()[0] == {"disease 0": {"adjs": [], "dirs": []}}
+
+
+@given(entity_sets(), weights, st.integers(0, 2**31 - 1))
+def test_pair_scores_equal_the_matrix_entries(sets, w, seed):
+    anchors, candidates, _ = sets
+    cands = anchors if candidates is None else candidates
+    g = torch.Generator().manual_seed(seed)
+    k = 50
+    a_idx = torch.randint(-1, len(anchors), (k,), generator=g)
+    b_idx = torch.randint(-1, len(cands), (k,), generator=g) if len(cands) else torch.full((k,), -1)
+    miner = TripletMiner(*w)
+    got = miner.pair_scores(anchors, candidates, a_idx, b_idx)
+    full = reference.score_matrix(anchors, candidates, w_dis=w[0], w_adj=w[1], w_dir=w[2])
+    missing = (a_idx < 0) | (b_idx < 0)
+    assert torch.isnan(got[missing]).all()
+    assert torch.equal(got[~missing], full[a_idx[~missing], b_idx[~missing]])
+
+
+def test_triplet_scores():
+    ents = MetaEntities.from_records([{"edema": {}}, {"edema": {}, "pneumonia": {}}, {}, {"fracture": {}}])
+    miner = TripletMiner()
+    t = miner(ents)
+    pos, neg = miner.triplet_scores(ents, t)
+    s = miner.score_matrix(ents)
+    for a in range(4):
+        assert pos[a].item() == s[a, t.positive[a]].item()
+        if t.negative[a] >= 0:
+            assert neg[a].item() == s[a, t.negative[a]].item()
+        else:
+            assert torch.isnan(neg[a])
+
+
+def test_pair_scores_reject_out_of_range_indices():
+    ents = MetaEntities.from_records([{"edema": {}}, {}])
+    miner = TripletMiner()
+    with pytest.raises(RuntimeError, match="candidate_index entries must be -1 or in"):
+        miner.pair_scores(ents, None, torch.tensor([0]), torch.tensor([2]))
+    with pytest.raises(RuntimeError, match="anchor_index entries must be -1 or in"):
+        miner.pair_scores(ents, None, torch.tensor([-2]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"candidate_index must have shape \(1,\)"):
+        miner.pair_scores(ents, None, torch.tensor([0]), torch.tensor([0, 1]))

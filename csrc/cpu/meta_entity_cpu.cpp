@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <vector>
 
+#include <limits>
+
 #include "checks.h"
 #include "cpu/hot_loops.h"
+#include "meta_entity.h"
 #include "meta_entity_ops.h"
 
 namespace medtrim {
@@ -162,6 +165,43 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
     rows(anchors, grouping.view, p, begin, end, pos, neg);
   });
   return {positive, negative};
+}
+
+at::Tensor pair_scores_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+                           const at::Tensor& b_dis, const at::Tensor& b_adj, const at::Tensor& b_dir,
+                           const at::Tensor& anchor_index, const at::Tensor& candidate_index,
+                           double w_dis, double w_adj, double w_dir) {
+  check_entities("anchor", a_dis, a_adj, a_dir);
+  check_entities("candidate", b_dis, b_adj, b_dir);
+  check_pair(a_adj, a_dir, b_adj, b_dir);
+  check_weights(w_dis, w_adj, w_dir);
+  TORCH_CHECK(a_dis.device().is_cpu(), "pair_scores_cpu called with tensors on ", a_dis.device());
+  check_pair_indices(anchor_index, candidate_index, a_dis.size(0), b_dis.size(0), a_dis.device());
+
+  const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
+  const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
+  const auto ai = anchor_index.contiguous(), bi = candidate_index.contiguous();
+  const cpu::Anchors A = anchor_view(ad, aa, ar), B = anchor_view(bd, ba, br);
+  const int wa = static_cast<int>(a_adj.size(2)), wr = static_cast<int>(a_dir.size(2));
+  const ScoreWeights w{w_dis, w_adj, w_dir};
+  const int64_t* ia = ai.data_ptr<int64_t>();
+  const int64_t* ib = bi.data_ptr<int64_t>();
+  auto out = at::empty({ai.size(0)}, a_dis.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, ai.size(0), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      if (ia[k] < 0 || ib[k] < 0) {
+        o[k] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
+      const SampleView a{A.dis[ia[k]] & A.classes_mask, A.adj + ia[k] * A.adj_stride,
+                         A.dir + ia[k] * A.dir_stride};
+      const SampleView b{B.dis[ib[k]] & B.classes_mask, B.adj + ib[k] * B.adj_stride,
+                         B.dir + ib[k] * B.dir_stride};
+      o[k] = pair_score(a, b, wa, wr, w, DivideQuotient{});
+    }
+  });
+  return out;
 }
 
 }  // namespace medtrim

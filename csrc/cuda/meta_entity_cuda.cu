@@ -163,6 +163,22 @@ __global__ void mine_finalize_kernel(const MineState* __restrict__ partial, int 
   negative[original] = state.negative_index(semi_hard[original]);
 }
 
+__global__ void pair_scores_kernel(DeviceEntities A, DeviceEntities B,
+                                   const int64_t* __restrict__ a_idx,
+                                   const int64_t* __restrict__ b_idx, int64_t count, int wa, int wr,
+                                   uint32_t classes_mask, ScoreWeights w, float* __restrict__ out) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= count) return;
+  const int64_t i = a_idx[k], j = b_idx[k];
+  if (i < 0 || j < 0) {
+    out[k] = __int_as_float(0x7fc00000);  // NaN: no pair
+    return;
+  }
+  const SampleView a{A.dis[i] & classes_mask, A.adj + i * A.adj_stride, A.dir + i * A.dir_stride};
+  const SampleView b{B.dis[j] & classes_mask, B.adj + j * B.adj_stride, B.dir + j * B.dir_stride};
+  out[k] = pair_score(a, b, wa, wr, w, DivideQuotient{});
+}
+
 // Largest power-of-two tile (<= kThreads) whose shared memory fits the default 48 KiB.
 int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes) {
   int tile = kThreads;
@@ -275,6 +291,34 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
       semi.data_ptr<bool>(), positive.data_ptr<int64_t>(), negative.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {positive, negative};
+}
+
+at::Tensor pair_scores_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
+                            const at::Tensor& b_dis, const at::Tensor& b_adj, const at::Tensor& b_dir,
+                            const at::Tensor& anchor_index, const at::Tensor& candidate_index,
+                            double w_dis, double w_adj, double w_dir) {
+  check_entities("anchor", a_dis, a_adj, a_dir);
+  check_entities("candidate", b_dis, b_adj, b_dir);
+  check_pair(a_adj, a_dir, b_adj, b_dir);
+  check_weights(w_dis, w_adj, w_dir);
+  TORCH_CHECK(a_dis.is_cuda(), "pair_scores_cuda called with tensors on ", a_dis.device());
+  const c10::cuda::CUDAGuard guard(a_dis.device());
+  check_pair_indices(anchor_index, candidate_index, a_dis.size(0), b_dis.size(0), a_dis.device());
+
+  const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
+  const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
+  const auto ai = anchor_index.contiguous(), bi = candidate_index.contiguous();
+  const int64_t count = ai.size(0);
+  auto out = at::empty({count}, a_dis.options().dtype(at::kFloat));
+  if (count == 0) return out;
+  const int64_t blocks = (count + kThreads - 1) / kThreads;
+  TORCH_CHECK(blocks <= 0x7FFFFFFF, "too many pairs: ", count);
+  pair_scores_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      device_entities(ad, aa, ar), device_entities(bd, ba, br), ai.data_ptr<int64_t>(),
+      bi.data_ptr<int64_t>(), count, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
+      class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir}, out.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
 }
 
 }  // namespace medtrim

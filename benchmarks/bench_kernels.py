@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Times the meta-entity kernels against the pure-PyTorch reference, in one run.
+
+For each operation (score matrix, fused mining) and size N (anchors = candidates = N, synthetic
+records with realistic chest X-ray statistics) it measures the kernel and the reference, the
+speed-up, and the extra memory each needs (peak RSS above the pre-call level on the CPU, each
+case in its own process; peak allocated CUDA memory on a GPU). Prints a table and writes
+bench.json and bench.md to --out.
+
+    python benchmarks/bench_kernels.py                 # CPU, full sizes
+    python benchmarks/bench_kernels.py --quick         # CPU, small sizes (used by `make demo`)
+    python benchmarks/bench_kernels.py --device cuda   # GPU sizes up to N = 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# (op, N, run the reference too?) per profile
+PROFILES = {
+    "cpu-quick": [("score", 512, True), ("score", 2048, True), ("mine", 2048, True),
+                  ("mine", 8192, False)],
+    "cpu": [("score", 512, True), ("score", 1024, True), ("score", 2048, True),
+            ("score", 4096, True), ("mine", 1024, True), ("mine", 4096, True),
+            ("mine", 8192, True), ("mine", 16384, False)],
+    "cuda": [("score", 4096, True), ("score", 16384, True), ("score", 32768, True),
+             ("mine", 4096, True), ("mine", 16384, True), ("mine", 32768, True)],
+}
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Resets the kernel's peak-RSS counter (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # lifetime peak, KiB
+
+
+def digest(result) -> str:
+    import torch
+
+    tensors = result if isinstance(result, tuple) else (result,)
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def measure(op: str, impl: str, n: int, device: str, repeats: int, seed: int) -> dict:
+    """One (op, impl, N) case in this process."""
+    import torch
+
+    from medtrim_ext import TripletMiner, reference
+    from medtrim_ext.synthetic import synthetic_entities
+
+    ents = synthetic_entities(n, seed=seed, device=device)
+    miner = TripletMiner()
+    fns = {
+        ("score", "kernel"): lambda: miner.score_matrix(ents),
+        ("score", "reference"): lambda: reference.score_matrix(ents, **miner.weights),
+        ("mine", "kernel"): lambda: tuple(miner(ents)),
+        ("mine", "reference"): lambda: tuple(reference.mine_triplets(
+            ents, **miner.weights, threshold=miner.threshold, upper=miner.upper)),
+    }
+    fn = fns[(op, impl)]
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    small = ents[: min(n, 64)]  # warm up code paths and thread pools without the big buffers
+    (miner.score_matrix(small), miner(small), reference.score_matrix(small))
+
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset_peak_rss()
+        base = current_rss_bytes()
+    result = fn()  # first call: the memory high-water mark
+    sync()
+    extra = (torch.cuda.max_memory_allocated() - base) if cuda else max(0, peak_rss_bytes() - base)
+    check = digest(result)
+    del result
+
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+        del out
+    return {"op": op, "impl": impl, "n": n, "device": device, "median_ms": 1e3 * statistics.median(times),
+            "min_ms": 1e3 * min(times), "repeats": repeats, "extra_memory_bytes": int(extra),
+            "digest": check}
+
+
+def run_isolated(op, impl, n, device, repeats, seed) -> dict:
+    """Runs measure() in a fresh process so that RSS peaks of one case do not hide another's."""
+    spec = json.dumps({"op": op, "impl": impl, "n": n, "device": device, "repeats": repeats, "seed": seed})
+    proc = subprocess.run([sys.executable, __file__, "--worker", spec], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed for {spec}:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def repeats_for(op: str, impl: str, n: int, device: str) -> int:
+    if device.startswith("cuda"):
+        return 10 if impl == "kernel" else 3
+    pairs = n * n
+    if impl == "reference":
+        return 3 if pairs <= 2048**2 else 1
+    return 7 if pairs <= 4096**2 else 3
+
+
+def fmt_bytes(b: int | None) -> str:
+    if b is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(b) < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return str(b)
+
+
+def machine_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def to_markdown(rows: list[dict], machine: str) -> str:
+    lines = [f"Machine: {machine}", "",
+             "| op | N | kernel (ms) | reference (ms) | speed-up | kernel Mpairs/s | kernel extra memory | reference extra memory | same result |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        ref = r.get("reference")
+        ker = r["kernel"]
+        lines.append("| {op} | {n} | {k:.2f} | {rf} | {sp} | {mp:.0f} | {km} | {rm} | {same} |".format(
+            op="score matrix" if r["op"] == "score" else "fused mining", n=r["n"], k=ker["median_ms"],
+            rf=f"{ref['median_ms']:.2f}" if ref else "not run",
+            sp=f"{ref['median_ms'] / ker['median_ms']:.1f}x" if ref else "-",
+            mp=r["n"] * r["n"] / ker["median_ms"] / 1e3,
+            km=fmt_bytes(ker["extra_memory_bytes"]),
+            rm=fmt_bytes(ref["extra_memory_bytes"]) if ref else "-",
+            same=("yes" if ref["digest"] == ker["digest"] else "NO") if ref else "-"))
+    return "\n".join(lines)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (CPU only)")
+    parser.add_argument("--sizes", type=int, nargs="*", help="override the sizes N of every op")
+    parser.add_argument("--ops", nargs="*", choices=["score", "mine"], default=["score", "mine"])
+    parser.add_argument("--max-reference-n", type=int, default=None,
+                        help="skip the reference above this N (memory/time)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(json.dumps(measure(**spec)))
+        return 0
+
+    import torch
+    from tqdm import tqdm
+
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA device")
+    profile = "cuda" if cuda else ("cpu-quick" if args.quick else "cpu")
+    cases = [c for c in PROFILES[profile] if c[0] in args.ops]
+    if args.sizes:
+        cases = [(op, n, True) for op in args.ops for n in args.sizes]
+    if args.max_reference_n is not None:
+        cases = [(op, n, ref and n <= args.max_reference_n) for op, n, ref in cases]
+
+    runner = measure if cuda else run_isolated  # GPU memory is measured per call; no need to isolate
+    rows = []
+    jobs = [(op, n, impl) for op, n, ref in cases for impl in (("kernel", "reference") if ref else ("kernel",))]
+    results = {}
+    for op, n, impl in tqdm(jobs, desc=f"benchmark ({args.device})", unit="case"):
+        results[(op, n, impl)] = runner(op, impl, n, args.device, repeats_for(op, impl, n, args.device), args.seed)
+    for op, n, ref in cases:
+        rows.append({"op": op, "n": n, "kernel": results[(op, n, "kernel")],
+                     "reference": results.get((op, n, "reference"))})
+
+    machine = machine_description(args.device)
+    table = to_markdown(rows, machine)
+    print(table)
+    report = {"machine": machine, "device": args.device, "profile": profile,
+              "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    write_atomically(args.out / "bench.json", json.dumps(report, indent=1))
+    write_atomically(args.out / "bench.md", table + "\n")
+    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    mismatches = [r for r in rows if r["reference"] and r["reference"]["digest"] != r["kernel"]["digest"]]
+    if mismatches:
+        print(f"ERROR: kernel and reference disagree for {[(r['op'], r['n']) for r in mismatches]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
