@@ -22,9 +22,13 @@ ABNORMAL_PREVALENCE = {
     "pleural other": 0.02,
 }
 NO_FINDING_SHARE = 0.32
-COMMON_ADJECTIVES = ("small", "mild", "moderate", "large", "patchy", "severe", "linear",
-                     "persistent", "residual", "streaky", "basilar", "upper", "lower", "dense",
-                     "loculated", "multifocal")
+# descriptors come from different groups (no "mild, severe"); earlier entries are more common
+ADJECTIVE_GROUPS = (
+    ("small", "mild", "moderate", "large", "severe"),            # size / severity
+    ("patchy", "linear", "streaky", "dense", "loculated", "multifocal"),  # morphology
+    ("persistent", "residual"),                                  # course
+    ("basilar", "lower", "upper"),                               # zone
+)
 SIDES = (("left", 0.3), ("right", 0.3), ("bilateral", 0.2), (None, 0.2))
 
 
@@ -33,7 +37,6 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     rng = random.Random(seed)
-    adj_weights = [1.0 / (rank + 1) for rank in range(len(COMMON_ADJECTIVES))]
     records = []
     for _ in range(n):
         record: dict = {}
@@ -42,7 +45,9 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
                 for disease, p in ABNORMAL_PREVALENCE.items():
                     if rng.random() < p:
                         n_adj = rng.choices((0, 1, 2), weights=(0.5, 0.35, 0.15))[0]
-                        adjs = sorted(set(rng.choices(COMMON_ADJECTIVES, weights=adj_weights, k=n_adj)))
+                        groups = rng.sample(ADJECTIVE_GROUPS, k=n_adj) if n_adj else []
+                        adjs = sorted(rng.choices(g, weights=[1 / (r + 1) for r in range(len(g))])[0]
+                                      for g in groups)
                         side = rng.choices([s for s, _ in SIDES], weights=[w for _, w in SIDES])[0]
                         record[disease] = {"adjs": adjs, "dirs": [side] if side else []}
         records.append(record)

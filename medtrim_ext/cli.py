@@ -1,0 +1,135 @@
+"""The ``medtrim`` command line: ``info``, ``demo`` and ``mine``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _add_miner_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mining (defaults: the published MedTrim settings)")
+    g.add_argument("--w-dis", type=float, default=0.85)
+    g.add_argument("--w-adj", type=float, default=0.10)
+    g.add_argument("--w-dir", type=float, default=0.05)
+    g.add_argument("--threshold", type=float, default=0.25)
+    g.add_argument("--upper", type=float, default=0.6)
+    g.add_argument("--semi-hard-prob", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw")
+
+
+def _miner(args):
+    from .mining import TripletMiner
+
+    return TripletMiner(args.w_dis, args.w_adj, args.w_dir, threshold=args.threshold,
+                        upper=args.upper, semi_hard_prob=args.semi_hard_prob)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return device
+
+
+def cmd_info(args) -> int:
+    from . import build_info
+
+    print(json.dumps(build_info(), indent=1))
+    return 0
+
+
+def cmd_mine(args) -> int:
+    from tqdm import tqdm
+
+    from .entities import MetaEntities
+    from .io import atomic_write, read_records
+    from .mining import Triplets
+
+    miner = _miner(args)
+    device = _device(args.device)
+    records, ids = read_records(args.records)
+    anchors = MetaEntities.from_records(records, device=device)
+    if args.candidates:
+        bank_records, bank_ids = read_records(args.candidates)
+        bank = MetaEntities.from_records(bank_records, device=device)
+    else:
+        bank, bank_ids = anchors, ids
+    # equal study ids never pair, also across the two files
+    vocab_ids = {v: k for k, v in enumerate(dict.fromkeys(map(str, list(ids) + list(bank_ids))))}
+    anchor_ids = torch.tensor([vocab_ids[str(i)] for i in ids], device=device)
+    bank_id_t = torch.tensor([vocab_ids[str(i)] for i in bank_ids], device=device)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    parts = []
+    for start in tqdm(range(0, len(anchors), args.chunk_size), desc="mining", unit="chunk"):
+        sl = slice(start, start + args.chunk_size)
+        t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t, generator=gen)
+        parts.append(Triplets(t.anchor + start, t.positive, t.negative))
+    triplets = Triplets(*(torch.cat(x) for x in zip(*parts))) if parts else Triplets(
+        *(torch.empty(0, dtype=torch.int64),) * 3)
+    pos_s, neg_s = miner.triplet_scores(anchors, triplets.to(device), bank)
+
+    with atomic_write(args.output, newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["anchor_id", "positive_id", "negative_id", "positive_score", "negative_score"])
+        for a, p, n, sp, sn in zip(triplets.anchor.tolist(), triplets.positive.tolist(),
+                                   triplets.negative.tolist(), pos_s.tolist(), neg_s.tolist()):
+            w.writerow([ids[a], bank_ids[p] if p >= 0 else "", bank_ids[n] if n >= 0 else "",
+                        "" if p < 0 else f"{sp:.6f}", "" if n < 0 else f"{sn:.6f}"])
+    valid = int(triplets.valid.sum())
+    print(f"{valid} of {len(anchors)} anchors have a full triplet; wrote {args.output}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    return demo.run(n=args.n, seed=args.seed, out=Path(args.out), device=_device(args.device))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtrim", description="MedTrim meta-entity triplet mining.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="how the extension was built and what runs here")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="mine triplets on generated records, check against the reference")
+    p.add_argument("--n", type=int, default=4096, help="number of generated records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--out", default="medtrim-demo", help="output folder")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("mine", help="mine one triplet per record of a JSON/JSONL records file")
+    p.add_argument("records", help="JSON list or JSONL of records, or of {'id', 'entities'} objects")
+    p.add_argument("-o", "--output", required=True, help="CSV of (anchor, positive, negative) ids")
+    p.add_argument("--candidates", help="records to draw positives/negatives from (default: the records)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
+    _add_miner_args(p)
+    p.set_defaults(func=cmd_mine)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "chunk_size", 1) < 1:
+        parser.error("--chunk-size must be >= 1")
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
