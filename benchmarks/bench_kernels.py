@@ -174,7 +174,7 @@ def to_markdown(rows: list[dict], machine: str) -> str:
         ker = r["kernel"]
         lines.append("| {op} | {n} | {k:.2f} | {rf} | {sp} | {mp:.0f} | {km} | {rm} | {same} |".format(
             op="score matrix" if r["op"] == "score" else "fused mining", n=r["n"], k=ker["median_ms"],
-            rf=f"{ref['median_ms']:.2f}" if ref else "not run",
+            rf=f"{ref['median_ms']:.2f}" if ref else ("out of memory" if r.get("reference_oom") else "not run"),
             sp=f"{ref['median_ms'] / ker['median_ms']:.1f}x" if ref else "-",
             mp=r["n"] * r["n"] / ker["median_ms"] / 1e3,
             km=fmt_bytes(ker["extra_memory_bytes"]),
@@ -228,10 +228,20 @@ def main(argv=None) -> int:
     jobs = [(op, n, impl) for op, n, ref in cases for impl in (("kernel", "reference") if ref else ("kernel",))]
     results = {}
     for op, n, impl in tqdm(jobs, desc=f"benchmark ({args.device})", unit="case"):
-        results[(op, n, impl)] = runner(op, impl, n, args.device, repeats_for(op, impl, n, args.device), args.seed)
+        try:
+            results[(op, n, impl)] = runner(op, impl, n, args.device,
+                                            repeats_for(op, impl, n, args.device), args.seed)
+        except torch.cuda.OutOfMemoryError:
+            # the reference materializes N x N float64 matrices: report, do not abort the suite
+            torch.cuda.empty_cache()
+            results[(op, n, impl)] = None
+            print(f"\n{impl} {op} N={n}: out of GPU memory")
     for op, n, ref in cases:
+        if results[(op, n, "kernel")] is None:
+            continue
         rows.append({"op": op, "n": n, "kernel": results[(op, n, "kernel")],
-                     "reference": results.get((op, n, "reference"))})
+                     "reference": results.get((op, n, "reference")),
+                     "reference_oom": ref and results.get((op, n, "reference")) is None})
 
     machine = machine_description(args.device)
     table = to_markdown(rows, machine)

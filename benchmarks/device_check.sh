@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Device check for a lent GPU machine (H100/H200), in one short run (target: under 5 minutes):
+#   1. build in place against the machine's own torch (pip --no-build-isolation, sm_90 only)
+#   2. the whole test suite, CUDA tests included
+#   3. compute-sanitizer memcheck on a small case that touches every CUDA kernel
+#   4. the GPU benchmark (kernels against the pure-PyTorch reference)
+# Everything is logged to $OUT (the device tool brings it back), default benchmarks/out/device.
+#   run: bash benchmarks/device_check.sh
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-$REPO/benchmarks/out/device}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 MEDTRIM_CUDA=ON TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-16}"
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+{
+  step "machine"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name())"
+
+  step "build"
+  (cd "$REPO" && "$PY" -m pip install --no-build-isolation --no-deps --quiet .) || { echo "BUILD FAILED"; exit 1; }
+  # run from outside the repository so the installed package (with _C) is imported
+  cd /tmp && "$PY" -c "import json, medtrim_ext; print(json.dumps(medtrim_ext.build_info()))"
+
+  step "tests"
+  "$PY" -m pytest "$REPO/tests" -q -p no:cacheprovider -o addopts="-ra --import-mode=importlib" \
+      --junitxml="$OUT/tests.xml" || status=1
+
+  step "compute-sanitizer memcheck"
+  if command -v compute-sanitizer >/dev/null; then
+    compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check no \
+        "$PY" "$REPO/benchmarks/sanitize_case.py" || status=1
+  else
+    echo "compute-sanitizer not found"; status=1
+  fi
+
+  step "benchmark"
+  "$PY" "$REPO/benchmarks/bench_kernels.py" --device cuda --out "$OUT" || status=1
+
+  step "done: status $status"
+  exit "$status"
+} 2>&1 | tee "$OUT/device_check.log"
+exit "${PIPESTATUS[0]}"
