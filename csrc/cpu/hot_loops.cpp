@@ -4,6 +4,7 @@
 #define MEDTRIM_CPU_VARIANT baseline
 #endif
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cpu/hot_loops.h"
@@ -77,9 +78,13 @@ void score_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, float* o
   const GroupedCandidates& c = ctx.c;
   for (int64_t i = begin; i < end; ++i) {
     float* row = out + i * c.m;
+    // Most groups score 0 against a given anchor (no shared disease): clear the row in one sweep
+    // and write only the groups that score something.
+    std::fill(row, row + c.m, 0.0f);
     score_row(
         ctx, i, wa, wr,
         [&](int64_t g, float s) {
+          if (s == 0.0f) return;
           for (int64_t k = c.start[g]; k < c.start[g + 1]; ++k) row[c.order[k]] = s;
         },
         [&](int64_t k, float s) { row[c.order[k]] = s; });
