@@ -20,7 +20,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(CONSTRAINTS) Makefile | $(PY)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c $(CONSTRAINTS) --upgrade pip
 	$(PIP) install --quiet -c $(CONSTRAINTS) $(DEV_PACKAGES)
 	touch $@
 
