@@ -60,6 +60,17 @@ inline void check_weights(double w_dis, double w_adj, double w_dir) {
               "weights must be representable in float32");
 }
 
+// Everything every op checks: two entity sets with one layout on one device, and the weights.
+inline void check_score_inputs(const at::Tensor& a_dis, const at::Tensor& a_adj,
+                               const at::Tensor& a_dir, const at::Tensor& b_dis,
+                               const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,
+                               double w_adj, double w_dir) {
+  check_entities("anchor", a_dis, a_adj, a_dir);
+  check_entities("candidate", b_dis, b_adj, b_dir);
+  check_pair(a_adj, a_dir, b_adj, b_dir);
+  check_weights(w_dis, w_adj, w_dir);
+}
+
 inline void check_mining(const at::Tensor& a_dis, const at::Tensor& a_ids, const at::Tensor& b_dis,
                          const at::Tensor& b_ids, const at::Tensor& semi_hard, double threshold,
                          double upper) {

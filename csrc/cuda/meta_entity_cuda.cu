@@ -207,10 +207,7 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
                              const at::Tensor& a_dir, const at::Tensor& b_dis,
                              const at::Tensor& b_adj, const at::Tensor& b_dir, double w_dis,
                              double w_adj, double w_dir) {
-  check_entities("anchor", a_dis, a_adj, a_dir);
-  check_entities("candidate", b_dis, b_adj, b_dir);
-  check_pair(a_adj, a_dir, b_adj, b_dir);
-  check_weights(w_dis, w_adj, w_dir);
+  check_score_inputs(a_dis, a_adj, a_dir, b_dis, b_adj, b_dir, w_dis, w_adj, w_dir);
   TORCH_CHECK(a_dis.is_cuda(), "score_matrix_cuda called with tensors on ", a_dis.device());
   const c10::cuda::CUDAGuard guard(a_dis.device());
 
@@ -238,10 +235,7 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
     const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
     const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
     double w_adj, double w_dir, double threshold, double upper) {
-  check_entities("anchor", a_dis, a_adj, a_dir);
-  check_entities("candidate", b_dis, b_adj, b_dir);
-  check_pair(a_adj, a_dir, b_adj, b_dir);
-  check_weights(w_dis, w_adj, w_dir);
+  check_score_inputs(a_dis, a_adj, a_dir, b_dis, b_adj, b_dir, w_dis, w_adj, w_dir);
   check_mining(a_dis, a_ids, b_dis, b_ids, semi_hard, threshold, upper);
   TORCH_CHECK(a_dis.is_cuda(), "mine_triplets_cuda called with tensors on ", a_dis.device());
   const c10::cuda::CUDAGuard guard(a_dis.device());
@@ -297,10 +291,7 @@ at::Tensor pair_scores_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj, co
                             const at::Tensor& b_dis, const at::Tensor& b_adj, const at::Tensor& b_dir,
                             const at::Tensor& anchor_index, const at::Tensor& candidate_index,
                             double w_dis, double w_adj, double w_dir) {
-  check_entities("anchor", a_dis, a_adj, a_dir);
-  check_entities("candidate", b_dis, b_adj, b_dir);
-  check_pair(a_adj, a_dir, b_adj, b_dir);
-  check_weights(w_dis, w_adj, w_dir);
+  check_score_inputs(a_dis, a_adj, a_dir, b_dis, b_adj, b_dir, w_dis, w_adj, w_dir);
   TORCH_CHECK(a_dis.is_cuda(), "pair_scores_cuda called with tensors on ", a_dis.device());
   const c10::cuda::CUDAGuard guard(a_dis.device());
   check_pair_indices(anchor_index, candidate_index, a_dis.size(0), b_dis.size(0), a_dis.device());
