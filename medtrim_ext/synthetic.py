@@ -30,6 +30,9 @@ ADJECTIVE_GROUPS = (
     ("basilar", "lower", "upper"),                               # zone
 )
 SIDES = (("left", 0.3), ("right", 0.3), ("bilateral", 0.2), (None, 0.2))
+# findings without a side (the heart, the mediastinum), and edema, which is bilateral or unsided
+UNSIDED = {"cardiomegaly", "enlarged cardiomediastinum"}
+BILATERAL_ONLY = {"edema"}
 
 
 def synthetic_records(n: int, seed: int = 0) -> list[dict]:
@@ -49,6 +52,10 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
                         adjs = sorted(rng.choices(g, weights=[1 / (r + 1) for r in range(len(g))])[0]
                                       for g in groups)
                         side = rng.choices([s for s, _ in SIDES], weights=[w for _, w in SIDES])[0]
+                        if disease in UNSIDED:
+                            side = None
+                        elif disease in BILATERAL_ONLY and side is not None:
+                            side = "bilateral"
                         record[disease] = {"adjs": adjs, "dirs": [side] if side else []}
         records.append(record)
     return records
