@@ -88,9 +88,8 @@ class MetaEntities:
             raise TypeError("records must be a sequence of dicts, one per report")
         records = list(records)
         c, a, r = vocab.sizes
-        dis = torch.zeros(len(records), c, dtype=torch.bool)
-        adj = torch.zeros(len(records), c, a, dtype=torch.bool)
-        dirs = torch.zeros(len(records), c, r, dtype=torch.bool)
+        # collect coordinates in Python, then set them in one indexing call per mask
+        dis_at, adj_at, dir_at = [], [], []
         for i, record in enumerate(records):
             if not isinstance(record, Mapping):
                 raise TypeError(f"records[{i}] must be a dict, got {type(record).__name__}")
@@ -101,13 +100,17 @@ class MetaEntities:
                 try:
                     d = vocab.disease_index(name)
                     spec = record[name]
-                    dis[i, d] = True
-                    for adj_name in _descriptor_list(spec, "adjs"):
-                        adj[i, d, vocab.adjective_index(adj_name)] = True
-                    for dir_name in _descriptor_list(spec, "dirs"):
-                        dirs[i, d, vocab.direction_index(dir_name)] = True
+                    dis_at.append((i, d))
+                    adj_at.extend((i, d, vocab.adjective_index(x)) for x in _descriptor_list(spec, "adjs"))
+                    dir_at.extend((i, d, vocab.direction_index(x)) for x in _descriptor_list(spec, "dirs"))
                 except (TypeError, ValueError) as exc:
                     raise type(exc)(f"records[{i}]: {exc}") from None
+        dis = torch.zeros(len(records), c, dtype=torch.bool)
+        adj = torch.zeros(len(records), c, a, dtype=torch.bool)
+        dirs = torch.zeros(len(records), c, r, dtype=torch.bool)
+        for mask, coords in ((dis, dis_at), (adj, adj_at), (dirs, dir_at)):
+            if coords:
+                mask[tuple(torch.tensor(coords, dtype=torch.int64).T)] = True
         ents = cls.from_masks(dis, adj, dirs, vocab)
         return ents.to(device) if device is not None else ents
 
