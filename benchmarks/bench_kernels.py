@@ -23,7 +23,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -183,15 +182,6 @@ def to_markdown(rows: list[dict], machine: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -212,6 +202,8 @@ def main(argv=None) -> int:
 
     import torch
     from tqdm import tqdm
+
+    from medtrim_ext.io import atomic_write
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -248,8 +240,10 @@ def main(argv=None) -> int:
     print(table)
     report = {"machine": machine, "device": args.device, "profile": profile,
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    write_atomically(args.out / "bench.json", json.dumps(report, indent=1))
-    write_atomically(args.out / "bench.md", table + "\n")
+    with atomic_write(args.out / "bench.json") as f:
+        json.dump(report, f, indent=1)
+    with atomic_write(args.out / "bench.md") as f:
+        f.write(table + "\n")
     print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     mismatches = [r for r in rows if r["reference"] and r["reference"]["digest"] != r["kernel"]["digest"]]
     if mismatches:

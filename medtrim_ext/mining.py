@@ -33,6 +33,13 @@ class Triplets(NamedTuple):
         return Triplets(*(t.to(device) for t in self))
 
 
+def default_ids(n: int, m: int, self_mining: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids used when none are given: ``arange(N)`` for the anchors; the same ids for self-mining
+    (so an anchor never pairs with itself), ids that match no anchor for an external set."""
+    anchor_ids = torch.arange(n, device=device)
+    return anchor_ids, anchor_ids if self_mining else -1 - torch.arange(m, device=device)
+
+
 def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob):
     for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir),
                         ("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob)):
@@ -147,8 +154,7 @@ class TripletMiner:
         cands = self._check_sets(anchors, candidates)
         n, m, device = len(anchors), len(cands), anchors.device
         if anchor_ids is None:
-            anchor_ids = torch.arange(n, device=device)
-            candidate_ids = anchor_ids if candidates is None else -1 - torch.arange(m, device=device)
+            anchor_ids, candidate_ids = default_ids(n, m, candidates is None, device)
         else:
             anchor_ids = _check_ids("anchor_ids", anchor_ids, n, device)
             candidate_ids = (anchor_ids if candidates is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .entities import MetaEntities
-from .mining import Triplets
+from .mining import Triplets, default_ids
 
 
 def _counts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,12 +108,10 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None,
     device = anchors.device
     if candidates is None:
         candidates = anchors
-        ids = torch.arange(n, device=device)
-        anchor_ids = ids if anchor_ids is None else anchor_ids
+        anchor_ids = default_ids(n, n, True, device)[0] if anchor_ids is None else anchor_ids
         candidate_ids = anchor_ids if candidate_ids is None else candidate_ids
     elif anchor_ids is None or candidate_ids is None:
-        anchor_ids = torch.arange(n, device=device)
-        candidate_ids = -1 - torch.arange(len(candidates), device=device)
+        anchor_ids, candidate_ids = default_ids(n, len(candidates), False, device)
     if semi_hard is None:
         semi_hard = torch.ones(n, dtype=torch.bool, device=device)
     scores = score_matrix(anchors, candidates, w_dis=w_dis, w_adj=w_adj, w_dir=w_dir)

@@ -86,13 +86,21 @@ cpu::Params params(const at::Tensor& adj, const at::Tensor& dir, double w_dis, d
                      static_cast<float>(threshold), static_cast<float>(upper)};
 }
 
-bool cpu_has_popcnt() {
+// The build of the hot loops this CPU can run: the POPCNT one where available.
+struct HotLoops {
+  decltype(&cpu::baseline::score_rows) score_rows;
+  decltype(&cpu::baseline::mine_rows) mine_rows;
+};
+
+const HotLoops& hot_loops() {
 #if defined(MEDTRIM_HAVE_POPCNT_BUILD)
-  static const bool has = __builtin_cpu_supports("popcnt");
-  return has;
+  static const HotLoops loops = __builtin_cpu_supports("popcnt")
+      ? HotLoops{&cpu::popcnt::score_rows, &cpu::popcnt::mine_rows}
+      : HotLoops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows};
 #else
-  return false;
+  static const HotLoops loops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows};
 #endif
+  return loops;
 }
 
 // Rows per parallel task: enough pairs per task (~64k) to amortize scheduling.
@@ -116,11 +124,7 @@ at::Tensor score_matrix_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj,
 
   auto out = at::empty({a_dis.size(0), b_dis.size(0)}, a_dis.options().dtype(at::kFloat));
   float* S = out.data_ptr<float>();
-  const auto rows = cpu_has_popcnt() ?
-#if defined(MEDTRIM_HAVE_POPCNT_BUILD)
-      &cpu::popcnt::score_rows :
-#endif
-      &cpu::baseline::score_rows;
+  const auto rows = hot_loops().score_rows;
   at::parallel_for(0, a_dis.size(0), row_grain(b_dis.size(0)), [&](int64_t begin, int64_t end) {
     rows(anchors, grouping.view, p, begin, end, S);
   });
@@ -150,11 +154,7 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
   auto negative = at::empty({a_dis.size(0)}, a_ids.options());
   int64_t* pos = positive.data_ptr<int64_t>();
   int64_t* neg = negative.data_ptr<int64_t>();
-  const auto rows = cpu_has_popcnt() ?
-#if defined(MEDTRIM_HAVE_POPCNT_BUILD)
-      &cpu::popcnt::mine_rows :
-#endif
-      &cpu::baseline::mine_rows;
+  const auto rows = hot_loops().mine_rows;
   at::parallel_for(0, a_dis.size(0), row_grain(b_dis.size(0)), [&](int64_t begin, int64_t end) {
     rows(anchors, grouping.view, p, begin, end, pos, neg);
   });
