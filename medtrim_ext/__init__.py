@@ -3,6 +3,7 @@
     >>> from medtrim_ext import MetaEntities, TripletMiner
     >>> ents = MetaEntities.from_records([{"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}, {}])
     >>> triplets = TripletMiner()(ents)
+    >>> loss_img, loss_txt = MultimodalTripletLoss(margin=0.3)(img_emb, txt_emb, triplets)
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ _C = _load_extension()
 from . import ops as _ops  # noqa: E402  (registers the fake kernels)
 from . import reference  # noqa: E402
 from .entities import MetaEntities  # noqa: E402
+from .loss import MultimodalTripletLoss  # noqa: E402
 from .mining import TripletMiner, Triplets  # noqa: E402
+from .objective import MedTrimObjective, ObjectiveOutput  # noqa: E402
 from .vocabulary import Vocabulary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MetaEntities", "TripletMiner", "Triplets", "Vocabulary", "build_info", "reference"]
+__all__ = ["MedTrimObjective", "MetaEntities", "MultimodalTripletLoss", "ObjectiveOutput",
+           "TripletMiner", "Triplets", "Vocabulary", "build_info", "reference"]
 
 
 def build_info() -> dict:

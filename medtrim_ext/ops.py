@@ -67,3 +67,67 @@ def pair_scores(anchors: MetaEntities, candidates: MetaEntities, anchor_index: t
         anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits,
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
         anchor_index, candidate_index, float(w_dis), float(w_adj), float(w_dir))
+
+
+# ---- fused multimodal triplet loss ------------------------------------------------------------
+
+def _loss_acc_dtype(img: torch.Tensor) -> torch.dtype:
+    return torch.float64 if img.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("medtrim::triplet_loss_forward")
+def _triplet_loss_forward_fake(img, txt, cand_img, cand_txt, anchor, positive, negative, margin):
+    t = anchor.shape[0]
+    rows = 2 * img.shape[0] + (0 if cand_img is None else 2 * cand_img.shape[0])
+    acc = _loss_acc_dtype(img)
+    return (img.new_empty((t,), dtype=acc), img.new_empty((t,), dtype=acc),
+            anchor.new_empty((t,), dtype=torch.uint8), img.new_empty((rows,), dtype=acc))
+
+
+@torch.library.register_fake("medtrim::triplet_loss_backward")
+def _triplet_loss_backward_fake(grad_loss_img, grad_loss_txt, img, txt, cand_img, cand_txt, anchor,
+                                positive, negative, active, inv_norms):
+    def like(x, other):
+        return torch.empty_like(x) if x is not None else other.new_empty((0, other.shape[1]))
+
+    return (torch.empty_like(img), torch.empty_like(txt), like(cand_img, img), like(cand_txt, txt))
+
+
+def _triplet_loss_setup_context(ctx, inputs, output):
+    img, txt, cand_img, cand_txt, anchor, positive, negative, _margin = inputs
+    _loss_img, _loss_txt, active, inv_norms = output
+    ctx.has_candidates = cand_img is not None
+    ctx.save_for_backward(img, txt, cand_img, cand_txt, anchor, positive, negative, active, inv_norms)
+    ctx.mark_non_differentiable(active, inv_norms)
+
+
+def _triplet_loss_backward(ctx, grad_loss_img, grad_loss_txt, _grad_active, _grad_inv_norms):
+    img, txt, cand_img, cand_txt, anchor, positive, negative, active, inv_norms = ctx.saved_tensors
+    acc = inv_norms.dtype
+    zeros = anchor.new_zeros(anchor.shape, dtype=acc)
+    grad_loss_img = zeros if grad_loss_img is None else grad_loss_img.to(acc).contiguous()
+    grad_loss_txt = zeros if grad_loss_txt is None else grad_loss_txt.to(acc).contiguous()
+    g_img, g_txt, g_cimg, g_ctxt = torch.ops.medtrim.triplet_loss_backward(
+        grad_loss_img, grad_loss_txt, img, txt, cand_img, cand_txt, anchor, positive, negative,
+        active, inv_norms)
+    if not ctx.has_candidates:
+        g_cimg = g_ctxt = None
+    return g_img, g_txt, g_cimg, g_ctxt, None, None, None, None
+
+
+torch.library.register_autograd("medtrim::triplet_loss_forward", _triplet_loss_backward,
+                                setup_context=_triplet_loss_setup_context)
+
+
+def triplet_loss(img: torch.Tensor, txt: torch.Tensor, anchor: torch.Tensor,
+                 positive: torch.Tensor, negative: torch.Tensor, margin: float,
+                 cand_img: torch.Tensor | None = None,
+                 cand_txt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-triplet (image loss, text loss), float32 (float64 for float64 input), differentiable."""
+    if img.device.type == "cuda" and not _build_config.WITH_CUDA:
+        raise RuntimeError(
+            "medtrim_ext was built without its CUDA kernels, so the loss cannot run on cuda "
+            "tensors: rebuild with MEDTRIM_CUDA=ON, or use .cpu()")
+    loss_img, loss_txt, _active, _inv_norms = torch.ops.medtrim.triplet_loss_forward(
+        img, txt, cand_img, cand_txt, anchor, positive, negative, float(margin))
+    return loss_img, loss_txt

@@ -118,3 +118,57 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None,
     pos, neg = mine_from_scores(scores, anchor_ids, candidate_ids, semi_hard,
                                 threshold=threshold, upper=upper)
     return Triplets(torch.arange(n, device=device), pos, neg)
+
+
+NORM_EPS = 1e-8  # rows with a norm at or below this count as zero vectors (as in the kernels)
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length in float32 (float64 stays float64); rows with norm <= 1e-8 become
+    zero: their cosine with anything is 0 and they receive no gradient."""
+    x = x.double() if x.dtype == torch.float64 else x.float()
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    inv = (norm > NORM_EPS) / norm.clamp_min(NORM_EPS)  # no 1/0: the where-NaN trap is avoided
+    return x * inv
+
+
+def multimodal_triplet_loss(img: torch.Tensor, txt: torch.Tensor, anchor: torch.Tensor,
+                            positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.3, *,
+                            cand_img: torch.Tensor | None = None,
+                            cand_txt: torch.Tensor | None = None,
+                            reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference of :class:`medtrim_ext.MultimodalTripletLoss`, with gathered copies and autograd.
+
+    With d = 1 - cos, per triplet (a, p, n)::
+
+        L_img = ([d(a_i,p_i) - d(a_i,n_i) + m]_+ + [d(a_i,p_t) - d(a_i,n_t) + m]_+) / 2
+        L_txt = ([d(a_t,p_t) - d(a_t,n_t) + m]_+ + [d(a_t,p_i) - d(a_t,n_i) + m]_+) / 2
+
+    Anchors index ``img``/``txt``; positives and negatives index ``cand_img``/``cand_txt`` (default:
+    ``img``/``txt``). A triplet with any index -1 is skipped. ``reduction``: "mean" over the valid
+    triplets (0 when there is none), "sum", or "none" (per triplet, 0 for skipped ones).
+    """
+    cand_img = img if cand_img is None else cand_img
+    cand_txt = txt if cand_txt is None else cand_txt
+    ni, nt, ci, ct = (normalize_rows(x) for x in (img, txt, cand_img, cand_txt))
+    valid = (anchor >= 0) & (positive >= 0) & (negative >= 0)
+    a, p, n = (torch.where(valid, idx, torch.zeros_like(idx)) for idx in (anchor, positive, negative))
+    ai, at, pi, pt, n_i, n_t = ni[a], nt[a], ci[p], ct[p], ci[n], ct[n]
+
+    def hinge(x, pos, neg):
+        d_pos = 1 - (x * pos).sum(1)
+        d_neg = 1 - (x * neg).sum(1)
+        return torch.relu(d_pos - d_neg + margin)
+
+    loss_img = (hinge(ai, pi, n_i) + hinge(ai, pt, n_t)) / 2
+    loss_txt = (hinge(at, pt, n_t) + hinge(at, pi, n_i)) / 2
+    loss_img = torch.where(valid, loss_img, torch.zeros_like(loss_img))
+    loss_txt = torch.where(valid, loss_txt, torch.zeros_like(loss_txt))
+    if reduction == "none":
+        return loss_img, loss_txt
+    if reduction == "sum":
+        return loss_img.sum(), loss_txt.sum()
+    if reduction == "mean":
+        count = valid.sum().clamp_min(1)
+        return loss_img.sum() / count, loss_txt.sum() / count
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "meta_entity_ops.h"
+#include "triplet_loss_ops.h"
 
 TORCH_LIBRARY(medtrim, m) {
   m.def(
@@ -18,10 +19,22 @@ TORCH_LIBRARY(medtrim, m) {
       "pair_scores(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "
       "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, "
       "Tensor anchor_index, Tensor candidate_index, float w_dis, float w_adj, float w_dir) -> Tensor");
+  // Fused multimodal triplet loss, per triplet; autograd is attached in medtrim_ext/ops.py.
+  m.def(
+      "triplet_loss_forward(Tensor img, Tensor txt, Tensor? cand_img, Tensor? cand_txt, "
+      "Tensor anchor, Tensor positive, Tensor negative, float margin) "
+      "-> (Tensor loss_img, Tensor loss_txt, Tensor active, Tensor inv_norms)");
+  m.def(
+      "triplet_loss_backward(Tensor grad_loss_img, Tensor grad_loss_txt, Tensor img, Tensor txt, "
+      "Tensor? cand_img, Tensor? cand_txt, Tensor anchor, Tensor positive, Tensor negative, "
+      "Tensor active, Tensor inv_norms) "
+      "-> (Tensor grad_img, Tensor grad_txt, Tensor grad_cand_img, Tensor grad_cand_txt)");
 }
 
 TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
   m.impl("score_matrix", &medtrim::score_matrix_cpu);
   m.impl("mine_triplets", &medtrim::mine_triplets_cpu);
   m.impl("pair_scores", &medtrim::pair_scores_cpu);
+  m.impl("triplet_loss_forward", &medtrim::triplet_loss_forward_cpu);
+  m.impl("triplet_loss_backward", &medtrim::triplet_loss_backward_cpu);
 }

@@ -1,0 +1,283 @@
+// CPU kernels of the fused multimodal triplet loss.
+//
+// forward:  a norm pass over every row, then one pass over the triplets that reads the six rows of
+//           each triplet once and forms all eight dot products together (no gathered copies).
+// backward: one pass over the *output rows* following the gradient plan: each row sums the
+//           contributions of the entries that touch it into a private buffer, then applies the
+//           normalization's Jacobian once. Rows are independent, so threads never share a write and
+//           the result is deterministic (no atomics, fixed summation order).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "triplet_loss.h"
+#include "triplet_loss_ops.h"
+#include "triplet_loss_plan.h"
+
+namespace medtrim {
+namespace {
+
+using namespace loss;
+
+// Independent accumulator lanes: lets the compiler vectorize the reductions without reassociating
+// (no -ffast-math needed); 4 lanes x 8 dot products fit the SSE register file.
+constexpr int kLanes = 4;
+
+template <typename scalar_t, typename acc_t>
+acc_t squared_norm(const scalar_t* x, int64_t dim) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const acc_t v = static_cast<acc_t>(x[i + j]);
+      lane[j] += v * v;
+    }
+  acc_t s = 0;
+  for (; i < dim; ++i) s += static_cast<acc_t>(x[i]) * static_cast<acc_t>(x[i]);
+  for (int j = 0; j < kLanes; ++j) s += lane[j];
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t dot(const scalar_t* x, const acc_t* y, int64_t dim) {
+  acc_t lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] += static_cast<acc_t>(x[i + j]) * y[i + j];
+  acc_t s = 0;
+  for (; i < dim; ++i) s += static_cast<acc_t>(x[i]) * y[i];
+  for (int j = 0; j < kLanes; ++j) s += lane[j];
+  return s;
+}
+
+// The eight dot products of one triplet (order of loss::Cos) in one sweep over the six rows.
+template <typename scalar_t, typename acc_t>
+void triplet_dots(const scalar_t* const rows[6], int64_t dim, acc_t* out) {
+  acc_t lane[kNumCos][kLanes] = {};
+  const scalar_t *ai = rows[0], *pi = rows[1], *ni = rows[2], *at = rows[3], *pt = rows[4],
+                 *nt = rows[5];
+  auto step = [&](int64_t k, acc_t* s, int stride) {
+    const acc_t xai = static_cast<acc_t>(ai[k]), xpi = static_cast<acc_t>(pi[k]),
+                xni = static_cast<acc_t>(ni[k]), xat = static_cast<acc_t>(at[k]),
+                xpt = static_cast<acc_t>(pt[k]), xnt = static_cast<acc_t>(nt[k]);
+    s[kAiPi * stride] += xai * xpi;
+    s[kAiNi * stride] += xai * xni;
+    s[kAiPt * stride] += xai * xpt;
+    s[kAiNt * stride] += xai * xnt;
+    s[kAtPt * stride] += xat * xpt;
+    s[kAtNt * stride] += xat * xnt;
+    s[kAtPi * stride] += xat * xpi;
+    s[kAtNi * stride] += xat * xni;
+  };
+  int64_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) step(i + j, &lane[0][j], kLanes);
+  acc_t tail[kNumCos] = {};
+  for (; i < dim; ++i) step(i, tail, 1);
+  for (int c = 0; c < kNumCos; ++c) {
+    acc_t s = tail[c];
+    for (int j = 0; j < kLanes; ++j) s += lane[c][j];
+    out[c] = s;
+  }
+}
+
+// Global row r -> (matrix, local row) over the distinct matrices of the layout.
+struct RowRanges {
+  int count;
+  int matrix[4];
+  int64_t begin[4], end[4];
+
+  explicit RowRanges(const LossInputs& in) : count(in.shared ? 2 : 4) {
+    const int64_t rows[4] = {in.n, in.n, in.m, in.m};
+    for (int k = 0; k < count; ++k) {
+      matrix[k] = k;
+      begin[k] = in.base[k];
+      end[k] = in.base[k] + rows[k];
+    }
+  }
+  int locate(int64_t r, int64_t* local) const {
+    for (int k = 0; k < count; ++k)
+      if (r < end[k]) {
+        *local = r - begin[k];
+        return matrix[k];
+      }
+    return -1;  // unreachable for r < total_rows
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+int64_t inverse_norms(const LossInputs& in, acc_t* inv_norms) {
+  const auto layout = in.layout<scalar_t>();
+  const RowRanges ranges(in);
+  std::atomic<int64_t> nonfinite{0};
+  at::parallel_for(0, in.total_rows, std::max<int64_t>(1, 16384 / in.dim), [&](int64_t b, int64_t e) {
+    int64_t bad = 0;
+    for (int64_t r = b; r < e; ++r) {
+      int64_t local;
+      const int mat = ranges.locate(r, &local);
+      const acc_t sq = squared_norm<scalar_t, acc_t>(layout.row_ptr(mat, local), in.dim);
+      const acc_t norm = std::sqrt(sq);
+      if (!std::isfinite(norm)) ++bad;
+      inv_norms[r] = (std::isfinite(norm) && norm > acc_t(kNormEps)) ? acc_t(1) / norm : acc_t(0);
+    }
+    if (bad) nonfinite += bad;
+  });
+  return nonfinite.load();
+}
+
+template <typename scalar_t>
+LossForward forward_impl(const LossInputs& in, double margin) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_opts = in.img.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor inv_norms = at::empty({in.total_rows}, acc_opts);
+  const int64_t nonfinite = inverse_norms<scalar_t, acc_t>(in, inv_norms.data_ptr<acc_t>());
+  check_indices_and_rows(in, at::scalar_tensor(nonfinite, in.anchor.options()));
+
+  at::Tensor loss_img = at::empty({in.triplets}, acc_opts);
+  at::Tensor loss_txt = at::empty({in.triplets}, acc_opts);
+  at::Tensor active = at::empty({in.triplets}, in.anchor.options().dtype(at::kByte));
+  const auto layout = in.layout<scalar_t>();
+  const acc_t* inv = inv_norms.data_ptr<acc_t>();
+  const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
+                *N = in.negative.data_ptr<int64_t>();
+  acc_t *li = loss_img.data_ptr<acc_t>(), *lt = loss_txt.data_ptr<acc_t>();
+  uint8_t* act = active.data_ptr<uint8_t>();
+  const acc_t m = static_cast<acc_t>(margin);
+
+  at::parallel_for(0, in.triplets, std::max<int64_t>(1, 4096 / in.dim), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t a = A[t], p = P[t], n = N[t];
+      if (a < 0 || p < 0 || n < 0) {
+        li[t] = lt[t] = acc_t(0);
+        act[t] = 0;
+        continue;
+      }
+      const scalar_t* rows[6] = {layout.row_ptr(kImg, a), layout.row_ptr(kCandImg, p),
+                                 layout.row_ptr(kCandImg, n), layout.row_ptr(kTxt, a),
+                                 layout.row_ptr(kCandTxt, p), layout.row_ptr(kCandTxt, n)};
+      const acc_t ia = inv[layout.global_row(kImg, a)], ipi = inv[layout.global_row(kCandImg, p)],
+                  ini = inv[layout.global_row(kCandImg, n)], ita = inv[layout.global_row(kTxt, a)],
+                  ipt = inv[layout.global_row(kCandTxt, p)], int_ = inv[layout.global_row(kCandTxt, n)];
+      acc_t cos[kNumCos];
+      triplet_dots<scalar_t, acc_t>(rows, in.dim, cos);
+      cos[kAiPi] *= ia * ipi;
+      cos[kAiNi] *= ia * ini;
+      cos[kAiPt] *= ia * ipt;
+      cos[kAiNt] *= ia * int_;
+      cos[kAtPt] *= ita * ipt;
+      cos[kAtNt] *= ita * int_;
+      cos[kAtPi] *= ita * ipi;
+      cos[kAtNi] *= ita * ini;
+      act[t] = triplet_losses(cos, m, &li[t], &lt[t]);
+    }
+  });
+  return {loss_img, loss_txt, active, inv_norms};
+}
+
+template <typename scalar_t>
+void backward_impl(const LossInputs& in, const GradientPlan& plan, const at::Tensor& grad_img_t,
+                   const at::Tensor& grad_txt_t, const at::Tensor& active_t,
+                   const at::Tensor& inv_norms_t, scalar_t* const out[4]) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto layout = in.layout<scalar_t>();
+  const RowRanges ranges(in);
+  const int64_t *off = plan.offsets.data_ptr<int64_t>(), *codes = plan.codes.data_ptr<int64_t>();
+  const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
+                *N = in.negative.data_ptr<int64_t>();
+  const acc_t *gi = grad_img_t.data_ptr<acc_t>(), *gt = grad_txt_t.data_ptr<acc_t>(),
+              *inv = inv_norms_t.data_ptr<acc_t>();
+  const uint8_t* act = active_t.data_ptr<uint8_t>();
+  const int64_t dim = in.dim;
+
+  at::parallel_for(0, in.total_rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t b, int64_t e) {
+    std::vector<acc_t> grad(dim);  // gradient w.r.t. the normalized row
+    for (int64_t r = b; r < e; ++r) {
+      int64_t local;
+      const int mat = ranges.locate(r, &local);
+      scalar_t* dst = out[mat] + local * dim;
+      const acc_t inv_r = inv[r];
+      bool any = false;
+      if (inv_r != acc_t(0)) {
+        std::fill(grad.begin(), grad.end(), acc_t(0));
+        for (int64_t k = off[r]; k < off[r + 1]; ++k) {
+          const int64_t t = codes[k] / kRoles;
+          const int role = static_cast<int>(codes[k] % kRoles);
+          if (act[t] == 0) continue;
+          const auto g = term_grads<acc_t>(gi[t], gt[t], act[t]);
+          int src_mat[4];
+          int64_t src_row[4];
+          acc_t coef[4];
+          const int count = role_sources(role, A[t], P[t], N[t], g, src_mat, src_row, coef);
+          for (int j = 0; j < count; ++j) {
+            const acc_t c = coef[j] * inv[layout.global_row(src_mat[j], src_row[j])];
+            if (c == acc_t(0)) continue;
+            const scalar_t* src = layout.row_ptr(src_mat[j], src_row[j]);
+            for (int64_t i = 0; i < dim; ++i) grad[i] += c * static_cast<acc_t>(src[i]);
+            any = true;
+          }
+        }
+      }
+      if (!any) {
+        std::fill(dst, dst + dim, scalar_t(0));
+        continue;
+      }
+      // d/dx of normalize(x) applied to grad: inv * grad - inv^3 * (x . grad) * x
+      const scalar_t* x = layout.row_ptr(mat, local);
+      const acc_t along = dot<scalar_t, acc_t>(x, grad.data(), dim) * inv_r * inv_r * inv_r;
+      for (int64_t i = 0; i < dim; ++i)
+        dst[i] = static_cast<scalar_t>(inv_r * grad[i] - along * static_cast<acc_t>(x[i]));
+    }
+  });
+}
+
+}  // namespace
+
+LossForward triplet_loss_forward_cpu(const at::Tensor& img, const at::Tensor& txt,
+                                     const std::optional<at::Tensor>& cand_img,
+                                     const std::optional<at::Tensor>& cand_txt,
+                                     const at::Tensor& anchor, const at::Tensor& positive,
+                                     const at::Tensor& negative, double margin) {
+  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  check_margin(margin);
+  TORCH_CHECK(in.img.device().is_cpu(), "triplet_loss_forward_cpu got tensors on ", in.img.device());
+  LossForward result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+                                  "triplet_loss_forward_cpu",
+                                  [&] { result = forward_impl<scalar_t>(in, margin); });
+  return result;
+}
+
+LossBackward triplet_loss_backward_cpu(const at::Tensor& grad_loss_img,
+                                       const at::Tensor& grad_loss_txt, const at::Tensor& img,
+                                       const at::Tensor& txt,
+                                       const std::optional<at::Tensor>& cand_img,
+                                       const std::optional<at::Tensor>& cand_txt,
+                                       const at::Tensor& anchor, const at::Tensor& positive,
+                                       const at::Tensor& negative, const at::Tensor& active,
+                                       const at::Tensor& inv_norms) {
+  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  TORCH_CHECK(in.img.device().is_cpu(), "triplet_loss_backward_cpu got tensors on ", in.img.device());
+  check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
+  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
+  const auto plan = build_gradient_plan(in);
+  at::Tensor g_img = at::empty_like(in.img), g_txt = at::empty_like(in.txt);
+  at::Tensor g_cimg = in.shared ? empty_like_rows(in.img) : at::empty_like(in.cand_img);
+  at::Tensor g_ctxt = in.shared ? empty_like_rows(in.txt) : at::empty_like(in.cand_txt);
+  const auto gi = grad_loss_img.contiguous(), gt = grad_loss_txt.contiguous();
+  const auto act = active.contiguous(), inv = inv_norms.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+                                  "triplet_loss_backward_cpu", [&] {
+                                    scalar_t* out[4] = {g_img.data_ptr<scalar_t>(),
+                                                        g_txt.data_ptr<scalar_t>(),
+                                                        g_cimg.data_ptr<scalar_t>(),
+                                                        g_ctxt.data_ptr<scalar_t>()};
+                                    backward_impl<scalar_t>(in, plan, gi, gt, act, inv, out);
+                                  });
+  return {g_img, g_txt, g_cimg, g_ctxt};
+}
+
+}  // namespace medtrim

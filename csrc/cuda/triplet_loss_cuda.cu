@@ -1,0 +1,329 @@
+// CUDA kernels of the fused multimodal triplet loss (same structure as cpu/triplet_loss_cpu.cpp).
+//
+// forward:  a warp per row computes inverse norms; a warp per triplet reads its six rows once
+//           (coalesced, lanes striding over dim) and reduces all eight dot products together.
+// backward: a block per output row walks the gradient plan (entries sorted by row, so the sum is
+//           in a fixed order: deterministic, no atomics), accumulates the gradient of the
+//           normalized row in shared memory, then applies the normalization's Jacobian.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "triplet_loss.h"
+#include "triplet_loss_ops.h"
+#include "triplet_loss_plan.h"
+
+namespace medtrim {
+namespace {
+
+using namespace loss;
+
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = 8;
+constexpr int kRowThreads = 256;
+constexpr size_t kMaxSharedBytes = 48 * 1024;  // default dynamic shared memory, no opt-in
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;  // complete in lane 0
+}
+
+// Global row -> (matrix, local row) over the distinct matrices (2 when candidates are shared).
+struct RowRanges {
+  int count;
+  int64_t end[4];
+  int64_t begin[4];
+
+  __device__ __forceinline__ int locate(int64_t r, int64_t* local) const {
+    for (int k = 0; k < count; ++k)
+      if (r < end[k]) {
+        *local = r - begin[k];
+        return k;
+      }
+    *local = 0;
+    return 0;  // unreachable for r < total_rows
+  }
+};
+
+RowRanges make_ranges(const LossInputs& in) {
+  RowRanges ranges{};
+  ranges.count = in.shared ? 2 : 4;
+  const int64_t rows[4] = {in.n, in.n, in.m, in.m};
+  for (int k = 0; k < ranges.count; ++k) {
+    ranges.begin[k] = in.base[k];
+    ranges.end[k] = in.base[k] + rows[k];
+  }
+  return ranges;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void inverse_norms_kernel(Layout<scalar_t> layout, RowRanges ranges, int64_t total_rows,
+                                     acc_t* __restrict__ inv_norms, int* __restrict__ nonfinite) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+       r < total_rows; r += warps) {
+    int64_t local;
+    const int mat = ranges.locate(r, &local);
+    const scalar_t* x = layout.row_ptr(mat, local);
+    acc_t s = 0;
+    for (int64_t i = lane; i < layout.dim; i += kWarp) {
+      const acc_t v = static_cast<acc_t>(x[i]);
+      s += v * v;
+    }
+    s = warp_sum(s);
+    if (lane == 0) {
+      const acc_t norm = sqrt(s);
+      const bool finite = isfinite(norm);
+      if (!finite) atomicAdd(nonfinite, 1);
+      inv_norms[r] = (finite && norm > acc_t(kNormEps)) ? acc_t(1) / norm : acc_t(0);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void triplet_forward_kernel(Layout<scalar_t> layout, const acc_t* __restrict__ inv,
+                                       const int64_t* __restrict__ A, const int64_t* __restrict__ P,
+                                       const int64_t* __restrict__ N, int64_t triplets, acc_t margin,
+                                       acc_t* __restrict__ loss_img, acc_t* __restrict__ loss_txt,
+                                       uint8_t* __restrict__ active) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+       t < triplets; t += warps) {
+    const int64_t a = A[t], p = P[t], n = N[t];
+    if (a < 0 || p < 0 || n < 0) {  // warp-uniform
+      if (lane == 0) {
+        loss_img[t] = loss_txt[t] = acc_t(0);
+        active[t] = 0;
+      }
+      continue;
+    }
+    const scalar_t *ai = layout.row_ptr(kImg, a), *pi = layout.row_ptr(kCandImg, p),
+                   *ni = layout.row_ptr(kCandImg, n), *at = layout.row_ptr(kTxt, a),
+                   *pt = layout.row_ptr(kCandTxt, p), *nt = layout.row_ptr(kCandTxt, n);
+    acc_t s[kNumCos] = {};
+    for (int64_t i = lane; i < layout.dim; i += kWarp) {
+      const acc_t xai = static_cast<acc_t>(ai[i]), xpi = static_cast<acc_t>(pi[i]),
+                  xni = static_cast<acc_t>(ni[i]), xat = static_cast<acc_t>(at[i]),
+                  xpt = static_cast<acc_t>(pt[i]), xnt = static_cast<acc_t>(nt[i]);
+      s[kAiPi] += xai * xpi;
+      s[kAiNi] += xai * xni;
+      s[kAiPt] += xai * xpt;
+      s[kAiNt] += xai * xnt;
+      s[kAtPt] += xat * xpt;
+      s[kAtNt] += xat * xnt;
+      s[kAtPi] += xat * xpi;
+      s[kAtNi] += xat * xni;
+    }
+#pragma unroll
+    for (int c = 0; c < kNumCos; ++c) s[c] = warp_sum(s[c]);
+    if (lane == 0) {
+      const acc_t ia = inv[layout.global_row(kImg, a)], ipi = inv[layout.global_row(kCandImg, p)],
+                  ini = inv[layout.global_row(kCandImg, n)], ita = inv[layout.global_row(kTxt, a)],
+                  ipt = inv[layout.global_row(kCandTxt, p)],
+                  int_ = inv[layout.global_row(kCandTxt, n)];
+      s[kAiPi] *= ia * ipi;
+      s[kAiNi] *= ia * ini;
+      s[kAiPt] *= ia * ipt;
+      s[kAiNt] *= ia * int_;
+      s[kAtPt] *= ita * ipt;
+      s[kAtNt] *= ita * int_;
+      s[kAtPi] *= ita * ipi;
+      s[kAtNi] *= ita * ini;
+      active[t] = triplet_losses(s, margin, &loss_img[t], &loss_txt[t]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+struct BackwardArgs {
+  Layout<scalar_t> layout;
+  RowRanges ranges;
+  scalar_t* out[4];
+  const int64_t* offsets;
+  const int64_t* codes;
+  const int64_t *A, *P, *N;
+  const acc_t *grad_img, *grad_txt, *inv;
+  const uint8_t* active;
+};
+
+// One block per output row; grad (dim values) lives in dynamic shared memory, each thread owning
+// the elements i = threadIdx.x + k * blockDim.x, so the accumulation needs no synchronisation.
+template <typename scalar_t, typename acc_t>
+__global__ void row_backward_kernel(BackwardArgs<scalar_t, acc_t> args, int64_t total_rows) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* grad = reinterpret_cast<acc_t*>(smem_raw);
+  __shared__ acc_t partial[kRowThreads / kWarp];
+  const int64_t dim = args.layout.dim;
+  for (int64_t r = blockIdx.x; r < total_rows; r += gridDim.x) {
+    int64_t local;
+    const int mat = args.ranges.locate(r, &local);
+    scalar_t* dst = args.out[mat] + local * dim;
+    const acc_t inv_r = args.inv[r];
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) grad[i] = acc_t(0);
+    bool any = false;  // block-uniform: every thread decodes the same entries
+    if (inv_r != acc_t(0)) {
+      for (int64_t k = args.offsets[r]; k < args.offsets[r + 1]; ++k) {
+        const int64_t code = args.codes[k];
+        const int64_t t = code / kRoles;
+        const int role = static_cast<int>(code % kRoles);
+        const uint8_t act = args.active[t];
+        if (act == 0) continue;
+        const auto g = term_grads<acc_t>(args.grad_img[t], args.grad_txt[t], act);
+        int src_mat[4];
+        int64_t src_row[4];
+        acc_t coef[4];
+        const int count = role_sources(role, args.A[t], args.P[t], args.N[t], g, src_mat, src_row, coef);
+        for (int j = 0; j < count; ++j) {
+          const acc_t c = coef[j] * args.inv[args.layout.global_row(src_mat[j], src_row[j])];
+          if (c == acc_t(0)) continue;
+          const scalar_t* src = args.layout.row_ptr(src_mat[j], src_row[j]);
+          for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+            grad[i] += c * static_cast<acc_t>(src[i]);
+          any = true;
+        }
+      }
+    }
+    const scalar_t* x = args.layout.row_ptr(mat, local);
+    if (!any) {
+      for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = scalar_t(0);
+      __syncthreads();  // grad is reset by the next row
+      continue;
+    }
+    acc_t s = 0;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += static_cast<acc_t>(x[i]) * grad[i];
+    s = warp_sum(s);
+    if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = s;
+    __syncthreads();
+    acc_t total = 0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) total += partial[w];
+    const acc_t along = total * inv_r * inv_r * inv_r;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+      dst[i] = static_cast<scalar_t>(inv_r * grad[i] - along * static_cast<acc_t>(x[i]));
+    __syncthreads();  // partial and grad are reused by the next row
+  }
+}
+
+unsigned blocks_for(int64_t work, int64_t per_block) {
+  const int64_t blocks = (work + per_block - 1) / per_block;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, 65535L * 64));
+}
+
+template <typename scalar_t>
+LossForward forward_impl(const LossInputs& in, double margin) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_opts = in.img.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto layout = in.layout<scalar_t>();
+  at::Tensor inv_norms = at::empty({in.total_rows}, acc_opts);
+  at::Tensor nonfinite = at::zeros({}, in.img.options().dtype(at::kInt));
+  if (in.total_rows > 0) {
+    inverse_norms_kernel<scalar_t, acc_t>
+        <<<blocks_for(in.total_rows, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
+            layout, make_ranges(in), in.total_rows, inv_norms.data_ptr<acc_t>(),
+            nonfinite.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  check_indices_and_rows(in, nonfinite);
+
+  at::Tensor loss_img = at::empty({in.triplets}, acc_opts);
+  at::Tensor loss_txt = at::empty({in.triplets}, acc_opts);
+  at::Tensor active = at::empty({in.triplets}, in.anchor.options().dtype(at::kByte));
+  if (in.triplets > 0) {
+    triplet_forward_kernel<scalar_t, acc_t>
+        <<<blocks_for(in.triplets, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
+            layout, inv_norms.data_ptr<acc_t>(), in.anchor.data_ptr<int64_t>(),
+            in.positive.data_ptr<int64_t>(), in.negative.data_ptr<int64_t>(), in.triplets,
+            static_cast<acc_t>(margin), loss_img.data_ptr<acc_t>(), loss_txt.data_ptr<acc_t>(),
+            active.data_ptr<uint8_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {loss_img, loss_txt, active, inv_norms};
+}
+
+template <typename scalar_t>
+void backward_impl(const LossInputs& in, const GradientPlan& plan, const at::Tensor& grad_img,
+                   const at::Tensor& grad_txt, const at::Tensor& active, const at::Tensor& inv_norms,
+                   scalar_t* const out[4]) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const size_t smem = static_cast<size_t>(in.dim) * sizeof(acc_t);
+  TORCH_CHECK(smem <= kMaxSharedBytes, "the CUDA triplet loss supports embeddings of at most ",
+              kMaxSharedBytes / sizeof(acc_t), " dimensions for this dtype, got ", in.dim);
+  if (in.total_rows == 0) return;
+  BackwardArgs<scalar_t, acc_t> args{};
+  args.layout = in.layout<scalar_t>();
+  args.ranges = make_ranges(in);
+  for (int k = 0; k < 4; ++k) args.out[k] = out[k];
+  args.offsets = plan.offsets.data_ptr<int64_t>();
+  args.codes = plan.codes.data_ptr<int64_t>();
+  args.A = in.anchor.data_ptr<int64_t>();
+  args.P = in.positive.data_ptr<int64_t>();
+  args.N = in.negative.data_ptr<int64_t>();
+  args.grad_img = grad_img.data_ptr<acc_t>();
+  args.grad_txt = grad_txt.data_ptr<acc_t>();
+  args.inv = inv_norms.data_ptr<acc_t>();
+  args.active = active.data_ptr<uint8_t>();
+  row_backward_kernel<scalar_t, acc_t>
+      <<<blocks_for(in.total_rows, 1), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+          args, in.total_rows);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+LossForward triplet_loss_forward_cuda(const at::Tensor& img, const at::Tensor& txt,
+                                      const std::optional<at::Tensor>& cand_img,
+                                      const std::optional<at::Tensor>& cand_txt,
+                                      const at::Tensor& anchor, const at::Tensor& positive,
+                                      const at::Tensor& negative, double margin) {
+  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  check_margin(margin);
+  TORCH_CHECK(in.img.is_cuda(), "triplet_loss_forward_cuda got tensors on ", in.img.device());
+  const c10::cuda::CUDAGuard guard(in.img.device());
+  LossForward result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+                                  "triplet_loss_forward_cuda",
+                                  [&] { result = forward_impl<scalar_t>(in, margin); });
+  return result;
+}
+
+LossBackward triplet_loss_backward_cuda(const at::Tensor& grad_loss_img,
+                                        const at::Tensor& grad_loss_txt, const at::Tensor& img,
+                                        const at::Tensor& txt,
+                                        const std::optional<at::Tensor>& cand_img,
+                                        const std::optional<at::Tensor>& cand_txt,
+                                        const at::Tensor& anchor, const at::Tensor& positive,
+                                        const at::Tensor& negative, const at::Tensor& active,
+                                        const at::Tensor& inv_norms) {
+  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  TORCH_CHECK(in.img.is_cuda(), "triplet_loss_backward_cuda got tensors on ", in.img.device());
+  const c10::cuda::CUDAGuard guard(in.img.device());
+  check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
+  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
+  const auto plan = build_gradient_plan(in);
+  at::Tensor g_img = at::empty_like(in.img), g_txt = at::empty_like(in.txt);
+  at::Tensor g_cimg = in.shared ? empty_like_rows(in.img) : at::empty_like(in.cand_img);
+  at::Tensor g_ctxt = in.shared ? empty_like_rows(in.txt) : at::empty_like(in.cand_txt);
+  const auto gi = grad_loss_img.contiguous(), gt = grad_loss_txt.contiguous();
+  const auto act = active.contiguous(), inv = inv_norms.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+                                  "triplet_loss_backward_cuda", [&] {
+                                    scalar_t* out[4] = {g_img.data_ptr<scalar_t>(),
+                                                        g_txt.data_ptr<scalar_t>(),
+                                                        g_cimg.data_ptr<scalar_t>(),
+                                                        g_ctxt.data_ptr<scalar_t>()};
+                                    backward_impl<scalar_t>(in, plan, gi, gt, act, inv, out);
+                                  });
+  return {g_img, g_txt, g_cimg, g_ctxt};
+}
+
+}  // namespace medtrim

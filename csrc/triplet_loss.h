@@ -1,0 +1,138 @@
+// Per-triplet math of the multimodal triplet loss, shared by the CPU and CUDA kernels.
+//
+// For a triplet (a, p, n) with image rows a_i, p_i, n_i and text rows a_t, p_t, n_t, d = 1 - cos:
+//   L_img = ([d(a_i,p_i) - d(a_i,n_i) + m]_+ + [d(a_i,p_t) - d(a_i,n_t) + m]_+) / 2
+//   L_txt = ([d(a_t,p_t) - d(a_t,n_t) + m]_+ + [d(a_t,p_i) - d(a_t,n_i) + m]_+) / 2
+// Cosines are dot products times per-row inverse norms; a row whose norm is <= kNormEps has inverse
+// norm 0, i.e. cosine 0 with everything and no gradient (its direction is undefined).
+//
+// The backward pass is organised per *output row*: every (triplet, role) that touches a row adds a
+// linear combination of up to four other normalized rows to that row's gradient. `role_sources`
+// spells those combinations out once for both backends.
+#pragma once
+
+#include <cstdint>
+
+#ifndef MT_HD
+#if defined(__CUDACC__)
+#define MT_HD __host__ __device__ __forceinline__
+#else
+#define MT_HD inline
+#endif
+#endif
+
+namespace medtrim {
+namespace loss {
+
+constexpr double kNormEps = 1e-8;  // as torch.nn.functional.cosine_similarity
+
+// The matrices a triplet reads: anchors come from kImg/kTxt, positives and negatives from the
+// candidate matrices (which are kImg/kTxt themselves when no separate candidates are given).
+enum Matrix : int { kImg = 0, kTxt = 1, kCandImg = 2, kCandTxt = 3 };
+
+// The six places a row can take in a triplet; code of an entry = triplet * kRoles + role.
+enum Role : int { kAnchorImg = 0, kPosImg, kNegImg, kAnchorTxt, kPosTxt, kNegTxt, kRoles };
+
+MT_HD int role_matrix(int role) {
+  constexpr int m[kRoles] = {kImg, kCandImg, kCandImg, kTxt, kCandTxt, kCandTxt};
+  return m[role];
+}
+
+// Bits of `active`: which hinge terms are > 0 (they alone carry gradient).
+enum Term : uint8_t { kImgImg = 1, kImgTxt = 2, kTxtTxt = 4, kTxtImg = 8 };
+
+// Cosines of one triplet, in this order.
+enum Cos : int { kAiPi = 0, kAiNi, kAiPt, kAiNt, kAtPt, kAtNt, kAtPi, kAtNi, kNumCos };
+
+template <typename acc_t>
+MT_HD acc_t hinge_term(acc_t cos_pos, acc_t cos_neg, acc_t margin, bool* active) {
+  const acc_t t = ((acc_t(1) - cos_pos) - (acc_t(1) - cos_neg)) + margin;
+  *active = t > acc_t(0);
+  return *active ? t : acc_t(0);
+}
+
+// Losses of one valid triplet from its eight cosines; returns the active-term bits.
+template <typename acc_t>
+MT_HD uint8_t triplet_losses(const acc_t* cos, acc_t margin, acc_t* loss_img, acc_t* loss_txt) {
+  bool on[4];
+  const acc_t h1 = hinge_term(cos[kAiPi], cos[kAiNi], margin, &on[0]);
+  const acc_t h2 = hinge_term(cos[kAiPt], cos[kAiNt], margin, &on[1]);
+  const acc_t h3 = hinge_term(cos[kAtPt], cos[kAtNt], margin, &on[2]);
+  const acc_t h4 = hinge_term(cos[kAtPi], cos[kAtNi], margin, &on[3]);
+  *loss_img = (h1 + h2) * acc_t(0.5);
+  *loss_txt = (h3 + h4) * acc_t(0.5);
+  return static_cast<uint8_t>((on[0] ? kImgImg : 0) | (on[1] ? kImgTxt : 0) |
+                              (on[2] ? kTxtTxt : 0) | (on[3] ? kTxtImg : 0));
+}
+
+// d(loss)/d(hinge term) for each of the four terms of one triplet: the incoming per-triplet
+// gradients, halved (each loss averages two terms), where the term is active.
+template <typename acc_t>
+struct TermGrads {
+  acc_t img_img, img_txt, txt_txt, txt_img;
+};
+
+template <typename acc_t>
+MT_HD TermGrads<acc_t> term_grads(acc_t grad_img, acc_t grad_txt, uint8_t active) {
+  const acc_t gi = grad_img * acc_t(0.5), gt = grad_txt * acc_t(0.5);
+  return {(active & kImgImg) ? gi : acc_t(0), (active & kImgTxt) ? gi : acc_t(0),
+          (active & kTxtTxt) ? gt : acc_t(0), (active & kTxtImg) ? gt : acc_t(0)};
+}
+
+// The gradient that entry (triplet, role) sends to its row, with respect to the row's *normalized*
+// vector: sum_j coef[j] * normalized(matrix[j] row[j]). Returns the number of sources (2 or 4).
+// Derivation: t = cos(x, n) - cos(x, p) + m gives d t/d x^ = n^ - p^, d t/d p^ = -x^, d t/d n^ = x^.
+template <typename acc_t>
+MT_HD int role_sources(int role, int64_t a, int64_t p, int64_t n, const TermGrads<acc_t>& g,
+                       int* matrix, int64_t* row, acc_t* coef) {
+  auto set = [&](int j, int mat, int64_t r, acc_t c) {
+    matrix[j] = mat;
+    row[j] = r;
+    coef[j] = c;
+  };
+  switch (role) {
+    case kAnchorImg:  // image-image and image-text terms of the image loss
+      set(0, kCandImg, n, g.img_img);
+      set(1, kCandImg, p, -g.img_img);
+      set(2, kCandTxt, n, g.img_txt);
+      set(3, kCandTxt, p, -g.img_txt);
+      return 4;
+    case kAnchorTxt:  // text-text and text-image terms of the text loss
+      set(0, kCandTxt, n, g.txt_txt);
+      set(1, kCandTxt, p, -g.txt_txt);
+      set(2, kCandImg, n, g.txt_img);
+      set(3, kCandImg, p, -g.txt_img);
+      return 4;
+    case kPosImg:
+      set(0, kImg, a, -g.img_img);
+      set(1, kTxt, a, -g.txt_img);
+      return 2;
+    case kNegImg:
+      set(0, kImg, a, g.img_img);
+      set(1, kTxt, a, g.txt_img);
+      return 2;
+    case kPosTxt:
+      set(0, kImg, a, -g.img_txt);
+      set(1, kTxt, a, -g.txt_txt);
+      return 2;
+    default:  // kNegTxt
+      set(0, kImg, a, g.img_txt);
+      set(1, kTxt, a, g.txt_txt);
+      return 2;
+  }
+}
+
+// Where each matrix's rows live: `base[m]` = first global row id (the index into the inverse-norm
+// vector and the gradient plan). With shared candidates base[kCandImg] == base[kImg] etc.
+template <typename scalar_t>
+struct Layout {
+  const scalar_t* data[4];
+  int64_t base[4];
+  int64_t dim;
+
+  MT_HD const scalar_t* row_ptr(int matrix, int64_t row) const { return data[matrix] + row * dim; }
+  MT_HD int64_t global_row(int matrix, int64_t row) const { return base[matrix] + row; }
+};
+
+}  // namespace loss
+}  // namespace medtrim

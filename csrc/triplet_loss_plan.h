@@ -1,0 +1,67 @@
+// Host-side parts of the triplet loss shared by both backends: argument checks, the row layout
+// and the gradient plan (which (triplet, role) entries touch each output row). Written with ATen
+// tensor ops, so the same code runs for CPU and CUDA tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+
+#include "triplet_loss.h"
+
+namespace medtrim {
+namespace loss {
+
+struct LossInputs {
+  at::Tensor img, txt, cand_img, cand_txt;  // contiguous; cand_* alias img/txt when shared
+  at::Tensor anchor, positive, negative;    // int64 (T,)
+  bool shared = true;                       // positives/negatives index img/txt themselves
+  int64_t n = 0, m = 0, dim = 0, triplets = 0, total_rows = 0;
+  std::array<int64_t, 4> base{};            // first global row of img, txt, cand_img, cand_txt
+
+  at::ScalarType acc_type() const;  // float32, or float64 for float64 embeddings
+
+  template <typename scalar_t>
+  Layout<scalar_t> layout() const {
+    Layout<scalar_t> l{};
+    const at::Tensor* mats[4] = {&img, &txt, &cand_img, &cand_txt};
+    for (int k = 0; k < 4; ++k) {
+      l.data[k] = mats[k]->data_ptr<scalar_t>();
+      l.base[k] = base[k];
+    }
+    l.dim = dim;
+    return l;
+  }
+};
+
+// Checks shapes, dtypes, devices and the margin (no data is read). Raises naming the argument.
+LossInputs prepare_inputs(const at::Tensor& img, const at::Tensor& txt,
+                          const std::optional<at::Tensor>& cand_img,
+                          const std::optional<at::Tensor>& cand_txt, const at::Tensor& anchor,
+                          const at::Tensor& positive, const at::Tensor& negative);
+
+void check_margin(double margin);
+
+// Index ranges (anchor in [-1, N), positive/negative in [-1, M)) and, if given, the count of rows
+// whose norm is not finite (written by the norm pass). One device->host copy for all checks.
+void check_indices_and_rows(const LossInputs& in, const at::Tensor& nonfinite_rows);
+
+// Per-triplet gradient inputs of the backward op: shapes and dtypes.
+void check_backward_inputs(const LossInputs& in, const at::Tensor& grad_img,
+                           const at::Tensor& grad_txt, const at::Tensor& active,
+                           const at::Tensor& inv_norms);
+
+// CSR over global rows: entries offsets[r] .. offsets[r + 1] of `codes` (triplet * kRoles + role,
+// ascending) touch row r. Invalid triplets (any index -1) contribute nothing.
+struct GradientPlan {
+  at::Tensor offsets;  // int64 (total_rows + 1,)
+  at::Tensor codes;    // int64 (entries,)
+};
+GradientPlan build_gradient_plan(const LossInputs& in);
+
+// Empty tensors standing in for candidate gradients when the candidates are img/txt themselves.
+at::Tensor empty_like_rows(const at::Tensor& like);
+
+}  // namespace loss
+}  // namespace medtrim
