@@ -71,3 +71,41 @@ def entity_sets(draw, max_n: int = 40):
 
 
 weights = st.tuples(*(st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.5, 0.85, 1.0, 2.5]) for _ in range(3)))
+
+
+def golden_loss_cases() -> list[dict]:
+    """Losses and gradients of the published triplet loss (see tests/data/README.md)."""
+    return json.loads((DATA / "golden_loss_cases.json").read_text())["cases"]
+
+
+@st.composite
+def loss_problems(draw, max_rows: int = 40, max_dim: int = 70, candidates: bool | None = None):
+    """Random loss inputs: (img, txt, cand_img, cand_txt, anchor, positive, negative, margin).
+
+    Float64 data (cast by the tests), repeated indices, -1 entries, zero rows and duplicated rows.
+    """
+    n = draw(st.integers(1, max_rows))
+    use_cand = draw(st.booleans()) if candidates is None else candidates
+    m = draw(st.integers(1, max_rows)) if use_cand else n
+    dim = draw(st.integers(1, max_dim))
+    t = draw(st.integers(0, 2 * max_rows))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(k):
+        x = torch.randn(k, dim, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 1.0, 30.0]))
+        if k and draw(st.booleans()):  # zero rows and exact duplicates
+            x[torch.randint(0, k, (max(1, k // 5),), generator=g)] = 0
+            x[torch.randint(0, k, (max(1, k // 5),), generator=g)] = x[0].clone()
+        return x
+
+    img, txt = rows(n), rows(n)
+    cand_img, cand_txt = (rows(m), rows(m)) if use_cand else (None, None)
+    p_skip = draw(st.sampled_from([0.0, 0.2, 1.0]))
+
+    def index(k):
+        idx = torch.randint(0, k, (t,), generator=g)
+        return torch.where(torch.rand(t, generator=g) < p_skip / 3, -1, idx)
+
+    margin = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.5]))
+    return img, txt, cand_img, cand_txt, index(n), index(m), index(m), margin
