@@ -2,6 +2,7 @@
 #include "triplet_loss_plan.h"
 
 #include <cmath>
+#include <vector>
 
 namespace medtrim {
 namespace loss {
@@ -141,6 +142,50 @@ GradientPlan build_gradient_plan(const LossInputs& in) {
                                   /*descending=*/false);
   const at::Tensor boundaries = at::arange(in.total_rows + 1, keys.options());
   return {at::searchsorted(sorted, boundaries), order};
+}
+
+GradientPlan build_gradient_plan_counting(const LossInputs& in) {
+  TORCH_CHECK(in.anchor.device().is_cpu(), "build_gradient_plan_counting needs CPU tensors");
+  const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
+                *N = in.negative.data_ptr<int64_t>();
+  const auto& b = in.base;
+  auto rows_of = [&](int64_t t, int64_t* key) {
+    key[kAnchorImg] = A[t] + b[kImg];
+    key[kPosImg] = P[t] + b[kCandImg];
+    key[kNegImg] = N[t] + b[kCandImg];
+    key[kAnchorTxt] = A[t] + b[kTxt];
+    key[kPosTxt] = P[t] + b[kCandTxt];
+    key[kNegTxt] = N[t] + b[kCandTxt];
+  };
+  at::Tensor offsets = at::zeros({in.total_rows + 1}, in.anchor.options());
+  int64_t* off = offsets.data_ptr<int64_t>();
+  int64_t key[kRoles];
+  for (int64_t t = 0; t < in.triplets; ++t) {
+    if (A[t] < 0 || P[t] < 0 || N[t] < 0) continue;
+    rows_of(t, key);
+    for (int r = 0; r < kRoles; ++r) ++off[key[r] + 1];
+  }
+  for (int64_t r = 0; r < in.total_rows; ++r) off[r + 1] += off[r];
+  at::Tensor codes = at::empty({off[in.total_rows]}, in.anchor.options());
+  int64_t* out = codes.data_ptr<int64_t>();
+  std::vector<int64_t> cursor(off, off + in.total_rows);
+  for (int64_t t = 0; t < in.triplets; ++t) {  // ascending (triplet, role): a stable counting sort
+    if (A[t] < 0 || P[t] < 0 || N[t] < 0) continue;
+    rows_of(t, key);
+    for (int r = 0; r < kRoles; ++r) out[cursor[key[r]]++] = t * kRoles + r;
+  }
+  return {offsets, codes};
+}
+
+std::tuple<at::Tensor, at::Tensor> gradient_plan_op(
+    const at::Tensor& img, const at::Tensor& txt, const std::optional<at::Tensor>& cand_img,
+    const std::optional<at::Tensor>& cand_txt, const at::Tensor& anchor, const at::Tensor& positive,
+    const at::Tensor& negative, bool counting) {
+  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
+  TORCH_CHECK(!counting || in.anchor.device().is_cpu(), "the counting plan runs on the CPU only");
+  const auto plan = counting ? build_gradient_plan_counting(in) : build_gradient_plan(in);
+  return {plan.offsets, plan.codes};
 }
 
 at::Tensor empty_like_rows(const at::Tensor& like) { return like.new_empty({0, like.size(1)}); }

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <optional>
+#include <tuple>
 
 #include "triplet_loss.h"
 
@@ -53,12 +54,21 @@ void check_backward_inputs(const LossInputs& in, const at::Tensor& grad_img,
                            const at::Tensor& inv_norms);
 
 // CSR over global rows: entries offsets[r] .. offsets[r + 1] of `codes` (triplet * kRoles + role,
-// ascending) touch row r. Invalid triplets (any index -1) contribute nothing.
+// ascending) touch row r. Invalid triplets (any index -1) contribute nothing (the sort-based plan
+// keeps their entries after offsets[total_rows], where nothing reads them).
 struct GradientPlan {
   at::Tensor offsets;  // int64 (total_rows + 1,)
   at::Tensor codes;    // int64 (entries,)
 };
-GradientPlan build_gradient_plan(const LossInputs& in);
+GradientPlan build_gradient_plan(const LossInputs& in);  // sort-based, any device (used on CUDA)
+GradientPlan build_gradient_plan_counting(const LossInputs& in);  // O(T + rows), CPU tensors only
+
+// The plan as an op (medtrim::_triplet_loss_plan), so tests can check that the sort-based plan
+// the CUDA backward uses equals the counting plan of the CPU backward.
+std::tuple<at::Tensor, at::Tensor> gradient_plan_op(
+    const at::Tensor& img, const at::Tensor& txt, const std::optional<at::Tensor>& cand_img,
+    const std::optional<at::Tensor>& cand_txt, const at::Tensor& anchor, const at::Tensor& positive,
+    const at::Tensor& negative, bool counting);
 
 // Empty tensors standing in for candidate gradients when the candidates are img/txt themselves.
 at::Tensor empty_like_rows(const at::Tensor& like);

@@ -4,6 +4,7 @@
 
 #include "meta_entity_ops.h"
 #include "triplet_loss_ops.h"
+#include "triplet_loss_plan.h"
 
 TORCH_LIBRARY(medtrim, m) {
   m.def(
@@ -29,6 +30,10 @@ TORCH_LIBRARY(medtrim, m) {
       "Tensor? cand_img, Tensor? cand_txt, Tensor anchor, Tensor positive, Tensor negative, "
       "Tensor active, Tensor inv_norms) "
       "-> (Tensor grad_img, Tensor grad_txt, Tensor grad_cand_img, Tensor grad_cand_txt)");
+  // Internal, for tests: the backward's gradient plan (CSR of triplet entries per row).
+  m.def(
+      "_triplet_loss_plan(Tensor img, Tensor txt, Tensor? cand_img, Tensor? cand_txt, "
+      "Tensor anchor, Tensor positive, Tensor negative, bool counting) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
@@ -37,4 +42,9 @@ TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
   m.impl("pair_scores", &medtrim::pair_scores_cpu);
   m.impl("triplet_loss_forward", &medtrim::triplet_loss_forward_cpu);
   m.impl("triplet_loss_backward", &medtrim::triplet_loss_backward_cpu);
+}
+
+// Runs on any device (ATen ops only), so it is registered once for all backends.
+TORCH_LIBRARY_IMPL(medtrim, CompositeExplicitAutograd, m) {
+  m.impl("_triplet_loss_plan", &medtrim::loss::gradient_plan_op);
 }

@@ -97,3 +97,75 @@ def test_cuda_device_mismatch_is_an_error():
         TripletMiner()(ents.cuda(), ents.cuda(), anchor_ids=torch.arange(2), candidate_ids=torch.arange(2).cuda())
     with pytest.raises(ValueError, match="CPU torch.Generator"):
         TripletMiner(semi_hard_prob=0.5)(ents.cuda(), generator=torch.Generator(device="cuda"))
+
+
+# ---- fused triplet loss on CUDA ---------------------------------------------------------------
+
+from medtrim_ext import MedTrimObjective, MultimodalTripletLoss  # noqa: E402
+
+from medtrim_ext.synthetic import synthetic_entities  # noqa: E402
+
+from helpers import loss_problems  # noqa: E402
+
+
+def _loss_and_grads(problem, dtype, device):
+    img, txt, cand_img, cand_txt, a, p, n, margin = problem
+    leaves = [None if x is None else x.to(device=device, dtype=dtype).requires_grad_()
+              for x in (img, txt, cand_img, cand_txt)]
+    li, lt = MultimodalTripletLoss(margin, "none")(leaves[0], leaves[1], (a.to(device), p.to(device), n.to(device)),
+                                                   cand_img=leaves[2], cand_txt=leaves[3])
+    (li.sum() + 2 * lt.sum()).backward()
+    return li.detach().cpu(), lt.detach().cpu(), [None if x is None else x.grad.cpu() for x in leaves]
+
+
+@settings(max_examples=40)
+@given(loss_problems(max_rows=60, max_dim=300), st.sampled_from([torch.float64, torch.float32, torch.bfloat16]))
+def test_cuda_loss_equals_cpu(problem, dtype):
+    ci, ct, cg = _loss_and_grads(problem, dtype, "cpu")
+    gi, gt, gg = _loss_and_grads(problem, dtype, "cuda")
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-5}[dtype]
+    torch.testing.assert_close(gi, ci, atol=tol, rtol=0)
+    torch.testing.assert_close(gt, ct, atol=tol, rtol=0)
+    if dtype == torch.float64:  # same active terms: the summation orders differ only slightly
+        for g, c in zip(gg, cg):
+            if c is not None:
+                torch.testing.assert_close(g, c, atol=1e-8, rtol=1e-8)
+
+
+def test_cuda_loss_large_and_deterministic():
+    g = torch.Generator().manual_seed(9)
+    img, txt = torch.randn(4096, 768, generator=g), torch.randn(4096, 768, generator=g)
+    idx = torch.randint(-1, 4096, (3, 4096), generator=g)
+    want = _loss_and_grads((img, txt, None, None, *idx, 0.3), torch.float32, "cpu")
+    runs = [_loss_and_grads((img, txt, None, None, *idx, 0.3), torch.float32, "cuda") for _ in range(2)]
+    torch.testing.assert_close(runs[0][0], want[0], atol=2e-5, rtol=0)
+    for g0, g1, w in zip(runs[0][2], runs[1][2], want[2]):
+        if w is not None:
+            assert torch.equal(g0, g1)  # no atomics: bitwise reproducible
+            torch.testing.assert_close(g0, w, atol=1e-5, rtol=1e-4)
+
+
+def test_cuda_loss_bad_index_is_an_error_not_a_device_assert():
+    img, txt = torch.randn(8, 16, device="cuda"), torch.randn(8, 16, device="cuda")
+    a = torch.arange(8, device="cuda")
+    with pytest.raises(RuntimeError, match="positive has an index outside"):
+        MultimodalTripletLoss()(img, txt, (a, a + 1, a))
+    bad = txt.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        MultimodalTripletLoss()(img, bad, (a, a.flip(0), a))
+    # the device is still usable afterwards
+    li, lt = MultimodalTripletLoss()(img, txt, (a, a.flip(0), (a + 3) % 8))
+    assert torch.isfinite(li).item()
+
+
+def test_cuda_objective_autocast_bf16():
+    ents = synthetic_entities(256, seed=3).to("cuda")
+    enc = torch.nn.Linear(32, 64).cuda()
+    x = torch.randn(256, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        e = enc(x)
+        out = MedTrimObjective()(e, e * 0.5 + 0.1, ents)
+    out.loss.backward()
+    assert torch.isfinite(enc.weight.grad).all()
+    assert out.stats["valid_triplets"].item() > 0

@@ -214,3 +214,25 @@ def test_objective_errors():
         MedTrimObjective()(img, txt, synthetic_entities(6, seed=0), cand_img=img)
     with pytest.raises(TypeError, match="miner must be a TripletMiner"):
         MedTrimObjective(miner="x")
+
+
+@pytest.mark.parametrize("with_candidates", [False, True])
+def test_sort_plan_equals_counting_plan(with_candidates):
+    """The CUDA backward builds its plan with a stable sort, the CPU one with a counting sort:
+    both must list, per row, the same (triplet, role) entries in the same order."""
+    g = torch.Generator().manual_seed(11)
+    img, txt = torch.randn(30, 4, generator=g), torch.randn(30, 4, generator=g)
+    cand = (torch.randn(17, 4, generator=g), torch.randn(17, 4, generator=g)) if with_candidates else (None, None)
+    m = 17 if with_candidates else 30
+    a, p, n = torch.randint(-1, 30, (200,), generator=g), torch.randint(-1, m, (200,), generator=g), \
+        torch.randint(-1, m, (200,), generator=g)
+    sort_plan = torch.ops.medtrim._triplet_loss_plan(img, txt, *cand, a, p, n, False)
+    count_plan = torch.ops.medtrim._triplet_loss_plan(img, txt, *cand, a, p, n, True)
+    offsets, codes = count_plan
+    # the sort-based plan keeps skipped triplets' entries after offsets[-1] (never read)
+    assert torch.equal(sort_plan[0], offsets) and torch.equal(sort_plan[1][: codes.numel()], codes)
+    valid = (a >= 0) & (p >= 0) & (n >= 0)
+    assert offsets[-1].item() == 6 * valid.sum().item() == codes.numel()
+    # row 0 of img: exactly the entries where it is the anchor, or (shared) a positive/negative
+    t, role = codes[offsets[0]:offsets[1]] // 6, codes[offsets[0]:offsets[1]] % 6
+    assert (a[t[role == 0]] == 0).all() and torch.equal(t, t.sort().values)

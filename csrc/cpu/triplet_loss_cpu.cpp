@@ -263,7 +263,7 @@ LossBackward triplet_loss_backward_cpu(const at::Tensor& grad_loss_img,
   TORCH_CHECK(in.img.device().is_cpu(), "triplet_loss_backward_cpu got tensors on ", in.img.device());
   check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
   check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
-  const auto plan = build_gradient_plan(in);
+  const auto plan = build_gradient_plan_counting(in);
   at::Tensor g_img = at::empty_like(in.img), g_txt = at::empty_like(in.txt);
   at::Tensor g_cimg = in.shared ? empty_like_rows(in.img) : at::empty_like(in.cand_img);
   at::Tensor g_ctxt = in.shared ? empty_like_rows(in.txt) : at::empty_like(in.cand_txt);
