@@ -2,19 +2,49 @@
 """A small workload that touches every CUDA kernel once, for `compute-sanitizer --tool memcheck`.
 
 Sizes are chosen to hit partial tiles, several candidate splits, N=1, M=0 and the smaller tiles
-of a large vocabulary. Exits non-zero if the CUDA results differ from the CPU kernels.
+of a large vocabulary; for the loss, forward and backward with and without candidates, -1 rows,
+zero rows, odd dimensions and bf16. Exits non-zero if the CUDA results differ from the CPU kernels.
 """
 
 import sys
 
 import torch
 
-from medtrim_ext import MetaEntities, TripletMiner, Vocabulary
+from medtrim_ext import MetaEntities, MultimodalTripletLoss, TripletMiner, Vocabulary
 from medtrim_ext.synthetic import synthetic_entities
 
 
 def same(a, b) -> bool:
     return all(torch.equal(x.cpu(), y) for x, y in zip(a, b))
+
+
+def loss_on(device, dtype, img, txt, cand, triplets):
+    leaves = [x.detach().to(device=device, dtype=dtype).clone().requires_grad_() for x in (img, txt, *cand)]
+    li, lt = MultimodalTripletLoss(0.3, "none")(
+        leaves[0], leaves[1], tuple(t.to(device) for t in triplets),
+        cand_img=leaves[2] if cand else None, cand_txt=leaves[3] if cand else None)
+    (li.sum() + lt.sum()).backward()
+    return [li.detach().cpu(), lt.detach().cpu()] + [x.grad.float().cpu() for x in leaves]
+
+
+def loss_case() -> bool:
+    ok = True
+    g = torch.Generator().manual_seed(7)
+    for n, m, dim, with_cand in [(1, 0, 1, False), (37, 0, 257, False), (20, 45, 33, True), (300, 0, 768, False)]:
+        img, txt = torch.randn(n, dim, generator=g), torch.randn(n, dim, generator=g)
+        img[n // 2] = 0
+        cand = (torch.randn(m, dim, generator=g), torch.randn(m, dim, generator=g)) if with_cand else ()
+        rows = m if with_cand else n
+        t = 2 * n + 3
+        triplets = (torch.randint(-1, n, (t,), generator=g), torch.randint(-1, rows, (t,), generator=g),
+                    torch.randint(-1, rows, (t,), generator=g))
+        for dtype in (torch.float32, torch.bfloat16):
+            got = loss_on("cuda", dtype, img, txt, cand, triplets)
+            want = loss_on("cpu", dtype, img, txt, cand, triplets)
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            ok &= all(torch.allclose(a, b, atol=tol * max(1.0, b.abs().max().item()), rtol=0)
+                      for a, b in zip(got, want))
+    return ok
 
 
 def main() -> int:
@@ -41,6 +71,7 @@ def main() -> int:
                                    torch.rand(300, c, r, generator=gen) < 0.05, big)
     ok &= torch.equal(miner.score_matrix(ents.cuda()).cpu(), miner.score_matrix(ents))
     ok &= same(miner(ents.cuda()), miner(ents))
+    ok &= loss_case()
     torch.cuda.synchronize()
     print("sanitize case:", "CUDA == CPU" if ok else "MISMATCH between CUDA and CPU")
     return 0 if ok else 1

@@ -110,7 +110,7 @@ from helpers import loss_problems  # noqa: E402
 
 def _loss_and_grads(problem, dtype, device):
     img, txt, cand_img, cand_txt, a, p, n, margin = problem
-    leaves = [None if x is None else x.to(device=device, dtype=dtype).requires_grad_()
+    leaves = [None if x is None else x.detach().to(device=device, dtype=dtype).clone().requires_grad_()
               for x in (img, txt, cand_img, cand_txt)]
     li, lt = MultimodalTripletLoss(margin, "none")(leaves[0], leaves[1], (a.to(device), p.to(device), n.to(device)),
                                                    cand_img=leaves[2], cand_txt=leaves[3])

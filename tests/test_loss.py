@@ -21,7 +21,7 @@ def kernel_and_reference(problem, dtype, reduction="mean"):
     img, txt, cand_img, cand_txt, a, p, n, margin = problem
     results = []
     for fn in ("kernel", "reference"):
-        leaves = [None if x is None else x.to(dtype).requires_grad_() for x in (img, txt, cand_img, cand_txt)]
+        leaves = [None if x is None else x.detach().to(dtype).clone().requires_grad_() for x in (img, txt, cand_img, cand_txt)]
         if fn == "kernel":
             li, lt = MultimodalTripletLoss(margin, reduction)(
                 leaves[0], leaves[1], (a, p, n), cand_img=leaves[2], cand_txt=leaves[3])

@@ -105,7 +105,8 @@ struct RowRanges {
         *local = r - begin[k];
         return matrix[k];
       }
-    return -1;  // unreachable for r < total_rows
+    *local = 0;
+    return 0;  // unreachable for r < total_rows
   }
 };
 

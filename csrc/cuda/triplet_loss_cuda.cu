@@ -160,7 +160,7 @@ struct BackwardArgs {
 // the elements i = threadIdx.x + k * blockDim.x, so the accumulation needs no synchronisation.
 template <typename scalar_t, typename acc_t>
 __global__ void row_backward_kernel(BackwardArgs<scalar_t, acc_t> args, int64_t total_rows) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* grad = reinterpret_cast<acc_t*>(smem_raw);
   __shared__ acc_t partial[kRowThreads / kWarp];
   const int64_t dim = args.layout.dim;
