@@ -2,8 +2,10 @@
 # Device check for a lent GPU machine (H100/H200), in one short run (target: under 5 minutes):
 #   1. build in place against the machine's own torch (pip --no-build-isolation, sm_90 only)
 #   2. the whole test suite, CUDA tests included
-#   3. compute-sanitizer memcheck on a small case that touches every CUDA kernel
-#   4. the GPU benchmark (kernels against the pure-PyTorch reference)
+#   3. compute-sanitizer memcheck on a small case that touches every CUDA kernel (scores, mining,
+#      pair scores, the loss's forward and backward with and without candidates, fp32 and bf16)
+#   4. the GPU benchmark (every kernel against the pure-PyTorch reference, the loss with the
+#      achieved bandwidth against the card's copy bandwidth)
 # Everything is logged to $OUT (the device tool brings it back), default benchmarks/out/device.
 #   run: bash benchmarks/device_check.sh
 set -uo pipefail

@@ -236,3 +236,18 @@ def test_sort_plan_equals_counting_plan(with_candidates):
     # row 0 of img: exactly the entries where it is the anchor, or (shared) a positive/negative
     t, role = codes[offsets[0]:offsets[1]] // 6, codes[offsets[0]:offsets[1]] % 6
     assert (a[t[role == 0]] == 0).all() and torch.equal(t, t.sort().values)
+
+
+def test_torch_compile_objective_fullgraph():
+    ents = synthetic_entities(48, seed=2)
+    img, txt = embeddings(48, 16, seed=7)
+    objective = MedTrimObjective()
+    compiled = torch.compile(lambda i, t, e: objective(i, t, e).loss, fullgraph=True, backend="aot_eager")
+    got = compiled(img, txt, ents)
+    got.backward()
+    grads = img.grad.clone()
+    img.grad = txt.grad = None
+    want = objective(img, txt, ents).loss
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    torch.testing.assert_close(grads, img.grad)
