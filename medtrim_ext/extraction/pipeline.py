@@ -59,7 +59,7 @@ class EntityExtractor:
     family mentions never count. An empty or blank report gives ``{}`` (no finding).
     """
 
-    def __init__(self, ontology=None, *, uncertain: str = "positive", sections: bool = True,
+    def __init__(self, ontology=None, *, uncertain: str = "negative", sections: bool = True,
                  vocabulary=None):
         if uncertain not in UNCERTAIN_POLICIES:
             raise ValueError(f"uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
@@ -178,12 +178,19 @@ class EntityExtractor:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        config = (self.ontology.to_config(), self.uncertain, self.use_sections, self.ontology.vocabulary)
+        global _WORKER
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
         out: list[dict] = []
-        with ProcessPoolExecutor(n_process, mp_context=mp.get_context(method),
-                                 initializer=_worker_init, initargs=config) as pool:
+        if "fork" in mp.get_all_start_methods():
+            # forked workers inherit this extractor (no rebuild, ~1.5 s saved per worker)
+            _WORKER = self
+            kwargs = {"mp_context": mp.get_context("fork")}
+        else:
+            config = (self.ontology.to_config(), self.uncertain, self.use_sections,
+                      self.ontology.vocabulary)
+            kwargs = {"mp_context": mp.get_context("spawn"), "initializer": _worker_init,
+                      "initargs": config}
+        with ProcessPoolExecutor(n_process, **kwargs) as pool:
             for records in pool.map(_worker_run, chunks):
                 out += records
                 if bar is not None:
