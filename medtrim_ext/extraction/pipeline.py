@@ -18,6 +18,7 @@ spaCy and medspacy are imported when an extractor is built, not when medtrim_ext
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, Sequence
 
 from .ontology import ExtractionOntology
@@ -209,7 +210,11 @@ class EntityExtractor:
         if not targets:
             return {}
         doc.ents = targets
-        self._context(doc)
+        with warnings.catch_warnings():
+            # ConText keeps a token-pattern matcher next to its phrase matcher; ours has only
+            # phrases, and spaCy would warn on every document that the empty one has no patterns
+            warnings.filterwarnings("ignore", message=r"\[W036\]")
+            self._context(doc)
 
         # 2. descriptors, clause ids and cue positions
         clause = _clause_ids(doc, self._descriptor_matcher, strings)

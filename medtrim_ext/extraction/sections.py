@@ -19,6 +19,7 @@ class SectionFilter:
     used; otherwise everything except text under 'ignore' headers (a report without headers is
     used whole). A header is a known name followed by ':' at the start of the text, of a line, or
     after a sentence end; unknown headers do not split (their text joins the current section).
+    An ignored section also ends at a blank line.
     """
 
     def __init__(self, keep, ignore, deid_tokens=()):
@@ -32,6 +33,7 @@ class SectionFilter:
         extra = "|".join(re.escape(t) for t in deid_tokens if t.lower() != "xxxx")
         deid = r"\bX{3,}\b(?:[-/ ]*\bX{3,}\b)*|_{2,}" + (f"|\\b(?:{extra})\\b" if extra else "")
         self._deid = re.compile(deid)
+        self._blank = re.compile(r"\n[ \t]*\n")
 
     def sections(self, text: str) -> list[tuple[str | None, str]]:
         """``[(header or None, text), ...]`` in order; header names are lowercased."""
@@ -41,7 +43,16 @@ class SectionFilter:
             out.append((name, text[pos:m.start()]))
             name, pos = " ".join(m.group(1).lower().split()), m.end()
         out.append((name, text[pos:]))
-        return [(n, t) for n, t in out if t.strip() or n is not None]
+        # an ignored section ("INDICATION: ...") ends at a blank line: report templates put one
+        # between sections, and the text after it is not part of the indication
+        split: list[tuple[str | None, str]] = []
+        for n, t in out:
+            m = self._blank.search(t) if n in self.ignore else None
+            if m:
+                split += [(n, t[:m.start()]), (None, t[m.end():])]
+            else:
+                split.append((n, t))
+        return [(n, t) for n, t in split if t.strip() or n is not None]
 
     def __call__(self, text: str) -> str:
         """The text to analyse: kept sections joined as separate sentences, de-id neutralized,
