@@ -95,9 +95,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extraction.output import summarize, write_entities
     from .extraction import EntityExtractor, read_reports
+    from .extraction.output import summarize, write_entities
 
+    if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
+        raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")
     reports = read_reports(args.reports)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
