@@ -93,6 +93,11 @@ def test_mimic_tree(tmp_path):
     assert r.kind == "text-tree"
     assert r.ids == ["s50414267", "s53189527", "s51000000"]
     assert [m["subject_id"] for m in r.meta] == ["p10000032", "p10000032", "p11000011"]
+    # the indication's "r/o pneumonia" and the wrapped finding line are handled
+    from medtrim_ext.extraction import EntityExtractor
+
+    assert EntityExtractor().extract(r.texts) == [
+        {"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}, {}, {}]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="contains no reports"):
         read_reports(tmp_path / "empty")

@@ -1,7 +1,7 @@
 """Meta-entity extraction from radiology reports: ontology, spaCy/medspacy pipeline, readers.
 
     >>> from medtrim_ext.extraction import EntityExtractor
-    >>> EntityExtractor()(["Small left pleural effusion. No pneumothorax."][0])
+    >>> EntityExtractor()("Small left pleural effusion. No pneumothorax.")
     {'pleural effusion': {'adjs': ['small'], 'dirs': ['left']}}
 
 Importing this package is cheap; spaCy and medspacy load when an extractor is built.
