@@ -113,6 +113,14 @@ def test_descriptor_in_clause_without_disease_goes_forward(ex):
     assert ex("Left and right pleural effusions.") == {"pleural effusion": E(dirs=["left", "right"])}
 
 
+def test_descriptors_of_a_negated_finding_stay_with_it(ex):
+    assert ex("Mild cardiomegaly without large right pleural effusion.") == {"cardiomegaly": E(["mild"])}
+    # normal anatomy is no mention: it does not take the descriptors of a finding
+    assert ex("Normal heart size, small left effusion.") == {"pleural effusion": E(["small"], ["left"])}
+    assert ex("Left heart border is obscured by left lower lobe atelectasis.")["atelectasis"] == E(
+        ["lower"], ["left"])
+
+
 def test_longest_adjective_wins(ex):
     assert ex("Mild to moderate pulmonary edema.") == {"edema": E(["mild to moderate"])}
 

@@ -225,11 +225,13 @@ class EntityExtractor:
 
         # 3. which mentions count
         kept = []  # (span, class)
+        not_findings = set()  # anatomy without its qualifier: no mention at all
         for t in doc.ents:
             kind, cls = t.label_.split("|", 1)
             if kind == "C":
                 qualifier = self._conditional_qualifier(t, cls, clause, qualifiers, normals, doc)
                 if qualifier is None:
+                    not_findings.add((t.start, t.end))
                     continue
                 occupied.update(range(*qualifier))  # "enlarged" made it cardiomegaly: not an adjective too
             if t._.is_negated or t._.is_historical or t._.is_hypothetical or t._.is_family:
@@ -238,13 +240,14 @@ class EntityExtractor:
                 continue
             kept.append((t, cls))
 
-        # 4. attach descriptors to the nearest mention (kept or not) of their clause
+        # 4. attach descriptors to the nearest mention of their clause (negated ones included,
+        #    so that the words of a negated finding do not drift to another one)
         record: dict[str, dict[str, set]] = {}
         for _, cls in kept:
             record.setdefault(cls, {"adjs": set(), "dirs": set()})
         if kept:
             kept_ids = {(t.start, t.end) for t, _ in kept}  # doc.ents makes new Span objects
-            mentions = list(doc.ents)
+            mentions = [m for m in doc.ents if (m.start, m.end) not in not_findings]
             descriptor_tokens = {i for s, e, _, _ in desc for i in range(s, e)}
             for start, end, kind, name in desc:
                 if any(i in occupied for i in range(start, end)):
