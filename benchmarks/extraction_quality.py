@@ -73,23 +73,51 @@ MESH_TO_CLASSES = {
 _ENLARGED = {"enlarged", "prominent", "widened"}
 
 
-def mesh_labels(tags: list[str]) -> set[str]:
-    """The 12-class label set of one report from its manual MeSH tags (empty = no finding)."""
-    out: set[str] = set()
+def mesh_entities(tags: list[str]) -> dict[str, set[str]]:
+    """Class -> MeSH qualifiers (lowercased) of one report's manual tags; no key = no finding."""
+    out: dict[str, set[str]] = {}
     for tag in tags:
         parts = [p.strip().lower() for p in tag.split("/")]
         head, quals = parts[0], set(parts[1:])
-        if head in MESH_TO_CLASSES:
-            out.update(MESH_TO_CLASSES[head])
-        elif head in ("cardiac shadow", "heart") and quals & _ENLARGED:
-            out.add("cardiomegaly")
+        classes = list(MESH_TO_CLASSES.get(head, []))
+        if head in ("cardiac shadow", "heart") and quals & _ENLARGED:
+            classes.append("cardiomegaly")
         elif head == "mediastinum" and quals & _ENLARGED:
-            out.add("enlarged cardiomediastinum")
+            classes.append("enlarged cardiomediastinum")
         elif head == "markings" and "interstitial" in quals:
-            out.add("lung opacity")
+            classes.append("lung opacity")
         elif (head == "thickening" and "pleura" in quals) or (head == "pleura" and "thickening" in quals):
-            out.add("pleural other")
+            classes.append("pleural other")
+        for c in classes:
+            out.setdefault(c, set()).update(quals)
     return out
+
+
+def mesh_labels(tags: list[str]) -> set[str]:
+    """The 12-class label set of one report from its manual MeSH tags (empty = no finding)."""
+    return set(mesh_entities(tags))
+
+
+def descriptor_scores(records: list[dict], gold: list[dict], kind: str, canon: dict) -> dict:
+    """Micro P/R/F1 of (report, class, descriptor) triples over the classes both sides found.
+
+    MeSH qualifiers that name a descriptor (``canon``: surface -> canonical) are the reference;
+    qualifiers that are no descriptor (lung, lobe, ...) are ignored. This measures attachment:
+    whether the side / size words land on the right disease."""
+    tp = fp = fn = 0
+    for rec, g in zip(records, gold):
+        for c in set(rec) & set(g):
+            # a qualifier may be several words ("lower lobe"): each word can name a descriptor
+            words = set(g[c]) | {w for q in g[c] for w in q.split()}
+            ref = {canon[q] for q in words if q in canon}
+            got = {canon.get(x, x) for x in rec[c][kind]} & set(canon.values())
+            tp += len(got & ref)
+            fp += len(got - ref)
+            fn += len(ref - got)
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp,
+            "fp": fp, "fn": fn}
 
 
 class PublishedRecognizer:
@@ -200,6 +228,10 @@ def markdown(result: dict) -> str:
     lines.append("| **micro (12 classes)** | | " + " | ".join(cells) + " |")
     lines.append("| macro F1 (12 classes) | | " + " | ".join(
         f"{s['macro_f1']:.3f}" for s in result["systems"].values()) + " |")
+    for kind, label in (("dirs", "directions on found classes"), ("adjs", "adjectives on found classes")):
+        lines.append(f"| {label} (P / R / F1) | | " + " | ".join(
+            f"{s[kind]['precision']:.2f} / {s[kind]['recall']:.2f} / {s[kind]['f1']:.2f}"
+            for s in result["systems"].values()) + " |")
     speed = ["| reports/s | | " + " | ".join(
         f"{result['systems'][n].get('reports_per_s', 0):,.0f}" for n in names) + " |"]
     return "\n".join(lines + speed) + "\n"
@@ -222,7 +254,13 @@ def main(argv=None) -> int:
     ids, texts, metas = reports.ids, reports.texts, reports.meta
     if args.limit:
         ids, texts, metas = ids[:args.limit], texts[:args.limit], metas[:args.limit]
-    gold = [mesh_labels(m["mesh_major"]) for m in metas]
+    gold_ents = [mesh_entities(m["mesh_major"]) for m in metas]
+    gold = [set(g) for g in gold_ents]
+    from medtrim_ext.extraction import ExtractionOntology
+
+    onto_ours = ExtractionOntology.default()
+    canon = {"dirs": {"left": "left", "right": "right", "bilateral": "bilateral", "each": "bilateral"},
+             "adjs": dict(onto_ours.adjective_terms)}
     n = len(texts)
     print(f"{n} reports from {reports.source}; {sum(1 for g in gold if not g)} without a class label")
 
@@ -236,6 +274,8 @@ def main(argv=None) -> int:
         name = f"ours (uncertain={policy})"
         systems[name] = scores([set(r) for r in recs], gold)
         systems[name]["reports_per_s"] = n / dt
+        for kind in ("dirs", "adjs"):
+            systems[name][kind] = descriptor_scores(recs, gold_ents, kind, canon[kind])
         print(f"{name}: micro-F1 {systems[name]['micro']['f1']:.3f}, {n / dt:,.0f} reports/s (1 process)")
     n_process = args.n_process if args.n_process > 0 else (os.cpu_count() or 1)
     ex = EntityExtractor()
@@ -268,6 +308,8 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t0
         systems[name] = scores([set(r) for r in recs], gold)
         systems[name]["reports_per_s"] = n / dt
+        for kind in ("dirs", "adjs"):
+            systems[name][kind] = descriptor_scores(recs, gold_ents, kind, canon[kind])
         print(f"{name}: micro-F1 {systems[name]['micro']['f1']:.3f}, {n / dt:,.0f} reports/s")
 
     result = {
