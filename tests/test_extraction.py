@@ -110,7 +110,10 @@ def test_postmodifying_location_attaches_backwards(ex):
 
 def test_descriptor_in_clause_without_disease_goes_forward(ex):
     assert ex("There are patchy, bilateral opacities.") == {"lung opacity": E(["patchy"], ["bilateral"])}
-    assert ex("Left and right pleural effusions.") == {"pleural effusion": E(dirs=["left", "right"])}
+    # left + right is bilateral
+    assert ex("Left and right pleural effusions.") == {"pleural effusion": E(dirs=["bilateral"])}
+    assert ex("Bilateral effusions, left small, right moderate.") == {
+        "pleural effusion": E(["moderate", "small"], ["bilateral"])}
 
 
 def test_descriptors_of_a_negated_finding_stay_with_it(ex):

@@ -257,6 +257,11 @@ class EntityExtractor:
                     continue
                 cls = host.label_.split("|", 1)[1]
                 record[cls]["adjs" if kind == "A" else "dirs"].add(name)
+        for v in record.values():
+            # "left and right effusions", "bilateral effusions, left small, right moderate":
+            # both sides are one finding on both sides, so the sets compare equal in the scores
+            if {"left", "right"} <= v["dirs"] and "bilateral" in onto.vocabulary.directions:
+                v["dirs"] = (v["dirs"] - {"left", "right"}) | {"bilateral"}
         return {c: {"adjs": sorted(v["adjs"]), "dirs": sorted(v["dirs"])}
                 for c, v in sorted(record.items(), key=lambda kv: onto.classes.index(kv[0]))}
 
