@@ -262,6 +262,17 @@ def test_parallel_extraction_matches_serial(ex):
     assert ex.extract(texts, n_process=2, batch_size=64) == ex.extract(texts)
 
 
+def test_parallel_extraction_without_fork(monkeypatch):
+    # where fork is unavailable (macOS, Windows) each spawned worker rebuilds the extractor
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    ex = EntityExtractor(uncertain="positive")
+    texts = ["Possible left lower lobe pneumonia.", "No effusion.", ""] * 50
+    assert ex.extract(texts, n_process=2, batch_size=32) == [
+        {"pneumonia": E(["lower"], ["left"])}, {}, {}] * 50
+
+
 @given(st.text(max_size=300))
 def test_arbitrary_unicode_never_crashes(text):
     out = _HYP.extract([text, "FINDINGS: " + text + " pleural effusion"])
