@@ -162,6 +162,9 @@ def test_bibasilar_is_a_side_and_a_level(ex):
     ("Rib fractures.", "fracture"),
     ("Enlarged heart.", "cardiomegaly"),
     ("Widened mediastinum.", "enlarged cardiomediastinum"),
+    ("Biapical pleural capping.", "pleural other"),
+    ("Masslike opacity in the right upper lobe.", "lung lesion"),
+    ("Right upper lobe cavity.", "lung lesion"),
 ])
 def test_synonyms_map_to_classes(ex, text, cls):
     assert cls in ex(text)
@@ -189,6 +192,8 @@ def test_terms_that_are_not_findings_block_shorter_ones(ex):
     assert ex("Small pericardial effusion.") == {}
     assert ex("Calcified granuloma in the right upper lobe.") == {}
     assert ex("Pacemaker lead fracture.") == {}
+    assert ex("Air in the pleural cavity.") == {}
+    assert ex("Old granulomatous infection.") == {}
 
 
 def test_matching_is_case_insensitive_and_whole_word(ex):
