@@ -18,20 +18,7 @@ from .mining import TripletMiner, Triplets  # noqa: E402
 from .vocabulary import Vocabulary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["MetaEntities", "TripletMiner", "Triplets", "Vocabulary", "build_info", "reference",
-           "EntityExtractor", "ExtractionOntology", "read_reports"]
-
-_LAZY = {"EntityExtractor", "ExtractionOntology", "read_reports"}
-
-
-def __getattr__(name):
-    # entity extraction is imported on first use: it pulls in YAML/spaCy machinery that mining
-    # does not need (spaCy itself loads only when an EntityExtractor is built)
-    if name in _LAZY:
-        from . import extraction
-
-        return getattr(extraction, name)
-    raise AttributeError(f"module 'medtrim_ext' has no attribute {name!r}")
+__all__ = ["MetaEntities", "TripletMiner", "Triplets", "Vocabulary", "build_info", "reference"]
 
 
 def build_info() -> dict:
@@ -43,3 +30,17 @@ def build_info() -> dict:
     info["torch_runtime"] = torch.__version__
     info["cuda_available"] = bool("cuda" in info["backends"] and torch.cuda.is_available())
     return info
+
+
+# -- entity extraction: imported on first use. It pulls in YAML / report-reading machinery that
+# mining does not need; spaCy itself loads only when an EntityExtractor is built.
+_LAZY = {"EntityExtractor", "ExtractionOntology", "read_reports"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import extraction
+
+        return getattr(extraction, name)
+    raise AttributeError(f"module 'medtrim_ext' has no attribute {name!r}")
