@@ -34,3 +34,17 @@ def build_info() -> dict:
     info["torch_runtime"] = torch.__version__
     info["cuda_available"] = bool("cuda" in info["backends"] and torch.cuda.is_available())
     return info
+
+
+# -- entity extraction: imported on first use. It pulls in YAML / report-reading machinery that
+# mining does not need; spaCy itself loads only when an EntityExtractor is built.
+_LAZY = {"EntityExtractor", "ExtractionOntology", "read_reports"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import extraction
+
+        return getattr(extraction, name)
+    raise AttributeError(f"module 'medtrim_ext' has no attribute {name!r}")

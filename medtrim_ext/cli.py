@@ -1,4 +1,4 @@
-"""The ``medtrim`` command line: ``info``, ``demo`` and ``mine``."""
+"""The ``medtrim`` command line: ``info``, ``demo``, ``mine`` and ``extract``."""
 
 from __future__ import annotations
 
@@ -94,6 +94,22 @@ def cmd_demo(args) -> int:
     return demo.run(n=args.n, seed=args.seed, out=Path(args.out), device=_device(args.device))
 
 
+def cmd_extract(args) -> int:
+    from .extraction import EntityExtractor, read_reports
+    from .extraction.output import summarize, write_entities
+
+    if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
+        raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")
+    reports = read_reports(args.reports)
+    print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
+    extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
+    records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress)
+    write_entities(args.output, reports, records, extractor.ontology.classes)
+    print(summarize(records, extractor.ontology.classes, empty=sum(not t.strip() for t in reports.texts)))
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtrim", description="MedTrim meta-entity triplet mining.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
     _add_miner_args(p)
     p.set_defaults(func=cmd_mine)
+
+    p = sub.add_parser("extract", help="extract meta-entities from radiology reports")
+    p.add_argument("reports", help="CSV/Parquet (findings/impression or report column), a MIMIC-CXR "
+                                   "report tree (folder of .txt), or IU/OpenI XML (.tgz or folder)")
+    p.add_argument("-o", "--output", required=True,
+                   help="entities.parquet (one row per report), or .jsonl/.json records for 'mine'")
+    p.add_argument("--ontology", help="extraction ontology YAML/JSON (default: the packaged one)")
+    p.add_argument("--uncertain", choices=["negative", "positive"], default="negative",
+                   help="hedged mentions ('may represent atelectasis') count as absent (default) or present")
+    p.add_argument("--all-sections", action="store_true",
+                   help="analyse the whole report, not only FINDINGS/IMPRESSION")
+    p.add_argument("--n-process", type=int, default=1, help="worker processes (0: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
     return parser
 
 

@@ -1,0 +1,369 @@
+"""Entity extraction: one test per rule (negation scope, uncertainty, clause attachment,
+laterality, synonyms, sections, de-id tokens), the ontology loader's errors, and robustness."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medtrim_ext import MetaEntities, Vocabulary
+from medtrim_ext.extraction import EntityExtractor, ExtractionOntology, SectionFilter
+
+
+@pytest.fixture(scope="module")
+def ex():
+    return EntityExtractor()
+
+
+def E(adjs=(), dirs=()):
+    return {"adjs": sorted(adjs), "dirs": sorted(dirs)}
+
+
+# -- negation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "No pneumothorax.",
+    "There is no pneumothorax.",
+    "Pneumothorax is not seen.",
+    "Negative for pneumothorax.",
+    "No evidence of pneumothorax.",
+    "The previously seen pneumothorax has resolved.",
+    "Without pneumothorax.",
+])
+def test_negated_mentions_are_absent(ex, text):
+    assert ex(text) == {}
+
+
+def test_negation_covers_a_list_but_not_the_next_sentence(ex):
+    assert ex("No pneumothorax, pleural effusion, or focal consolidation.") == {}
+    assert ex("No pneumothorax. Small right pleural effusion.") == {
+        "pleural effusion": E(["small"], ["right"])}
+
+
+def test_negation_scope_ends_at_but_and_there_is(ex):
+    assert ex("No pneumothorax but there is a small left pleural effusion.") == {
+        "pleural effusion": E(["small"], ["left"])}
+    assert ex("No focal consolidation, there is mild cardiomegaly.") == {"cardiomegaly": E(["mild"])}
+
+
+def test_negation_does_not_reach_backwards(ex):
+    assert ex("Left lower lobe atelectasis without effusion.") == {
+        "atelectasis": E(["lower"], ["left"])}
+
+
+def test_no_change_is_not_a_negation(ex):
+    assert set(ex("No change in the left lower lobe opacity.")) == {"lung opacity"}
+    assert ex("No interval change in cardiomegaly.") == {"cardiomegaly": E()}
+
+
+# -- uncertainty, history, hypothetical ------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "Opacity may represent atelectasis.",
+    "Possible atelectasis in the left base.",
+    "Cannot exclude atelectasis.",
+    "Atelectasis cannot be excluded.",
+    "Findings suspicious for atelectasis.",
+])
+def test_uncertainty_policy(text):
+    pos = EntityExtractor(uncertain="positive")(text)
+    neg = EntityExtractor(uncertain="negative")(text)
+    assert "atelectasis" in pos
+    assert "atelectasis" not in neg
+    # the observation that is described is not hedged, only its interpretation
+    if text.startswith("Opacity"):
+        assert "lung opacity" in pos and "lung opacity" in neg
+
+
+def test_default_policy_is_negative_and_checked():
+    assert EntityExtractor().uncertain == "negative"
+    with pytest.raises(ValueError, match="uncertain must be one of"):
+        EntityExtractor(uncertain="maybe")
+
+
+@pytest.mark.parametrize("text", [
+    "History of pneumonia.",
+    "Evaluate for pneumonia.",
+    "If symptoms persist, pneumonia should be considered.",
+    "Calcified granulomas, sequelae of prior granulomatous infection.",
+])
+def test_history_and_hypothetical_are_absent(ex, text):
+    assert "pneumonia" not in ex(text)
+
+
+# -- attachment of adjectives and directions -------------------------------------------------
+def test_descriptors_attach_to_their_own_disease(ex):
+    got = ex("Mild cardiomegaly with small bilateral pleural effusions and left basilar atelectasis.")
+    assert got == {
+        "cardiomegaly": E(["mild"]),
+        "pleural effusion": E(["small"], ["bilateral"]),
+        "atelectasis": E(["basilar"], ["left"]),
+    }
+
+
+def test_postmodifying_location_attaches_backwards(ex):
+    got = ex("Patchy opacity in the right lower lobe, consistent with pneumonia.")
+    assert got["lung opacity"] == E(["lower", "patchy"], ["right"])
+    assert got["pneumonia"] == E()
+
+
+def test_descriptor_in_clause_without_disease_goes_forward(ex):
+    assert ex("There are patchy, bilateral opacities.") == {"lung opacity": E(["patchy"], ["bilateral"])}
+    # left + right is bilateral
+    assert ex("Left and right pleural effusions.") == {"pleural effusion": E(dirs=["bilateral"])}
+    assert ex("Bilateral effusions, left small, right moderate.") == {
+        "pleural effusion": E(["moderate", "small"], ["bilateral"])}
+
+
+def test_descriptors_of_a_negated_finding_stay_with_it(ex):
+    assert ex("Mild cardiomegaly without large right pleural effusion.") == {"cardiomegaly": E(["mild"])}
+    # normal anatomy is no mention: it does not take the descriptors of a finding
+    assert ex("Normal heart size, small left effusion.") == {"pleural effusion": E(["small"], ["left"])}
+    assert ex("Left heart border is obscured by left lower lobe atelectasis.")["atelectasis"] == E(
+        ["lower"], ["left"])
+
+
+def test_longest_adjective_wins(ex):
+    assert ex("Mild to moderate pulmonary edema.") == {"edema": E(["mild to moderate"])}
+
+
+# -- laterality ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,dirs", [
+    ("Left-sided pleural effusion.", ["left"]),
+    ("Right sided pleural effusion.", ["right"]),
+    ("Bilateral pleural effusions.", ["bilateral"]),
+    ("Pleural effusions on both sides.", ["bilateral"]),
+    ("Bibasilar pleural effusions.", ["bilateral"]),
+    ("Pleural effusion on the right.", ["right"]),
+])
+def test_laterality(ex, text, dirs):
+    assert ex(text)["pleural effusion"]["dirs"] == dirs
+
+
+def test_bibasilar_is_a_side_and_a_level(ex):
+    assert ex("Bibasilar atelectasis.") == {"atelectasis": E(["basilar"], ["bilateral"])}
+    assert ex("Right basilar atelectasis.") == {"atelectasis": E(["basilar"], ["right"])}
+
+
+# -- synonyms, plurals, conditional anatomy, blockers ----------------------------------------
+@pytest.mark.parametrize("text,cls", [
+    ("Effusions.", "pleural effusion"),
+    ("Pneumothoraces.", "pneumothorax"),
+    ("Airspace disease.", "lung opacity"),
+    ("Infiltrates.", "lung opacity"),
+    ("Scarring.", "lung opacity"),
+    ("Pleural thickening.", "pleural other"),
+    ("Pulmonary vascular congestion.", "edema"),
+    ("Pulmonary nodule.", "lung lesion"),
+    ("Nodular opacity.", "lung lesion"),
+    ("Atelectatic changes.", "atelectasis"),
+    ("Consolidative opacity.", "consolidation"),
+    ("Rib fractures.", "fracture"),
+    ("Enlarged heart.", "cardiomegaly"),
+    ("Widened mediastinum.", "enlarged cardiomediastinum"),
+    ("Biapical pleural capping.", "pleural other"),
+    ("Masslike opacity in the right upper lobe.", "lung lesion"),
+    ("Right upper lobe cavity.", "lung lesion"),
+])
+def test_synonyms_map_to_classes(ex, text, cls):
+    assert cls in ex(text)
+
+
+def test_infectious_is_an_adjective_not_a_disease(ex):
+    assert ex("Infectious process.") == {"pneumonia": E()}
+    assert "infectious" in ex("Infectious consolidation.")["consolidation"]["adjs"]
+
+
+def test_conditional_anatomy_needs_an_abnormal_qualifier(ex):
+    assert ex("Heart size is normal.") == {}
+    assert ex("Normal cardiac silhouette.") == {}
+    assert ex("The cardiac silhouette is within normal limits.") == {}
+    assert ex("The heart is not enlarged.") == {}
+    assert ex("The cardiac silhouette is enlarged.") == {"cardiomegaly": E()}
+    assert ex("Mildly enlarged heart size.") == {"cardiomegaly": E(["mild"])}
+    assert ex("The mediastinum is widened.") == {"enlarged cardiomediastinum": E()}
+    # qualifier of another clause does not count
+    assert ex("Heart size is normal and there is a large pleural effusion.") == {
+        "pleural effusion": E(["large"])}
+
+
+def test_terms_that_are_not_findings_block_shorter_ones(ex):
+    assert ex("Small pericardial effusion.") == {}
+    assert ex("Calcified granuloma in the right upper lobe.") == {}
+    assert ex("Pacemaker lead fracture.") == {}
+    assert ex("Air in the pleural cavity.") == {}
+    assert ex("Old granulomatous infection.") == {}
+
+
+def test_matching_is_case_insensitive_and_whole_word(ex):
+    assert set(ex("CARDIOMEGALY. Pleural Effusion.")) == {"cardiomegaly", "pleural effusion"}
+    assert ex("Massive.") == {}  # 'mass' is a term, 'massive' is not a mass
+    assert ex("Opacities.") == {"lung opacity": E()}
+
+
+# -- sections and de-identification ------------------------------------------------------------
+def test_sections_keep_findings_and_impression_only(ex):
+    text = ("INDICATION: Rule out pneumonia, history of pneumothorax.\n"
+            "COMPARISON: Pleural effusion on prior.\n"
+            "FINDINGS: Mild cardiomegaly.\nIMPRESSION: Small left pleural effusion.")
+    assert ex(text) == {"cardiomegaly": E(["mild"]), "pleural effusion": E(["small"], ["left"])}
+    assert EntityExtractor(sections=False)(text).keys() >= {"pleural effusion", "cardiomegaly"}
+
+
+def test_report_without_keep_sections_drops_ignored_ones(ex):
+    assert ex("History: pneumonia.\n\nThere is mild cardiomegaly.") == {"cardiomegaly": E(["mild"])}
+    assert ex("History: pneumonia.\nThere is mild cardiomegaly.") == {}  # still the history
+    assert ex("Mild cardiomegaly.") == {"cardiomegaly": E(["mild"])}
+
+
+def test_sections_do_not_run_together():
+    f = SectionFilter(["findings", "impression"], ["indication"])
+    out = f("FINDINGS: no effusion\nIMPRESSION: cardiomegaly")
+    assert out == "no effusion . cardiomegaly"
+
+
+def test_deid_placeholder_is_neutral(ex):
+    assert ex("No XXXX pneumothorax.") == {}
+    assert ex("XXXX XXXX are normal. XXXX opacity in the right base.") == {
+        "lung opacity": E(["basal"], ["right"])}
+    assert ex("Heart size XXXX. No XXXX-XXXX effusion.") == {}
+    assert ex("Atelectasis at the ___ base.") == {"atelectasis": E(["basal"])}
+
+
+# -- output vocabulary, inputs, robustness -----------------------------------------------------
+def test_records_are_accepted_by_metaentities(ex):
+    texts = ["Mild cardiomegaly with small bilateral pleural effusions.", "", "No acute disease.",
+             "Right upper lobe nodule. Severe pulmonary edema. Left rib fractures.",
+             "Moderate right pneumothorax with collapse of the right lung."]
+    records = ex.extract(texts)
+    ents = MetaEntities.from_records(records)
+    assert len(ents) == 5
+    assert records[1] == {} and records[2] == {}
+    vocab = Vocabulary.default()
+    for r in records:
+        assert set(r) <= set(vocab.diseases)
+        for v in r.values():
+            assert set(v["adjs"]) <= set(vocab.adjectives)
+            assert set(v["dirs"]) <= set(vocab.directions)
+
+
+def test_empty_and_blank_reports_are_no_finding(ex):
+    assert ex.extract(["", "   \n\t", ".", "FINDINGS:", "IMPRESSION: "]) == [{}] * 5
+
+
+def test_bad_inputs_raise_clear_errors(ex):
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str, got NoneType"):
+        ex.extract(["ok", None])
+    with pytest.raises(TypeError, match="not one string"):
+        ex.extract("No effusion.")
+    with pytest.raises(TypeError, match="n_process must be an int"):
+        ex.extract(["x"], n_process=1.5)
+
+
+def test_parallel_extraction_matches_serial(ex):
+    texts = [f"Report {i}. {'Small left pleural effusion.' if i % 3 else 'No effusion.'} "
+             f"{'Mild cardiomegaly.' if i % 2 else ''}" for i in range(300)]
+    assert ex.extract(texts, n_process=2, batch_size=64) == ex.extract(texts)
+
+
+def test_parallel_extraction_without_fork(monkeypatch):
+    # where fork is unavailable (macOS, Windows) each spawned worker rebuilds the extractor
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    ex = EntityExtractor(uncertain="positive")
+    texts = ["Possible left lower lobe pneumonia.", "No effusion.", ""] * 50
+    assert ex.extract(texts, n_process=2, batch_size=32) == [
+        {"pneumonia": E(["lower"], ["left"])}, {}, {}] * 50
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_unicode_never_crashes(text):
+    out = _HYP.extract([text, "FINDINGS: " + text + " pleural effusion"])
+    assert isinstance(out[0], dict)
+    MetaEntities.from_records(out)
+
+
+@given(st.lists(st.sampled_from(["No", "no", "left", "small", "effusion", "heart", "enlarged",
+                                 "XXXX", ",", ".", "and", "but", "may", "FINDINGS:", "not",
+                                 "opacity", "bilateral", "mild", "to", "moderate"]), max_size=40))
+def test_word_salad_never_crashes(words):
+    MetaEntities.from_records(_HYP.extract([" ".join(words)]))
+
+
+_HYP = EntityExtractor()
+
+
+# -- ontology files ----------------------------------------------------------------------------
+def test_packaged_ontology_is_versioned_and_fixes_published_defects():
+    onto = ExtractionOntology.default()
+    assert onto.version and onto.name
+    assert onto.classes == Vocabulary.default().diseases  # 12 classes in vocabulary order
+    assert "infectious" not in onto.disease_terms and onto.adjective_terms["infectious"] == "infectious"
+    assert "upper abdomen" not in onto.direction_terms
+    assert onto.direction_terms["bilateral"] == "bilateral" and onto.direction_terms["both"] == "bilateral"
+    assert "cardiac silhouette" not in onto.disease_terms  # conditional instead
+    assert "opaci" not in onto.disease_terms
+
+
+def _raw():
+    return ExtractionOntology.default().to_config()
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d["diseases"].update({"pneumonitis": ["x"]}), r"diseases.pneumonitis: 'pneumonitis' is not"),
+    (lambda d: d["diseases"]["edema"].append("effusion"), r"term 'effusion' is already listed under diseases.pleural effusion"),
+    (lambda d: d["adjectives"].update({"small": ["small", 3]}), r"adjectives.small\[1\] must be a non-empty string"),
+    (lambda d: d["adjectives"].update({"tiny-ish": ["tinyish"]}), r"adjectives.tiny-ish: 'tiny-ish' is not a name"),
+    (lambda d: d["directions"]["left"].append("right"), r"directions.right: term 'right' is already mapped to 'left'"),
+    (lambda d: d["context"].update({"maybe": {"forward": ["x"]}}), r"unknown category 'maybe'"),
+    (lambda d: d["context"]["negated"]["forward"].append("possible"), r"phrase 'possible' is listed under"),
+    (lambda d: d.pop("sections"), r"missing required keys \['sections'\]"),
+    (lambda d: d["adjectives"].update({"infectious": ["infectious", "pneumonia"]}), r"term 'pneumonia' is both"),
+    (lambda d: d["conditional"]["cardiomegaly"].pop("qualifiers"), r"conditional.cardiomegaly must have"),
+])
+def test_malformed_ontology_names_the_bad_entry(mutate, match):
+    d = json.loads(json.dumps(_raw()))
+    mutate(d)
+    with pytest.raises(ValueError, match=match):
+        EntityExtractor(d)
+
+
+def test_ontology_files_yaml_and_json(tmp_path):
+    d = _raw()
+    d["diseases"]["pneumonia"] = d["diseases"]["pneumonia"] + ["pneumonitis"]
+    (tmp_path / "o.json").write_text(json.dumps(d))
+    assert EntityExtractor(str(tmp_path / "o.json"))("Pneumonitis.") == {"pneumonia": E()}
+    import yaml
+
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(d))
+    assert EntityExtractor(tmp_path / "o.yaml")("Pneumonitis.") == {"pneumonia": E()}
+    assert EntityExtractor()("Pneumonitis.") == {}
+
+    (tmp_path / "dup.yaml").write_text("name: a\nname: b\n")
+    with pytest.raises(ValueError, match="duplicate key 'name'"):
+        ExtractionOntology.from_file(tmp_path / "dup.yaml")
+    (tmp_path / "bad.yaml").write_text("diseases: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        ExtractionOntology.from_file(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="cannot read ontology file"):
+        ExtractionOntology.from_file(tmp_path / "missing.yaml")
+    with pytest.raises(TypeError, match="ontology must be None, a dict or a path"):
+        EntityExtractor(42)
+
+
+def test_yaml_booleans_are_caught():
+    # an unquoted `no` in YAML 1.1 loads as False: the loader must say so rather than drop the cue
+    d = _raw()
+    d["context"]["negated"]["forward"] = [False, "not"]
+    with pytest.raises(ValueError, match=r"context.negated.forward\[0\] must be a non-empty string, got False"):
+        EntityExtractor(d)
+
+
+def test_importing_medtrim_ext_does_not_import_spacy():
+    code = ("import sys, medtrim_ext; from medtrim_ext import EntityExtractor; "
+            "assert 'spacy' not in sys.modules and 'medspacy' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
