@@ -188,7 +188,29 @@ std::tuple<at::Tensor, at::Tensor> gradient_plan_op(
   return {plan.offsets, plan.codes};
 }
 
-at::Tensor empty_like_rows(const at::Tensor& like) { return like.new_empty({0, like.size(1)}); }
+BackwardSetup prepare_backward(const at::Tensor& grad_loss_img, const at::Tensor& grad_loss_txt,
+                               const at::Tensor& img, const at::Tensor& txt,
+                               const std::optional<at::Tensor>& cand_img,
+                               const std::optional<at::Tensor>& cand_txt,
+                               const at::Tensor& anchor, const at::Tensor& positive,
+                               const at::Tensor& negative, const at::Tensor& active,
+                               const at::Tensor& inv_norms, bool counting_plan) {
+  BackwardSetup s;
+  s.in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
+  const LossInputs& in = s.in;
+  check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
+  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
+  s.plan = counting_plan ? build_gradient_plan_counting(in) : build_gradient_plan(in);
+  s.grad_img = grad_loss_img.contiguous();
+  s.grad_txt = grad_loss_txt.contiguous();
+  s.active = active.contiguous();
+  s.inv_norms = inv_norms.contiguous();
+  s.out[0] = at::empty_like(in.img);
+  s.out[1] = at::empty_like(in.txt);
+  s.out[2] = in.shared ? in.img.new_empty({0, in.dim}) : at::empty_like(in.cand_img);
+  s.out[3] = in.shared ? in.txt.new_empty({0, in.dim}) : at::empty_like(in.cand_txt);
+  return s;
+}
 
 }  // namespace loss
 }  // namespace medtrim

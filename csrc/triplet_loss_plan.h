@@ -70,8 +70,22 @@ std::tuple<at::Tensor, at::Tensor> gradient_plan_op(
     const std::optional<at::Tensor>& cand_txt, const at::Tensor& anchor, const at::Tensor& positive,
     const at::Tensor& negative, bool counting);
 
-// Empty tensors standing in for candidate gradients when the candidates are img/txt themselves.
-at::Tensor empty_like_rows(const at::Tensor& like);
+// Everything the backward kernels need, checked and allocated the same way on both backends:
+// the inputs, the plan (counting sort on the CPU, stable sort elsewhere), contiguous per-triplet
+// gradients, and the four outputs (the candidate ones empty (0, dim) when candidates are shared).
+struct BackwardSetup {
+  LossInputs in;
+  GradientPlan plan;
+  at::Tensor grad_img, grad_txt, active, inv_norms;  // per-triplet inputs, contiguous
+  at::Tensor out[4];                                  // d img, d txt, d cand_img, d cand_txt
+};
+BackwardSetup prepare_backward(const at::Tensor& grad_loss_img, const at::Tensor& grad_loss_txt,
+                               const at::Tensor& img, const at::Tensor& txt,
+                               const std::optional<at::Tensor>& cand_img,
+                               const std::optional<at::Tensor>& cand_txt,
+                               const at::Tensor& anchor, const at::Tensor& positive,
+                               const at::Tensor& negative, const at::Tensor& active,
+                               const at::Tensor& inv_norms, bool counting_plan);
 
 }  // namespace loss
 }  // namespace medtrim

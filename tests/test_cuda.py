@@ -169,3 +169,10 @@ def test_cuda_objective_autocast_bf16():
     out.loss.backward()
     assert torch.isfinite(enc.weight.grad).all()
     assert out.stats["valid_triplets"].item() > 0
+
+
+def test_cuda_loss_too_wide_is_an_error():
+    img = torch.randn(4, 20000, device="cuda")
+    a = torch.arange(4, device="cuda")
+    with pytest.raises(RuntimeError, match="at most 12288 dimensions"):
+        MultimodalTripletLoss()(img, img, (a, a.flip(0), (a + 1) % 4))

@@ -180,18 +180,19 @@ LossForward forward_impl(const LossInputs& in, double margin) {
 }
 
 template <typename scalar_t>
-void backward_impl(const LossInputs& in, const GradientPlan& plan, const at::Tensor& grad_img_t,
-                   const at::Tensor& grad_txt_t, const at::Tensor& active_t,
-                   const at::Tensor& inv_norms_t, scalar_t* const out[4]) {
+void backward_impl(const BackwardSetup& s) {
+  const LossInputs& in = s.in;
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = in.layout<scalar_t>();
   const RowRanges ranges(in);
-  const int64_t *off = plan.offsets.data_ptr<int64_t>(), *codes = plan.codes.data_ptr<int64_t>();
+  const int64_t *off = s.plan.offsets.data_ptr<int64_t>(), *codes = s.plan.codes.data_ptr<int64_t>();
   const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
                 *N = in.negative.data_ptr<int64_t>();
-  const acc_t *gi = grad_img_t.data_ptr<acc_t>(), *gt = grad_txt_t.data_ptr<acc_t>(),
-              *inv = inv_norms_t.data_ptr<acc_t>();
-  const uint8_t* act = active_t.data_ptr<uint8_t>();
+  const acc_t *gi = s.grad_img.data_ptr<acc_t>(), *gt = s.grad_txt.data_ptr<acc_t>(),
+              *inv = s.inv_norms.data_ptr<acc_t>();
+  const uint8_t* act = s.active.data_ptr<uint8_t>();
+  scalar_t* out[4];
+  for (int k = 0; k < 4; ++k) out[k] = s.out[k].data_ptr<scalar_t>();
   const int64_t dim = in.dim;
 
   at::parallel_for(0, in.total_rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t b, int64_t e) {
@@ -260,25 +261,14 @@ LossBackward triplet_loss_backward_cpu(const at::Tensor& grad_loss_img,
                                        const at::Tensor& anchor, const at::Tensor& positive,
                                        const at::Tensor& negative, const at::Tensor& active,
                                        const at::Tensor& inv_norms) {
-  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
-  TORCH_CHECK(in.img.device().is_cpu(), "triplet_loss_backward_cpu got tensors on ", in.img.device());
-  check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
-  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
-  const auto plan = build_gradient_plan_counting(in);
-  at::Tensor g_img = at::empty_like(in.img), g_txt = at::empty_like(in.txt);
-  at::Tensor g_cimg = in.shared ? empty_like_rows(in.img) : at::empty_like(in.cand_img);
-  at::Tensor g_ctxt = in.shared ? empty_like_rows(in.txt) : at::empty_like(in.cand_txt);
-  const auto gi = grad_loss_img.contiguous(), gt = grad_loss_txt.contiguous();
-  const auto act = active.contiguous(), inv = inv_norms.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+  TORCH_CHECK(img.device().is_cpu(), "triplet_loss_backward_cpu got tensors on ", img.device());
+  auto s = prepare_backward(grad_loss_img, grad_loss_txt, img, txt, cand_img, cand_txt, anchor,
+                            positive, negative, active, inv_norms, /*counting_plan=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.in.img.scalar_type(),
                                   "triplet_loss_backward_cpu", [&] {
-                                    scalar_t* out[4] = {g_img.data_ptr<scalar_t>(),
-                                                        g_txt.data_ptr<scalar_t>(),
-                                                        g_cimg.data_ptr<scalar_t>(),
-                                                        g_ctxt.data_ptr<scalar_t>()};
-                                    backward_impl<scalar_t>(in, plan, gi, gt, act, inv, out);
+                                    backward_impl<scalar_t>(s);
                                   });
-  return {g_img, g_txt, g_cimg, g_ctxt};
+  return {s.out[0], s.out[1], s.out[2], s.out[3]};
 }
 
 }  // namespace medtrim

@@ -213,6 +213,15 @@ __global__ void row_backward_kernel(BackwardArgs<scalar_t, acc_t> args, int64_t 
   }
 }
 
+// The backward keeps one row's gradient in shared memory: checked in the forward already, so a
+// too-wide embedding fails before any work, not in the middle of backward.
+template <typename acc_t>
+void check_dim_fits(int64_t dim) {
+  TORCH_CHECK(static_cast<size_t>(dim) * sizeof(acc_t) <= kMaxSharedBytes,
+              "the CUDA triplet loss supports embeddings of at most ",
+              kMaxSharedBytes / sizeof(acc_t), " dimensions for this dtype, got ", dim);
+}
+
 unsigned blocks_for(int64_t work, int64_t per_block) {
   const int64_t blocks = (work + per_block - 1) / per_block;
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, 65535L * 64));
@@ -221,6 +230,7 @@ unsigned blocks_for(int64_t work, int64_t per_block) {
 template <typename scalar_t>
 LossForward forward_impl(const LossInputs& in, double margin) {
   using acc_t = at::opmath_type<scalar_t>;
+  check_dim_fits<acc_t>(in.dim);
   const auto acc_opts = in.img.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto layout = in.layout<scalar_t>();
@@ -251,27 +261,25 @@ LossForward forward_impl(const LossInputs& in, double margin) {
 }
 
 template <typename scalar_t>
-void backward_impl(const LossInputs& in, const GradientPlan& plan, const at::Tensor& grad_img,
-                   const at::Tensor& grad_txt, const at::Tensor& active, const at::Tensor& inv_norms,
-                   scalar_t* const out[4]) {
+void backward_impl(const BackwardSetup& s) {
+  const LossInputs& in = s.in;
   using acc_t = at::opmath_type<scalar_t>;
+  check_dim_fits<acc_t>(in.dim);
   const size_t smem = static_cast<size_t>(in.dim) * sizeof(acc_t);
-  TORCH_CHECK(smem <= kMaxSharedBytes, "the CUDA triplet loss supports embeddings of at most ",
-              kMaxSharedBytes / sizeof(acc_t), " dimensions for this dtype, got ", in.dim);
   if (in.total_rows == 0) return;
   BackwardArgs<scalar_t, acc_t> args{};
   args.layout = in.layout<scalar_t>();
   args.ranges = make_ranges(in);
-  for (int k = 0; k < 4; ++k) args.out[k] = out[k];
-  args.offsets = plan.offsets.data_ptr<int64_t>();
-  args.codes = plan.codes.data_ptr<int64_t>();
+  for (int k = 0; k < 4; ++k) args.out[k] = s.out[k].data_ptr<scalar_t>();
+  args.offsets = s.plan.offsets.data_ptr<int64_t>();
+  args.codes = s.plan.codes.data_ptr<int64_t>();
   args.A = in.anchor.data_ptr<int64_t>();
   args.P = in.positive.data_ptr<int64_t>();
   args.N = in.negative.data_ptr<int64_t>();
-  args.grad_img = grad_img.data_ptr<acc_t>();
-  args.grad_txt = grad_txt.data_ptr<acc_t>();
-  args.inv = inv_norms.data_ptr<acc_t>();
-  args.active = active.data_ptr<uint8_t>();
+  args.grad_img = s.grad_img.data_ptr<acc_t>();
+  args.grad_txt = s.grad_txt.data_ptr<acc_t>();
+  args.inv = s.inv_norms.data_ptr<acc_t>();
+  args.active = s.active.data_ptr<uint8_t>();
   row_backward_kernel<scalar_t, acc_t>
       <<<blocks_for(in.total_rows, 1), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
           args, in.total_rows);
@@ -297,33 +305,22 @@ LossForward triplet_loss_forward_cuda(const at::Tensor& img, const at::Tensor& t
 }
 
 LossBackward triplet_loss_backward_cuda(const at::Tensor& grad_loss_img,
-                                        const at::Tensor& grad_loss_txt, const at::Tensor& img,
-                                        const at::Tensor& txt,
-                                        const std::optional<at::Tensor>& cand_img,
-                                        const std::optional<at::Tensor>& cand_txt,
-                                        const at::Tensor& anchor, const at::Tensor& positive,
-                                        const at::Tensor& negative, const at::Tensor& active,
-                                        const at::Tensor& inv_norms) {
-  const auto in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
-  TORCH_CHECK(in.img.is_cuda(), "triplet_loss_backward_cuda got tensors on ", in.img.device());
-  const c10::cuda::CUDAGuard guard(in.img.device());
-  check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
-  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
-  const auto plan = build_gradient_plan(in);
-  at::Tensor g_img = at::empty_like(in.img), g_txt = at::empty_like(in.txt);
-  at::Tensor g_cimg = in.shared ? empty_like_rows(in.img) : at::empty_like(in.cand_img);
-  at::Tensor g_ctxt = in.shared ? empty_like_rows(in.txt) : at::empty_like(in.cand_txt);
-  const auto gi = grad_loss_img.contiguous(), gt = grad_loss_txt.contiguous();
-  const auto act = active.contiguous(), inv = inv_norms.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.img.scalar_type(),
+                                       const at::Tensor& grad_loss_txt, const at::Tensor& img,
+                                       const at::Tensor& txt,
+                                       const std::optional<at::Tensor>& cand_img,
+                                       const std::optional<at::Tensor>& cand_txt,
+                                       const at::Tensor& anchor, const at::Tensor& positive,
+                                       const at::Tensor& negative, const at::Tensor& active,
+                                       const at::Tensor& inv_norms) {
+  TORCH_CHECK(img.is_cuda(), "triplet_loss_backward_cuda got tensors on ", img.device());
+  const c10::cuda::CUDAGuard guard(img.device());
+  auto s = prepare_backward(grad_loss_img, grad_loss_txt, img, txt, cand_img, cand_txt, anchor,
+                            positive, negative, active, inv_norms, /*counting_plan=*/false);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.in.img.scalar_type(),
                                   "triplet_loss_backward_cuda", [&] {
-                                    scalar_t* out[4] = {g_img.data_ptr<scalar_t>(),
-                                                        g_txt.data_ptr<scalar_t>(),
-                                                        g_cimg.data_ptr<scalar_t>(),
-                                                        g_ctxt.data_ptr<scalar_t>()};
-                                    backward_impl<scalar_t>(in, plan, gi, gt, act, inv, out);
+                                    backward_impl<scalar_t>(s);
                                   });
-  return {g_img, g_txt, g_cimg, g_ctxt};
+  return {s.out[0], s.out[1], s.out[2], s.out[3]};
 }
 
 }  // namespace medtrim
