@@ -11,11 +11,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MT_HD __host__ __device__ __forceinline__
-#else
-#define MT_HD inline
-#endif
+#include "host_device.h"
 
 // The CPU hot loops are compiled twice, once for baseline x86-64 and once with POPCNT (see
 // csrc/cpu/hot_loops_popcnt.cpp). Each build sees these inline helpers in its own namespace, so the

@@ -13,13 +13,7 @@
 
 #include <cstdint>
 
-#ifndef MT_HD
-#if defined(__CUDACC__)
-#define MT_HD __host__ __device__ __forceinline__
-#else
-#define MT_HD inline
-#endif
-#endif
+#include "host_device.h"
 
 namespace medtrim {
 namespace loss {
@@ -133,6 +127,79 @@ struct Layout {
   MT_HD const scalar_t* row_ptr(int matrix, int64_t row) const { return data[matrix] + row * dim; }
   MT_HD int64_t global_row(int matrix, int64_t row) const { return base[matrix] + row; }
 };
+
+// Global row r -> (matrix, local row), over the distinct matrices (2 when candidates are shared).
+struct RowRanges {
+  int count;
+  int64_t begin[4], end[4];
+
+  MT_HD int locate(int64_t r, int64_t* local) const {
+    for (int k = 0; k < count; ++k)
+      if (r < end[k]) {
+        *local = r - begin[k];
+        return k;
+      }
+    *local = 0;
+    return 0;  // unreachable for r < total rows
+  }
+};
+
+// x - x is 0 for every finite x, NaN for NaN and +-Inf (no <cmath>/CUDA overload juggling).
+template <typename acc_t>
+MT_HD bool is_finite(acc_t x) {
+  return x - x == acc_t(0);
+}
+
+// 1 / norm, or 0 for a zero (<= kNormEps) or non-finite norm.
+template <typename acc_t>
+MT_HD acc_t inverse_norm(acc_t norm) {
+  return (is_finite(norm) && norm > acc_t(kNormEps)) ? acc_t(1) / norm : acc_t(0);
+}
+
+// The six rows a triplet reads, in this order.
+enum TripletRow : int { kRowAi = 0, kRowPi, kRowNi, kRowAt, kRowPt, kRowNt, kTripletRows };
+
+template <typename scalar_t>
+MT_HD void triplet_rows(const Layout<scalar_t>& l, int64_t a, int64_t p, int64_t n,
+                        const scalar_t** rows) {
+  rows[kRowAi] = l.row_ptr(kImg, a);
+  rows[kRowPi] = l.row_ptr(kCandImg, p);
+  rows[kRowNi] = l.row_ptr(kCandImg, n);
+  rows[kRowAt] = l.row_ptr(kTxt, a);
+  rows[kRowPt] = l.row_ptr(kCandTxt, p);
+  rows[kRowNt] = l.row_ptr(kCandTxt, n);
+}
+
+// Adds the eight products of one element of the six rows (x, in TripletRow order) to the dot
+// products s[c * stride] (order of Cos).
+template <typename acc_t>
+MT_HD void add_products(const acc_t* x, acc_t* s, int stride) {
+  s[kAiPi * stride] += x[kRowAi] * x[kRowPi];
+  s[kAiNi * stride] += x[kRowAi] * x[kRowNi];
+  s[kAiPt * stride] += x[kRowAi] * x[kRowPt];
+  s[kAiNt * stride] += x[kRowAi] * x[kRowNt];
+  s[kAtPt * stride] += x[kRowAt] * x[kRowPt];
+  s[kAtNt * stride] += x[kRowAt] * x[kRowNt];
+  s[kAtPi * stride] += x[kRowAt] * x[kRowPi];
+  s[kAtNi * stride] += x[kRowAt] * x[kRowNi];
+}
+
+// Scales the eight dot products of a triplet into cosines with the rows' inverse norms.
+template <typename scalar_t, typename acc_t>
+MT_HD void dots_to_cosines(const Layout<scalar_t>& l, const acc_t* inv, int64_t a, int64_t p,
+                           int64_t n, acc_t* dots) {
+  const acc_t ia = inv[l.global_row(kImg, a)], ipi = inv[l.global_row(kCandImg, p)],
+              ini = inv[l.global_row(kCandImg, n)], ita = inv[l.global_row(kTxt, a)],
+              ipt = inv[l.global_row(kCandTxt, p)], int_ = inv[l.global_row(kCandTxt, n)];
+  dots[kAiPi] *= ia * ipi;
+  dots[kAiNi] *= ia * ini;
+  dots[kAiPt] *= ia * ipt;
+  dots[kAiNt] *= ia * int_;
+  dots[kAtPt] *= ita * ipt;
+  dots[kAtNt] *= ita * int_;
+  dots[kAtPi] *= ita * ipi;
+  dots[kAtNi] *= ita * ini;
+}
 
 }  // namespace loss
 }  // namespace medtrim

@@ -36,6 +36,17 @@ at::ScalarType LossInputs::acc_type() const {
   return img.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+RowRanges LossInputs::row_ranges() const {
+  RowRanges ranges{};
+  ranges.count = shared ? 2 : 4;
+  const int64_t rows[4] = {n, n, m, m};
+  for (int k = 0; k < ranges.count; ++k) {
+    ranges.begin[k] = base[k];
+    ranges.end[k] = base[k] + rows[k];
+  }
+  return ranges;
+}
+
 LossInputs prepare_inputs(const at::Tensor& img, const at::Tensor& txt,
                           const std::optional<at::Tensor>& cand_img,
                           const std::optional<at::Tensor>& cand_txt, const at::Tensor& anchor,

@@ -22,6 +22,7 @@ struct LossInputs {
   std::array<int64_t, 4> base{};            // first global row of img, txt, cand_img, cand_txt
 
   at::ScalarType acc_type() const;  // float32, or float64 for float64 embeddings
+  RowRanges row_ranges() const;     // global row -> (matrix, local row)
 
   template <typename scalar_t>
   Layout<scalar_t> layout() const {

@@ -56,22 +56,12 @@ acc_t dot(const scalar_t* x, const acc_t* y, int64_t dim) {
 
 // The eight dot products of one triplet (order of loss::Cos) in one sweep over the six rows.
 template <typename scalar_t, typename acc_t>
-void triplet_dots(const scalar_t* const rows[6], int64_t dim, acc_t* out) {
+void triplet_dots(const scalar_t* const rows[kTripletRows], int64_t dim, acc_t* out) {
   acc_t lane[kNumCos][kLanes] = {};
-  const scalar_t *ai = rows[0], *pi = rows[1], *ni = rows[2], *at = rows[3], *pt = rows[4],
-                 *nt = rows[5];
   auto step = [&](int64_t k, acc_t* s, int stride) {
-    const acc_t xai = static_cast<acc_t>(ai[k]), xpi = static_cast<acc_t>(pi[k]),
-                xni = static_cast<acc_t>(ni[k]), xat = static_cast<acc_t>(at[k]),
-                xpt = static_cast<acc_t>(pt[k]), xnt = static_cast<acc_t>(nt[k]);
-    s[kAiPi * stride] += xai * xpi;
-    s[kAiNi * stride] += xai * xni;
-    s[kAiPt * stride] += xai * xpt;
-    s[kAiNt * stride] += xai * xnt;
-    s[kAtPt * stride] += xat * xpt;
-    s[kAtNt * stride] += xat * xnt;
-    s[kAtPi * stride] += xat * xpi;
-    s[kAtNi * stride] += xat * xni;
+    acc_t x[kTripletRows];
+    for (int r = 0; r < kTripletRows; ++r) x[r] = static_cast<acc_t>(rows[r][k]);
+    add_products(x, s, stride);
   };
   int64_t i = 0;
   for (; i + kLanes <= dim; i += kLanes)
@@ -85,35 +75,10 @@ void triplet_dots(const scalar_t* const rows[6], int64_t dim, acc_t* out) {
   }
 }
 
-// Global row r -> (matrix, local row) over the distinct matrices of the layout.
-struct RowRanges {
-  int count;
-  int matrix[4];
-  int64_t begin[4], end[4];
-
-  explicit RowRanges(const LossInputs& in) : count(in.shared ? 2 : 4) {
-    const int64_t rows[4] = {in.n, in.n, in.m, in.m};
-    for (int k = 0; k < count; ++k) {
-      matrix[k] = k;
-      begin[k] = in.base[k];
-      end[k] = in.base[k] + rows[k];
-    }
-  }
-  int locate(int64_t r, int64_t* local) const {
-    for (int k = 0; k < count; ++k)
-      if (r < end[k]) {
-        *local = r - begin[k];
-        return matrix[k];
-      }
-    *local = 0;
-    return 0;  // unreachable for r < total_rows
-  }
-};
-
 template <typename scalar_t, typename acc_t>
 int64_t inverse_norms(const LossInputs& in, acc_t* inv_norms) {
   const auto layout = in.layout<scalar_t>();
-  const RowRanges ranges(in);
+  const RowRanges ranges = in.row_ranges();
   std::atomic<int64_t> nonfinite{0};
   at::parallel_for(0, in.total_rows, std::max<int64_t>(1, 16384 / in.dim), [&](int64_t b, int64_t e) {
     int64_t bad = 0;
@@ -122,8 +87,8 @@ int64_t inverse_norms(const LossInputs& in, acc_t* inv_norms) {
       const int mat = ranges.locate(r, &local);
       const acc_t sq = squared_norm<scalar_t, acc_t>(layout.row_ptr(mat, local), in.dim);
       const acc_t norm = std::sqrt(sq);
-      if (!std::isfinite(norm)) ++bad;
-      inv_norms[r] = (std::isfinite(norm) && norm > acc_t(kNormEps)) ? acc_t(1) / norm : acc_t(0);
+      if (!is_finite(norm)) ++bad;
+      inv_norms[r] = inverse_norm(norm);
     }
     if (bad) nonfinite += bad;
   });
@@ -157,22 +122,11 @@ LossForward forward_impl(const LossInputs& in, double margin) {
         act[t] = 0;
         continue;
       }
-      const scalar_t* rows[6] = {layout.row_ptr(kImg, a), layout.row_ptr(kCandImg, p),
-                                 layout.row_ptr(kCandImg, n), layout.row_ptr(kTxt, a),
-                                 layout.row_ptr(kCandTxt, p), layout.row_ptr(kCandTxt, n)};
-      const acc_t ia = inv[layout.global_row(kImg, a)], ipi = inv[layout.global_row(kCandImg, p)],
-                  ini = inv[layout.global_row(kCandImg, n)], ita = inv[layout.global_row(kTxt, a)],
-                  ipt = inv[layout.global_row(kCandTxt, p)], int_ = inv[layout.global_row(kCandTxt, n)];
+      const scalar_t* rows[kTripletRows];
+      triplet_rows(layout, a, p, n, rows);
       acc_t cos[kNumCos];
       triplet_dots<scalar_t, acc_t>(rows, in.dim, cos);
-      cos[kAiPi] *= ia * ipi;
-      cos[kAiNi] *= ia * ini;
-      cos[kAiPt] *= ia * ipt;
-      cos[kAiNt] *= ia * int_;
-      cos[kAtPt] *= ita * ipt;
-      cos[kAtNt] *= ita * int_;
-      cos[kAtPi] *= ita * ipi;
-      cos[kAtNi] *= ita * ini;
+      dots_to_cosines(layout, inv, a, p, n, cos);
       act[t] = triplet_losses(cos, m, &li[t], &lt[t]);
     }
   });
@@ -184,7 +138,7 @@ void backward_impl(const BackwardSetup& s) {
   const LossInputs& in = s.in;
   using acc_t = at::opmath_type<scalar_t>;
   const auto layout = in.layout<scalar_t>();
-  const RowRanges ranges(in);
+  const RowRanges ranges = in.row_ranges();
   const int64_t *off = s.plan.offsets.data_ptr<int64_t>(), *codes = s.plan.codes.data_ptr<int64_t>();
   const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
                 *N = in.negative.data_ptr<int64_t>();

@@ -36,34 +36,6 @@ __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   return v;  // complete in lane 0
 }
 
-// Global row -> (matrix, local row) over the distinct matrices (2 when candidates are shared).
-struct RowRanges {
-  int count;
-  int64_t end[4];
-  int64_t begin[4];
-
-  __device__ __forceinline__ int locate(int64_t r, int64_t* local) const {
-    for (int k = 0; k < count; ++k)
-      if (r < end[k]) {
-        *local = r - begin[k];
-        return k;
-      }
-    *local = 0;
-    return 0;  // unreachable for r < total_rows
-  }
-};
-
-RowRanges make_ranges(const LossInputs& in) {
-  RowRanges ranges{};
-  ranges.count = in.shared ? 2 : 4;
-  const int64_t rows[4] = {in.n, in.n, in.m, in.m};
-  for (int k = 0; k < ranges.count; ++k) {
-    ranges.begin[k] = in.base[k];
-    ranges.end[k] = in.base[k] + rows[k];
-  }
-  return ranges;
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void inverse_norms_kernel(Layout<scalar_t> layout, RowRanges ranges, int64_t total_rows,
                                      acc_t* __restrict__ inv_norms, int* __restrict__ nonfinite) {
@@ -82,9 +54,8 @@ __global__ void inverse_norms_kernel(Layout<scalar_t> layout, RowRanges ranges, 
     s = warp_sum(s);
     if (lane == 0) {
       const acc_t norm = sqrt(s);
-      const bool finite = isfinite(norm);
-      if (!finite) atomicAdd(nonfinite, 1);
-      inv_norms[r] = (finite && norm > acc_t(kNormEps)) ? acc_t(1) / norm : acc_t(0);
+      if (!is_finite(norm)) atomicAdd(nonfinite, 1);
+      inv_norms[r] = inverse_norm(norm);
     }
   }
 }
@@ -107,38 +78,19 @@ __global__ void triplet_forward_kernel(Layout<scalar_t> layout, const acc_t* __r
       }
       continue;
     }
-    const scalar_t *ai = layout.row_ptr(kImg, a), *pi = layout.row_ptr(kCandImg, p),
-                   *ni = layout.row_ptr(kCandImg, n), *at = layout.row_ptr(kTxt, a),
-                   *pt = layout.row_ptr(kCandTxt, p), *nt = layout.row_ptr(kCandTxt, n);
+    const scalar_t* rows[kTripletRows];
+    triplet_rows(layout, a, p, n, rows);
     acc_t s[kNumCos] = {};
     for (int64_t i = lane; i < layout.dim; i += kWarp) {
-      const acc_t xai = static_cast<acc_t>(ai[i]), xpi = static_cast<acc_t>(pi[i]),
-                  xni = static_cast<acc_t>(ni[i]), xat = static_cast<acc_t>(at[i]),
-                  xpt = static_cast<acc_t>(pt[i]), xnt = static_cast<acc_t>(nt[i]);
-      s[kAiPi] += xai * xpi;
-      s[kAiNi] += xai * xni;
-      s[kAiPt] += xai * xpt;
-      s[kAiNt] += xai * xnt;
-      s[kAtPt] += xat * xpt;
-      s[kAtNt] += xat * xnt;
-      s[kAtPi] += xat * xpi;
-      s[kAtNi] += xat * xni;
+      acc_t x[kTripletRows];
+#pragma unroll
+      for (int r = 0; r < kTripletRows; ++r) x[r] = static_cast<acc_t>(rows[r][i]);
+      add_products(x, s, 1);
     }
 #pragma unroll
     for (int c = 0; c < kNumCos; ++c) s[c] = warp_sum(s[c]);
     if (lane == 0) {
-      const acc_t ia = inv[layout.global_row(kImg, a)], ipi = inv[layout.global_row(kCandImg, p)],
-                  ini = inv[layout.global_row(kCandImg, n)], ita = inv[layout.global_row(kTxt, a)],
-                  ipt = inv[layout.global_row(kCandTxt, p)],
-                  int_ = inv[layout.global_row(kCandTxt, n)];
-      s[kAiPi] *= ia * ipi;
-      s[kAiNi] *= ia * ini;
-      s[kAiPt] *= ia * ipt;
-      s[kAiNt] *= ia * int_;
-      s[kAtPt] *= ita * ipt;
-      s[kAtNt] *= ita * int_;
-      s[kAtPi] *= ita * ipi;
-      s[kAtNi] *= ita * ini;
+      dots_to_cosines(layout, inv, a, p, n, s);
       active[t] = triplet_losses(s, margin, &loss_img[t], &loss_txt[t]);
     }
   }
@@ -239,7 +191,7 @@ LossForward forward_impl(const LossInputs& in, double margin) {
   if (in.total_rows > 0) {
     inverse_norms_kernel<scalar_t, acc_t>
         <<<blocks_for(in.total_rows, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
-            layout, make_ranges(in), in.total_rows, inv_norms.data_ptr<acc_t>(),
+            layout, in.row_ranges(), in.total_rows, inv_norms.data_ptr<acc_t>(),
             nonfinite.data_ptr<int>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -269,7 +221,7 @@ void backward_impl(const BackwardSetup& s) {
   if (in.total_rows == 0) return;
   BackwardArgs<scalar_t, acc_t> args{};
   args.layout = in.layout<scalar_t>();
-  args.ranges = make_ranges(in);
+  args.ranges = in.row_ranges();
   for (int k = 0; k < 4; ++k) args.out[k] = s.out[k].data_ptr<scalar_t>();
   args.offsets = s.plan.offsets.data_ptr<int64_t>();
   args.codes = s.plan.codes.data_ptr<int64_t>();
