@@ -201,5 +201,39 @@ MT_HD void dots_to_cosines(const Layout<scalar_t>& l, const acc_t* inv, int64_t 
   dots[kAtNi] *= ita * ini;
 }
 
+// What the backward kernels read: the plan, the triplets, their per-triplet gradients and active
+// terms, the inverse row norms, and where each output row goes.
+template <typename scalar_t, typename acc_t>
+struct BackwardView {
+  Layout<scalar_t> layout;
+  RowRanges ranges;
+  scalar_t* out[4];  // d img, d txt, d cand_img, d cand_txt
+  const int64_t *offsets, *codes;
+  const int64_t *A, *P, *N;
+  const acc_t *grad_img, *grad_txt, *inv;
+  const uint8_t* active;
+
+  // The rows that plan entry k adds to its row's gradient and their coefficients, already scaled
+  // by the source rows' inverse norms; zero contributions are left out. Returns how many (<= 4).
+  MT_HD int entry_sources(int64_t k, const scalar_t** src, acc_t* coef) const {
+    const int64_t t = codes[k] / kRoles;
+    const int role = static_cast<int>(codes[k] % kRoles);
+    if (active[t] == 0) return 0;
+    int mat[4];
+    int64_t row[4];
+    acc_t c[4];
+    const int count = role_sources(role, A[t], P[t], N[t],
+                                   term_grads<acc_t>(grad_img[t], grad_txt[t], active[t]), mat, row, c);
+    int kept = 0;
+    for (int j = 0; j < count; ++j) {
+      const acc_t scaled = c[j] * inv[layout.global_row(mat[j], row[j])];
+      if (scaled == acc_t(0)) continue;
+      src[kept] = layout.row_ptr(mat[j], row[j]);
+      coef[kept++] = scaled;
+    }
+    return kept;
+  }
+};
+
 }  // namespace loss
 }  // namespace medtrim

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <array>
 #include <optional>
@@ -79,6 +80,25 @@ struct BackwardSetup {
   GradientPlan plan;
   at::Tensor grad_img, grad_txt, active, inv_norms;  // per-triplet inputs, contiguous
   at::Tensor out[4];                                  // d img, d txt, d cand_img, d cand_txt
+
+  template <typename scalar_t>
+  BackwardView<scalar_t, at::opmath_type<scalar_t>> view() const {
+    using acc_t = at::opmath_type<scalar_t>;
+    BackwardView<scalar_t, acc_t> v{};
+    v.layout = in.layout<scalar_t>();
+    v.ranges = in.row_ranges();
+    for (int k = 0; k < 4; ++k) v.out[k] = out[k].data_ptr<scalar_t>();
+    v.offsets = plan.offsets.data_ptr<int64_t>();
+    v.codes = plan.codes.data_ptr<int64_t>();
+    v.A = in.anchor.data_ptr<int64_t>();
+    v.P = in.positive.data_ptr<int64_t>();
+    v.N = in.negative.data_ptr<int64_t>();
+    v.grad_img = grad_img.data_ptr<acc_t>();
+    v.grad_txt = grad_txt.data_ptr<acc_t>();
+    v.inv = inv_norms.data_ptr<acc_t>();
+    v.active = active.data_ptr<uint8_t>();
+    return v;
+  }
 };
 BackwardSetup prepare_backward(const at::Tensor& grad_loss_img, const at::Tensor& grad_loss_txt,
                                const at::Tensor& img, const at::Tensor& txt,

@@ -135,46 +135,27 @@ LossForward forward_impl(const LossInputs& in, double margin) {
 
 template <typename scalar_t>
 void backward_impl(const BackwardSetup& s) {
-  const LossInputs& in = s.in;
   using acc_t = at::opmath_type<scalar_t>;
-  const auto layout = in.layout<scalar_t>();
-  const RowRanges ranges = in.row_ranges();
-  const int64_t *off = s.plan.offsets.data_ptr<int64_t>(), *codes = s.plan.codes.data_ptr<int64_t>();
-  const int64_t *A = in.anchor.data_ptr<int64_t>(), *P = in.positive.data_ptr<int64_t>(),
-                *N = in.negative.data_ptr<int64_t>();
-  const acc_t *gi = s.grad_img.data_ptr<acc_t>(), *gt = s.grad_txt.data_ptr<acc_t>(),
-              *inv = s.inv_norms.data_ptr<acc_t>();
-  const uint8_t* act = s.active.data_ptr<uint8_t>();
-  scalar_t* out[4];
-  for (int k = 0; k < 4; ++k) out[k] = s.out[k].data_ptr<scalar_t>();
-  const int64_t dim = in.dim;
+  const auto v = s.view<scalar_t>();
+  const int64_t dim = s.in.dim;
 
-  at::parallel_for(0, in.total_rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t b, int64_t e) {
+  at::parallel_for(0, s.in.total_rows, std::max<int64_t>(1, 4096 / dim), [&](int64_t b, int64_t e) {
     std::vector<acc_t> grad(dim);  // gradient w.r.t. the normalized row
     for (int64_t r = b; r < e; ++r) {
       int64_t local;
-      const int mat = ranges.locate(r, &local);
-      scalar_t* dst = out[mat] + local * dim;
-      const acc_t inv_r = inv[r];
+      const int mat = v.ranges.locate(r, &local);
+      scalar_t* dst = v.out[mat] + local * dim;
+      const acc_t inv_r = v.inv[r];
       bool any = false;
       if (inv_r != acc_t(0)) {
         std::fill(grad.begin(), grad.end(), acc_t(0));
-        for (int64_t k = off[r]; k < off[r + 1]; ++k) {
-          const int64_t t = codes[k] / kRoles;
-          const int role = static_cast<int>(codes[k] % kRoles);
-          if (act[t] == 0) continue;
-          const auto g = term_grads<acc_t>(gi[t], gt[t], act[t]);
-          int src_mat[4];
-          int64_t src_row[4];
+        for (int64_t k = v.offsets[r]; k < v.offsets[r + 1]; ++k) {
+          const scalar_t* src[4];
           acc_t coef[4];
-          const int count = role_sources(role, A[t], P[t], N[t], g, src_mat, src_row, coef);
-          for (int j = 0; j < count; ++j) {
-            const acc_t c = coef[j] * inv[layout.global_row(src_mat[j], src_row[j])];
-            if (c == acc_t(0)) continue;
-            const scalar_t* src = layout.row_ptr(src_mat[j], src_row[j]);
-            for (int64_t i = 0; i < dim; ++i) grad[i] += c * static_cast<acc_t>(src[i]);
-            any = true;
-          }
+          const int count = v.entry_sources(k, src, coef);
+          for (int j = 0; j < count; ++j)
+            for (int64_t i = 0; i < dim; ++i) grad[i] += coef[j] * static_cast<acc_t>(src[j][i]);
+          any = any || count > 0;
         }
       }
       if (!any) {
@@ -182,7 +163,7 @@ void backward_impl(const BackwardSetup& s) {
         continue;
       }
       // d/dx of normalize(x) applied to grad: inv * grad - inv^3 * (x . grad) * x
-      const scalar_t* x = layout.row_ptr(mat, local);
+      const scalar_t* x = v.layout.row_ptr(mat, local);
       const acc_t along = dot<scalar_t, acc_t>(x, grad.data(), dim) * inv_r * inv_r * inv_r;
       for (int64_t i = 0; i < dim; ++i)
         dst[i] = static_cast<scalar_t>(inv_r * grad[i] - along * static_cast<acc_t>(x[i]));

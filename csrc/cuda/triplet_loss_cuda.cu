@@ -96,22 +96,10 @@ __global__ void triplet_forward_kernel(Layout<scalar_t> layout, const acc_t* __r
   }
 }
 
-template <typename scalar_t, typename acc_t>
-struct BackwardArgs {
-  Layout<scalar_t> layout;
-  RowRanges ranges;
-  scalar_t* out[4];
-  const int64_t* offsets;
-  const int64_t* codes;
-  const int64_t *A, *P, *N;
-  const acc_t *grad_img, *grad_txt, *inv;
-  const uint8_t* active;
-};
-
 // One block per output row; grad (dim values) lives in dynamic shared memory, each thread owning
 // the elements i = threadIdx.x + k * blockDim.x, so the accumulation needs no synchronisation.
 template <typename scalar_t, typename acc_t>
-__global__ void row_backward_kernel(BackwardArgs<scalar_t, acc_t> args, int64_t total_rows) {
+__global__ void row_backward_kernel(BackwardView<scalar_t, acc_t> args, int64_t total_rows) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* grad = reinterpret_cast<acc_t*>(smem_raw);
   __shared__ acc_t partial[kRowThreads / kWarp];
@@ -125,24 +113,13 @@ __global__ void row_backward_kernel(BackwardArgs<scalar_t, acc_t> args, int64_t 
     bool any = false;  // block-uniform: every thread decodes the same entries
     if (inv_r != acc_t(0)) {
       for (int64_t k = args.offsets[r]; k < args.offsets[r + 1]; ++k) {
-        const int64_t code = args.codes[k];
-        const int64_t t = code / kRoles;
-        const int role = static_cast<int>(code % kRoles);
-        const uint8_t act = args.active[t];
-        if (act == 0) continue;
-        const auto g = term_grads<acc_t>(args.grad_img[t], args.grad_txt[t], act);
-        int src_mat[4];
-        int64_t src_row[4];
+        const scalar_t* src[4];
         acc_t coef[4];
-        const int count = role_sources(role, args.A[t], args.P[t], args.N[t], g, src_mat, src_row, coef);
-        for (int j = 0; j < count; ++j) {
-          const acc_t c = coef[j] * args.inv[args.layout.global_row(src_mat[j], src_row[j])];
-          if (c == acc_t(0)) continue;
-          const scalar_t* src = args.layout.row_ptr(src_mat[j], src_row[j]);
+        const int count = args.entry_sources(k, src, coef);
+        for (int j = 0; j < count; ++j)
           for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
-            grad[i] += c * static_cast<acc_t>(src[i]);
-          any = true;
-        }
+            grad[i] += coef[j] * static_cast<acc_t>(src[j][i]);
+        any = any || count > 0;
       }
     }
     const scalar_t* x = args.layout.row_ptr(mat, local);
@@ -219,19 +196,7 @@ void backward_impl(const BackwardSetup& s) {
   check_dim_fits<acc_t>(in.dim);
   const size_t smem = static_cast<size_t>(in.dim) * sizeof(acc_t);
   if (in.total_rows == 0) return;
-  BackwardArgs<scalar_t, acc_t> args{};
-  args.layout = in.layout<scalar_t>();
-  args.ranges = in.row_ranges();
-  for (int k = 0; k < 4; ++k) args.out[k] = s.out[k].data_ptr<scalar_t>();
-  args.offsets = s.plan.offsets.data_ptr<int64_t>();
-  args.codes = s.plan.codes.data_ptr<int64_t>();
-  args.A = in.anchor.data_ptr<int64_t>();
-  args.P = in.positive.data_ptr<int64_t>();
-  args.N = in.negative.data_ptr<int64_t>();
-  args.grad_img = s.grad_img.data_ptr<acc_t>();
-  args.grad_txt = s.grad_txt.data_ptr<acc_t>();
-  args.inv = s.inv_norms.data_ptr<acc_t>();
-  args.active = s.active.data_ptr<uint8_t>();
+  const auto args = s.view<scalar_t>();
   row_backward_kernel<scalar_t, acc_t>
       <<<blocks_for(in.total_rows, 1), kRowThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
           args, in.total_rows);
