@@ -59,11 +59,20 @@ class MultimodalTripletLoss(torch.nn.Module):
                 triplets: Triplets | Sequence[torch.Tensor], *,
                 cand_img: torch.Tensor | None = None,
                 cand_txt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        per_img, per_txt, triplets = self.per_triplet(img_emb, txt_emb, triplets,
+                                                      cand_img=cand_img, cand_txt=cand_txt)
+        return reduce_losses(per_img, per_txt, *triplets, self.reduction)
+
+    def per_triplet(self, img_emb: torch.Tensor, txt_emb: torch.Tensor,
+                    triplets: Triplets | Sequence[torch.Tensor], *,
+                    cand_img: torch.Tensor | None = None, cand_txt: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Per-triplet ``(T,)`` losses (0 for skipped triplets) whatever the reduction, and the
+        checked int64 (anchor, positive, negative) they were computed for."""
         img_emb, txt_emb, cand_img, cand_txt = _check_embeddings(img_emb, txt_emb, cand_img, cand_txt)
-        anchor, positive, negative = _check_triplets(triplets, img_emb.device)
-        per_img, per_txt = ops.triplet_loss(img_emb, txt_emb, anchor, positive, negative,
-                                            self.margin, cand_img, cand_txt)
-        return reduce_losses(per_img, per_txt, anchor, positive, negative, self.reduction)
+        indices = _check_triplets(triplets, img_emb.device)
+        per_img, per_txt = ops.triplet_loss(img_emb, txt_emb, *indices, self.margin, cand_img, cand_txt)
+        return per_img, per_txt, indices
 
 
 def reduce_losses(per_img: torch.Tensor, per_txt: torch.Tensor, anchor: torch.Tensor,

@@ -69,10 +69,9 @@ class MedTrimObjective(torch.nn.Module):
         with torch.no_grad():
             triplets = self.miner(entities, cand_entities, anchor_ids=anchor_ids,
                                   candidate_ids=candidate_ids, generator=generator)
-        crit = self.loss
-        per_img, per_txt = MultimodalTripletLoss(crit.margin, "none")(
-            img_emb, txt_emb, triplets, cand_img=cand_img, cand_txt=cand_txt)
-        loss_img, loss_txt = reduce_losses(per_img, per_txt, *triplets, crit.reduction)
+        per_img, per_txt, _ = self.loss.per_triplet(img_emb, txt_emb, triplets,
+                                                    cand_img=cand_img, cand_txt=cand_txt)
+        loss_img, loss_txt = reduce_losses(per_img, per_txt, *triplets, self.loss.reduction)
         stats = self._stats(entities, cand_entities, triplets, per_img, per_txt)
         return ObjectiveOutput(loss_img + loss_txt, loss_img, loss_txt, triplets, stats)
 
@@ -87,7 +86,7 @@ class MedTrimObjective(torch.nn.Module):
         def masked_mean(x):
             return torch.where(count > 0, torch.where(valid, x, 0).sum() / denom, nan)
 
-        active = valid & ((per_img.detach() + per_txt.detach()) > 0)
+        active = valid & ((per_img + per_txt) > 0)
         return {
             "valid_triplets": count,
             "valid_fraction": count.float() / max(len(valid), 1),

@@ -13,8 +13,8 @@ from . import _build_config
 from .entities import MetaEntities
 
 
-def _require_backend(ents: MetaEntities) -> None:
-    if ents.device.type == "cuda" and not _build_config.WITH_CUDA:
+def _require_backend(device: torch.device) -> None:
+    if device.type == "cuda" and not _build_config.WITH_CUDA:
         raise RuntimeError(
             "medtrim_ext was built without its CUDA kernels (no CUDA torch or nvcc at build time), "
             "so it cannot run on cuda tensors: rebuild with MEDTRIM_CUDA=ON, or use .cpu()")
@@ -42,7 +42,7 @@ def _pair_scores_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candida
 
 def score_matrix(anchors: MetaEntities, candidates: MetaEntities, w_dis: float, w_adj: float,
                  w_dir: float) -> torch.Tensor:
-    _require_backend(anchors)
+    _require_backend(anchors.device)
     return torch.ops.medtrim.score_matrix(
         anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits,
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
@@ -52,7 +52,7 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities, w_dis: float, 
 def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: torch.Tensor,
                   candidate_ids: torch.Tensor, semi_hard: torch.Tensor, w_dis: float, w_adj: float,
                   w_dir: float, threshold: float, upper: float) -> tuple[torch.Tensor, torch.Tensor]:
-    _require_backend(anchors)
+    _require_backend(anchors.device)
     return torch.ops.medtrim.mine_triplets(
         anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits, anchor_ids,
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
@@ -62,7 +62,7 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: t
 
 def pair_scores(anchors: MetaEntities, candidates: MetaEntities, anchor_index: torch.Tensor,
                 candidate_index: torch.Tensor, w_dis: float, w_adj: float, w_dir: float) -> torch.Tensor:
-    _require_backend(anchors)
+    _require_backend(anchors.device)
     return torch.ops.medtrim.pair_scores(
         anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits,
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
@@ -124,10 +124,7 @@ def triplet_loss(img: torch.Tensor, txt: torch.Tensor, anchor: torch.Tensor,
                  cand_img: torch.Tensor | None = None,
                  cand_txt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-triplet (image loss, text loss), float32 (float64 for float64 input), differentiable."""
-    if img.device.type == "cuda" and not _build_config.WITH_CUDA:
-        raise RuntimeError(
-            "medtrim_ext was built without its CUDA kernels, so the loss cannot run on cuda "
-            "tensors: rebuild with MEDTRIM_CUDA=ON, or use .cpu()")
+    _require_backend(img.device)
     loss_img, loss_txt, _active, _inv_norms = torch.ops.medtrim.triplet_loss_forward(
         img, txt, cand_img, cand_txt, anchor, positive, negative, float(margin))
     return loss_img, loss_txt
