@@ -86,34 +86,34 @@ class EntityExtractor:
         self.nlp = nlp
         make = nlp.make_doc
 
-        # targets: class terms, conditional anatomy, blockers; labels are strings in the vocab
-        tm = PhraseMatcher(nlp.vocab, attr="LOWER")
-        by_label: dict[str, list[str]] = {}
-        for term, cls in onto.disease_terms.items():
-            by_label.setdefault(f"D|{cls}", []).append(term)
+        def matcher(by_label: dict[str, list[str]]) -> PhraseMatcher:
+            """A lowercase phrase matcher; labels are strings in the vocab."""
+            m = PhraseMatcher(nlp.vocab, attr="LOWER")
+            for label, terms in by_label.items():
+                if terms:
+                    m.add(label, [make(t) for t in terms])
+            return m
+
+        def grouped(prefix: str, term_to_name: dict[str, str]) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for term, name in term_to_name.items():
+                out.setdefault(f"{prefix}|{name}", []).append(term)
+            return out
+
+        # targets: class terms, conditional anatomy, blockers
+        targets = grouped("D", onto.disease_terms)
         for cls, (anatomy, _) in onto.conditional.items():
-            by_label.setdefault(f"C|{cls}", []).extend(anatomy)
-        by_label["X|"] = sorted(onto.not_findings)
-        for label, terms in by_label.items():
-            if terms:
-                tm.add(label, [make(t) for t in terms])
-        self._target_matcher = tm
+            targets.setdefault(f"C|{cls}", []).extend(anatomy)
+        targets["X|"] = sorted(onto.not_findings)
+        self._target_matcher = matcher(targets)
 
         # descriptors and clause structure
-        dm = PhraseMatcher(nlp.vocab, attr="LOWER")
-        desc: dict[str, list[str]] = {}
-        for term, canon in onto.adjective_terms.items():
-            desc.setdefault(f"A|{canon}", []).append(term)
-        for term, canon in onto.direction_terms.items():
-            desc.setdefault(f"R|{canon}", []).append(term)
+        desc = {**grouped("A", onto.adjective_terms), **grouped("R", onto.direction_terms)}
         for cls, (_, qualifiers) in onto.conditional.items():
             desc[f"Q|{cls}"] = list(qualifiers)
         desc["N|"] = list(onto.normal_cues)
         desc["B|"] = list(onto.clause_breaks)
-        for label, terms in desc.items():
-            if terms:
-                dm.add(label, [make(t) for t in terms])
-        self._descriptor_matcher = dm
+        self._descriptor_matcher = matcher(desc)
 
         self._context = ConText(nlp, rules=None, phrase_matcher_attr="LOWER")
         self._context.add([ConTextRule(phrase, category, direction=direction)
