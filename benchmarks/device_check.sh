@@ -6,6 +6,8 @@
 #      pair scores, the loss's forward and backward with and without candidates, fp32 and bf16)
 #   4. the GPU benchmark (every kernel against the pure-PyTorch reference, the loss with the
 #      achieved bandwidth against the card's copy bandwidth)
+#   5. a short training run on the phantoms at a realistic batch (256, bf16, ViT-S/16 at 128 px,
+#      configs/phantoms-gpu.yaml) with the step-time breakdown (data, encoders, mining, loss)
 # Everything is logged to $OUT (the device tool brings it back), default benchmarks/out/device.
 #   run: bash benchmarks/device_check.sh
 set -uo pipefail
@@ -48,6 +50,24 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 
   step "benchmark"
   "$PY" "$REPO/benchmarks/bench_kernels.py" --device cuda --out "$OUT" || status=1
+
+  step "training: phantoms, batch 256, bf16"
+  # the run folder (checkpoints: hundreds of MB) stays on the machine; its logs come back
+  TRAIN_DIR=/tmp/medtrim-train-gpu
+  rm -rf "$TRAIN_DIR"
+  (cd /tmp && "$PY" -m medtrim_ext.train --config "$REPO/configs/phantoms-gpu.yaml" --no-eval \
+      "train.out_dir=$TRAIN_DIR" train.progress=false) || status=1
+  cp "$TRAIN_DIR/train_summary.json" "$TRAIN_DIR/metrics.csv" "$OUT/" 2>/dev/null || status=1
+  "$PY" - "$OUT/train_summary.json" <<'PYEOF' || status=1
+import json, sys
+s = json.load(open(sys.argv[1]))
+t = s["step_time"]
+print(f"{s['steps']} steps on {s['device']} ({s['amp']}), {s['wall_s']:.1f} s; mean per step:")
+for k, v in t.items():
+    print(f"  {k:18s} {v * 1e3:8.2f} ms  {v / t['total']:6.1%}")
+share = sum(t.get(k, 0) for k in ("mining", "loss_forward", "loss_backward")) / t["total"]
+print(f"mining + loss (forward and backward): {share:.1%} of a step")
+PYEOF
 
   step "done: status $status"
   exit "$status"

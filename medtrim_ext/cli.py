@@ -1,4 +1,5 @@
-"""The ``medtrim`` command line: ``info``, ``demo``, ``mine`` and ``extract``."""
+"""The ``medtrim`` command line: ``info``, ``demo``, ``train``, ``evaluate``, ``mine``,
+``mine-demo`` and ``extract``."""
 
 from __future__ import annotations
 
@@ -88,10 +89,40 @@ def cmd_mine(args) -> int:
     return 0
 
 
+def cmd_mine_demo(args) -> int:
+    from . import mining_demo
+
+    return mining_demo.run(n=args.n, seed=args.seed, out=Path(args.out), device=_device(args.device))
+
+
 def cmd_demo(args) -> int:
     from . import demo
 
-    return demo.run(n=args.n, seed=args.seed, out=Path(args.out), device=_device(args.device))
+    return demo.run(out=Path(args.out), seeds=args.seeds, steps=args.steps, methods=args.methods,
+                    overrides=args.overrides, device=args.device, progress=not args.no_progress)
+
+
+def cmd_train(args) -> int:
+    from .train import run_train
+
+    return run_train(args)
+
+
+def cmd_evaluate(args) -> int:
+    from .training.evaluate import evaluate_run
+
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.root={args.data}")
+    if args.kind is not None:
+        overrides.append(f"data.kind={args.kind}")
+    if args.split is not None:
+        overrides.append(f"data.eval_split={args.split}")
+    report = evaluate_run(args.checkpoint, overrides, out_dir=args.out, device=args.device,
+                          progress=not args.no_progress)
+    print(report["markdown"])
+    print(f"wrote {report['paths']['markdown']} and {report['paths']['json']}")
+    return 0
 
 
 def cmd_extract(args) -> int:
@@ -117,12 +148,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="how the extension was built and what runs here")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="mine triplets on generated records, check against the reference")
+    p = sub.add_parser("demo", help="train MedTrim and InfoNCE on the built-in phantoms and compare them")
+    p.add_argument("--out", default="medtrim-demo", help="output folder (runs, results, plots)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
+    p.add_argument("--methods", nargs="+", default=["medtrim", "infonce"],
+                   choices=["medtrim", "medtrim_offline", "infonce"])
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
+    p.set_defaults(func=cmd_demo)
+
+    from .train import add_train_args
+
+    p = sub.add_parser("train", help="train image and text encoders (MedTrim or InfoNCE) from a config")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="retrieval and linear-probe evaluation of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (runs/x/last.pt)")
+    p.add_argument("--data", help="dataset root or manifest (default: the run's own data)")
+    p.add_argument("--kind", choices=["phantoms", "manifest", "mimic", "iu"],
+                   help="dataset kind of --data (default: the run's)")
+    p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
+    p.add_argument("--out", help="output folder (default: <run>/eval)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("mine-demo", help="mine triplets on generated records, check against the reference")
     p.add_argument("--n", type=int, default=4096, help="number of generated records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--out", default="medtrim-demo", help="output folder")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--out", default="medtrim-mine-demo", help="output folder")
+    p.set_defaults(func=cmd_mine_demo)
 
     p = sub.add_parser("mine", help="mine one triplet per record of a JSON/JSONL records file")
     p.add_argument("records", help="JSON list or JSONL of records, or of {'id', 'entities'} objects")

@@ -79,7 +79,7 @@ def test_cli_info(capsys):
 
 
 def test_demo_runs_and_writes_outputs(tmp_path, capsys):
-    assert main(["demo", "--n", "300", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert main(["mine-demo", "--n", "300", "--device", "cpu", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["checks"]["reference"]["identical"] is True
     assert summary["valid_triplets"] > 0

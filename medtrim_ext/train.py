@@ -1,0 +1,56 @@
+"""``python -m medtrim_ext.train --config CONFIG [section.key=value ...]``: train one run.
+
+Works as a plain process (one CPU or GPU) and under ``torchrun`` (one process per GPU, or gloo on
+CPUs): the process group comes from torchrun's environment. After training, the main process
+evaluates the final model unless ``--no-eval`` is given. ``medtrim train`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None,
+                   help="YAML config file or preset name (e.g. 'demo'); default: built-in defaults")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.steps=200 objective.kind=infonce")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+
+
+def run_train(args) -> int:
+    from .training import load_config, train
+    from .training.evaluate import evaluate_run
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    if result["world_size"] == 1 or _is_main():
+        print(json.dumps({k: result[k] for k in ("out_dir", "steps", "device", "wall_s", "step_time")},
+                         indent=1))
+        if not args.no_eval:
+            report = evaluate_run(result["checkpoint"])
+            print(report["markdown"])
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medtrim_ext.train", description=__doc__.split("\n")[0])
+    add_train_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_train(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

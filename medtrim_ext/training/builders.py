@@ -1,0 +1,71 @@
+"""Build the parts of a run from its config: datasets, tokenizer, model, device."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .distributed import DistContext, barrier
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name!r} but no CUDA device is available")
+        if ctx.enabled:  # under torchrun each process drives its local rank's GPU
+            device = torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def entity_cache_dir(cfg: Config) -> str | None:
+    if cfg.data.entities != "extracted":
+        return None
+    if cfg.data.cache_dir:
+        return cfg.data.cache_dir
+    return str(Path(cfg.train.out_dir) / "entity-cache")
+
+
+def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True):
+    """The dataset of ``split`` (augmented when ``train`` and ``data.augment``)."""
+    from ..datasets import load_dataset
+
+    d = cfg.data
+    return load_dataset(d.kind, split, root=d.root, image_size=d.image_size, in_chans=d.in_chans,
+                        train=train and d.augment, entities=d.entities,
+                        cache_dir=entity_cache_dir(cfg), progress=progress, seed=cfg.data.seed,
+                        **d.options)
+
+
+def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):
+    """The configured local tokenizer, or a WordPiece trained on the training reports (saved in
+    ``<out_dir>/tokenizer`` by the main process and loaded from there by the others)."""
+    from ..tokenization import load_tokenizer, train_wordpiece_tokenizer
+
+    if cfg.model.tokenizer:
+        return load_tokenizer(cfg.model.tokenizer)
+    path = out_dir / "tokenizer"
+    if not path.exists() and ctx.is_main:
+        train_wordpiece_tokenizer(texts, vocab_size=cfg.model.tokenizer_vocab_size, out_dir=path)
+    barrier(ctx)
+    return load_tokenizer(path)
+
+
+def model_config(cfg: Config, vocab_size: int | None) -> dict:
+    """The :class:`DualEncoder` config; a text model built from a config gets the tokenizer's size."""
+    text = copy.deepcopy(cfg.model.text)
+    if vocab_size is not None and not text.get("pretrained"):
+        text["config"] = {**(text.get("config") or {}), "vocab_size": vocab_size}
+    return {"image": copy.deepcopy(cfg.model.image), "text": text, "embed_dim": cfg.model.embed_dim,
+            "projection": cfg.model.projection}
+
+
+def build_model(cfg: Config, vocab_size: int | None):
+    from ..models import DualEncoder
+
+    return DualEncoder.from_config(model_config(cfg, vocab_size))

@@ -1,0 +1,279 @@
+"""Training configuration: nested dataclasses read from YAML, with ``section.key=value`` overrides.
+
+    cfg = load_config("configs/mimic.yaml", ["train.steps=2000", "objective.kind=infonce"])
+
+Every key is checked: an unknown section or key raises ``ValueError`` naming it, and a value of
+the wrong type names the key and what it expected. ``load_config`` also accepts the name of a
+packaged preset (``demo``) instead of a path.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+OBJECTIVES = ("medtrim", "medtrim_offline", "infonce")
+AMP_MODES = ("none", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train and evaluate on (see :func:`medtrim_ext.datasets.load_dataset`)."""
+
+    kind: str = "phantoms"            # phantoms | manifest | mimic | iu
+    root: str | None = None           # dataset path (unused for phantoms)
+    image_size: int = 224
+    in_chans: int = 1                 # channels the dataset yields (1: grayscale X-rays)
+    entities: str = "extracted"       # extracted (spaCy/medspacy, cached) | ground_truth (phantoms)
+    cache_dir: str | None = None      # entity cache folder (default: <root or out_dir>/entity-cache)
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_length: int = 128             # report tokens
+    augment: bool = True              # random affine + exposure jitter on training images (no flips)
+    seed: int = 0                     # data seed (phantom generation); the run seed is train.seed
+    num_workers: int = 0
+    options: dict = field(default_factory=dict)  # kind-specific, e.g. {n_train: 4000} for phantoms
+
+
+@dataclass
+class ModelConfig:
+    """The two encoders and the shared embedding (see :class:`medtrim_ext.models.DualEncoder`)."""
+
+    image: dict = field(default_factory=lambda: {"name": "vit_base_patch16_224", "in_chans": 3,
+                                                 "img_size": 224})
+    text: dict = field(default_factory=dict)   # TextEncoder kwargs: pretrained dir or config
+    embed_dim: int = 512
+    projection: str = "linear"
+    tokenizer: str | None = None      # local tokenizer dir; None: train a WordPiece on the corpus
+    tokenizer_vocab_size: int = 8000
+
+
+@dataclass
+class ObjectiveConfig:
+    """MedTrim (online in-batch mining or the published offline triplets) or InfoNCE."""
+
+    kind: str = "medtrim"
+    margin: float = 0.3
+    w_dis: float = 0.85
+    w_adj: float = 0.10
+    w_dir: float = 0.05
+    threshold: float = 0.25
+    upper: float = 0.6
+    semi_hard_prob: float = 1.0
+    memory_bank: int = 0              # extra mining candidates from recent batches (0: off)
+    pool_size: int = 32               # medtrim_offline: samples per mining pool (published: 32)
+    temperature: float = 0.07         # infonce: initial temperature (learnable)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    text_lr: float | None = None      # None: same as lr
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 1.0            # max global grad norm (0: off)
+
+
+@dataclass
+class RunConfig:
+    steps: int = 1000
+    batch_size: int = 64              # per process; the global batch is batch_size x world size
+    amp: str = "none"                 # none | bf16 | fp16
+    seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
+    out_dir: str = "runs/medtrim"
+    log_every: int = 10
+    ckpt_every: int = 200
+    resume: str = "auto"              # auto (continue <out_dir>/last.pt if present) | never | a path
+    progress: bool = True
+    tensorboard: bool = True
+    sync_timing: bool = True          # synchronise the device at phase ends: exact step breakdown
+
+
+@dataclass
+class EvalConfig:
+    ks: list = field(default_factory=lambda: [1, 5, 10])
+    probe: bool = True                # linear-probe AUC per class on the frozen embeddings
+    probe_split: str = "validate"     # the split the probe is trained on
+    batch_size: int = 128
+    max_samples: int | None = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "Config":
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+        sections = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ValueError(f"{where}: unknown section(s) {unknown}; expected {sorted(sections)}")
+        kwargs = {}
+        for name, f in sections.items():
+            section_cls = f.default_factory  # the section dataclass
+            kwargs[name] = _section(section_cls, data.get(name) or {}, f"{where}: {name}")
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def need(cond, key, msg):
+            if not cond:
+                raise ValueError(f"{key} {msg}")
+
+        need(self.objective.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}")
+        need(self.train.amp in AMP_MODES, "train.amp", f"must be one of {AMP_MODES}")
+        need(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}")
+        need(self.data.entities in ("extracted", "ground_truth"), "data.entities",
+             "must be 'extracted' or 'ground_truth'")
+        need(self.train.steps >= 1, "train.steps", "must be >= 1")
+        need(self.train.batch_size >= 2, "train.batch_size", "must be >= 2 (mining needs pairs)")
+        need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
+        need(self.train.ckpt_every >= 1, "train.ckpt_every", "must be >= 1")
+        need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        need(self.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
+        need(self.objective.memory_bank >= 0, "objective.memory_bank", "must be >= 0")
+        need(self.objective.temperature > 0, "objective.temperature", "must be > 0")
+        need(self.objective.pool_size >= 2, "objective.pool_size", "must be >= 2")
+        need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+        need(len(self.eval.ks) > 0 and all(k >= 1 for k in self.eval.ks), "eval.ks",
+             "must be a non-empty list of K >= 1")
+        if self.objective.kind == "medtrim_offline":
+            need(self.train.batch_size % 3 == 0, "train.batch_size",
+                 "must be a multiple of 3 for medtrim_offline (anchors, positives, negatives)")
+
+
+def _section(section_cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(section_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    hints = typing.get_type_hints(section_cls)
+    out = {}
+    for key, value in values.items():
+        out[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return section_cls(**out)
+
+
+def _coerce(value: Any, hint, key: str):
+    """Check ``value`` against a simple type hint (int, float, str, bool, dict, list, Optional)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint in (dict, list):
+        if isinstance(value, hint):
+            return value
+    else:  # pragma: no cover - every field uses one of the hints above
+        return value
+    raise ValueError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=200"`` -> (["train", "steps"], 200); values are parsed as YAML scalars."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if len(path) < 2:
+        raise ValueError(f"override {text!r} must name a section and a key, e.g. train.steps=100")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Set nested keys of a config mapping (``model.image.depth=4`` reaches into dict fields)."""
+    data = dict(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("medtrim_ext") / "data" / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
+    """The raw mapping of a YAML config file, or of a packaged preset given by name."""
+    import yaml
+
+    path = Path(path_or_preset)
+    if path.is_file():
+        text, where = path.read_text(encoding="utf-8"), str(path)
+    elif str(path_or_preset) in preset_names():
+        res = resources.files("medtrim_ext") / "data" / "configs" / f"{path_or_preset}.yaml"
+        text, where = res.read_text(encoding="utf-8"), f"preset {path_or_preset!r}"
+    else:
+        raise ValueError(f"config {str(path_or_preset)!r}: no such file, and not a preset "
+                         f"(presets: {', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config {where}: not valid YAML ({exc})") from None
+    return data, where
+
+
+def load_config(path_or_preset: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """A checked :class:`Config` from a YAML file (or preset name; None: the defaults) plus overrides."""
+    data, where = read_config_file(path_or_preset) if path_or_preset is not None else ({}, "defaults")
+    return Config.from_dict(apply_overrides(data, overrides), where)
+
+
+def replace(cfg: Config, **sections) -> Config:
+    """A copy of ``cfg`` with some fields of some sections replaced: ``replace(cfg, train={"seed": 1})``."""
+    data = cfg.to_dict()
+    for name, values in sections.items():
+        data[name] = {**data[name], **values}
+    return Config.from_dict(data, "replace()")
+
+
+__all__ = ["Config", "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig",
+           "RunConfig", "apply_overrides", "load_config", "parse_override", "preset_names",
+           "read_config_file", "replace"]

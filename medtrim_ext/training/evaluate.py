@@ -1,0 +1,121 @@
+"""Evaluate a trained model: retrieval (disease-level and fine-grained) and a linear probe.
+
+    from medtrim_ext.training.evaluate import evaluate_run
+    report = evaluate_run("runs/x/last.pt")              # the run's own test split
+    report = evaluate_run("runs/x/last.pt", overrides=["data.kind=manifest", "data.root=m.csv"])
+
+Relevance: by disease set (as in the paper) and fine-grained, by the ground-truth attributes where
+the dataset has them (the phantoms) and by the meta-entities (diseases + descriptors) otherwise.
+The probe trains on ``eval.probe_split`` image embeddings and reports per-class test AUC.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .builders import build_dataset, resolve_device
+from .checkpoint import load_checkpoint
+from .config import Config, apply_overrides
+from .distributed import DistContext
+from .loop import autocast_context
+
+
+@torch.no_grad()
+def embed_dataset(model, dataset, tokenizer, cfg: Config, device: torch.device,
+                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 CPU ``(N, D)`` image and text embeddings of every sample, in dataset order."""
+    from tqdm import tqdm
+
+    from ..datasets import Collator
+
+    n = len(dataset) if cfg.eval.max_samples is None else min(len(dataset), cfg.eval.max_samples)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, range(n)), batch_size=cfg.eval.batch_size, shuffle=False,
+        num_workers=cfg.data.num_workers, collate_fn=Collator(tokenizer, max_length=cfg.data.max_length))
+    model.eval()
+    imgs, txts = [], []
+    for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
+        with autocast_context(device, cfg.train.amp):
+            img, txt = model(batch["images"].to(device), batch["input_ids"].to(device),
+                             batch["attention_mask"].to(device))
+        imgs.append(img.float().cpu())
+        txts.append(txt.float().cpu())
+    return torch.cat(imgs), torch.cat(txts)
+
+
+def _subset_list(values, n):
+    return None if values is None else list(values)[:n]
+
+
+def class_labels(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
+    """Probe labels: the dataset's own (e.g. CheXpert) labels, else diseases of the ground truth
+    (phantoms), else of the extracted meta-entities; plus "no finding"."""
+    if getattr(dataset, "labels", None) is not None:
+        return dataset.labels[:n].float(), list(dataset.label_names)
+    from ..vocabulary import NO_FINDING, Vocabulary
+
+    classes = list(Vocabulary.default().diseases) + [NO_FINDING]
+    source = dataset.attributes if dataset.attributes is not None else dataset.records
+    labels = torch.zeros(n, len(classes))
+    for i, sample in enumerate(list(source)[:n]):
+        present = [d for d in sample if d in classes]
+        for d in present:
+            labels[i, classes.index(d)] = 1
+        if not present:
+            labels[i, -1] = 1
+    return labels, classes
+
+
+def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress: bool = True) -> dict:
+    """Retrieval on ``data.eval_split`` and (with ``eval.probe``) the linear probe."""
+    from ..entities import MetaEntities
+    from ..evaluation import evaluate_retrieval, keys_for, linear_probe
+
+    test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
+    img, txt = embed_dataset(model, test, tokenizer, cfg, device, progress)
+    n = img.shape[0]
+    keys = keys_for(entities=MetaEntities.from_records(test.records[:n]),
+                    attributes=_subset_list(test.attributes, n))
+    result = {"split": cfg.data.eval_split, "num_samples": n,
+              **evaluate_retrieval(img, txt, keys, cfg.eval.ks, progress=progress)}
+    if cfg.eval.probe:
+        train = build_dataset(cfg, cfg.eval.probe_split, train=False, progress=progress)
+        train_img, _ = embed_dataset(model, train, tokenizer, cfg, device, progress)
+        train_y, names = class_labels(train, train_img.shape[0])
+        test_y, _ = class_labels(test, n)
+        result["probe"] = linear_probe(train_img, train_y, img, test_y, names)
+    return result
+
+
+def load_trained(checkpoint: str | Path, device: torch.device):
+    """Model (eval mode, on ``device``), tokenizer and config of a training checkpoint."""
+    from ..models import DualEncoder
+    from ..tokenization import load_tokenizer
+
+    state = load_checkpoint(checkpoint)
+    cfg = Config.from_dict(state["config"], f"checkpoint {checkpoint}")
+    tok = Path(state["tokenizer"])
+    tokenizer = load_tokenizer(tok if tok.is_absolute() else Path(checkpoint).parent / tok)
+    model = DualEncoder.from_config(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), tokenizer, cfg, state
+
+
+def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | None = None,
+                 device: str = "auto", progress: bool = True) -> dict:
+    """Evaluate a checkpoint (config overrides may point at other data); write ``results.json``,
+    ``results.md`` into ``out_dir`` (default ``<run>/eval``). Returns {result, markdown, paths}."""
+    from ..evaluation import results_markdown, summarize_runs, write_results
+
+    dev = resolve_device(device, DistContext())
+    model, tokenizer, cfg, state = load_trained(checkpoint, dev)
+    cfg = Config.from_dict(apply_overrides(cfg.to_dict(), list(overrides)), "evaluation overrides")
+    result = evaluate_model(model, tokenizer, cfg, dev, progress)
+    result["step"] = state["step"]
+    runs = {cfg.objective.kind: [result]}
+    summary = summarize_runs(runs)
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
+    paths = write_results(out, runs, summary)
+    return {"result": result, "markdown": results_markdown(summary), "paths": paths}

@@ -1,0 +1,91 @@
+"""Training logs: a CSV of scalars per logged step, and TensorBoard when it is installed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+
+from ..io import atomic_write
+
+
+class RunLogger:
+    """Writes ``metrics.csv`` (one row per logged step) and TensorBoard scalars under ``tb/``.
+
+    On resume from step ``s`` the rows after ``s`` (logged after the last checkpoint, before a
+    crash) are dropped so the CSV never holds a step twice; TensorBoard purges them the same way.
+    Only the main process logs (``enabled``).
+    """
+
+    def __init__(self, out_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.csv"
+        self._fields: list[str] | None = None
+        self._tb = None
+        if not enabled:
+            return
+        self._truncate(resume_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional at run time (e.g. a bare GPU image)
+                warnings.warn("tensorboard is not installed: logging to metrics.csv only")
+            else:
+                self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step or None)
+
+    def _truncate(self, resume_step: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+            fields = list(rows[0].keys()) if rows else None
+        keep = [r for r in rows if resume_step and int(float(r["step"])) <= resume_step]
+        if not keep:
+            self.path.unlink()
+            return
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(keep)
+        with atomic_write(self.path, newline="") as f:
+            f.write(buf.getvalue())
+        self._fields = fields
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **scalars}
+        if self._fields is None:
+            self._fields = list(row)
+        extra = [k for k in row if k not in self._fields]
+        if extra:  # a column appeared (e.g. an evaluation metric): rewrite with the wider header
+            self._rewrite_with(self._fields + extra)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new_file = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self._fields)
+            if new_file:
+                w.writeheader()
+            w.writerow(row)
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+
+    def _rewrite_with(self, fields: list[str]) -> None:
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        with atomic_write(self.path, newline="") as f:
+            f.write(buf.getvalue())
+        self._fields = fields
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

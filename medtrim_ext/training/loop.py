@@ -1,0 +1,286 @@
+"""The training loop: one process or many (torchrun), MedTrim or InfoNCE, resumable after a crash.
+
+    from medtrim_ext.training import load_config, train
+    result = train(load_config("demo", ["train.steps=200"]))
+
+Each step: load the batch, encode images and reports, mine triplets (or gather the batch for
+InfoNCE), compute the loss, back-propagate, clip, step AdamW and the LR schedule. The step time is
+split into those phases (:class:`~medtrim_ext.training.timing.StepTimer`). ``<out_dir>/last.pt``
+is written atomically every ``train.ckpt_every`` steps and at the end; with ``train.resume=auto``
+a restarted run continues from it and produces the same weights as an uninterrupted run (on the
+CPU with ``data.num_workers=0``; with workers the data order is the same but augmentation draws
+differ).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write
+from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config
+from .distributed import DistContext, all_reduce_sum, broadcast_object, init_distributed, shutdown
+from .logger import RunLogger
+from .objectives import build_objective, offline_triplets
+from .optim import build_optimizer, build_scheduler
+from .sampling import OfflineStepBatchSampler, StepBatchSampler
+from .timing import StepTimer
+
+# keys whose change between a checkpoint and a resumed run is harmless
+RESUME_FREE_KEYS = {("train", "steps"), ("train", "resume"), ("train", "progress"),
+                    ("train", "log_every"), ("train", "ckpt_every"), ("train", "tensorboard"),
+                    ("train", "sync_timing"), ("data", "num_workers"), ("eval",)}
+
+
+def autocast_context(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    out = dict(batch)
+    for key in ("images", "input_ids", "attention_mask", "index"):
+        out[key] = batch[key].to(device, non_blocking=True)
+    out["entities"] = batch["entities"].to(device)
+    return out
+
+
+def _config_changes(old: dict, new: dict) -> list[str]:
+    changes = []
+    for section, values in new.items():
+        if (section,) in RESUME_FREE_KEYS:
+            continue
+        for key, value in values.items():
+            if (section, key) not in RESUME_FREE_KEYS and old.get(section, {}).get(key) != value:
+                changes.append(f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}")
+    return changes
+
+
+def _resume_path(cfg: Config, out_dir: Path) -> Path | None:
+    if cfg.train.resume == "never":
+        return None
+    if cfg.train.resume == "auto":
+        last = out_dir / "last.pt"
+        return last if last.exists() else None
+    path = Path(cfg.train.resume)
+    if not path.is_file():
+        raise ValueError(f"train.resume={cfg.train.resume!r}: no such checkpoint")
+    return path
+
+
+class Trainer:
+    """Builds every part of a run from a :class:`Config` and trains it (see :func:`train`)."""
+
+    def __init__(self, cfg: Config, ctx: DistContext | None = None):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.train.out_dir)
+        kind = "cuda" if cfg.train.device.startswith("cuda") or (
+            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.ctx = ctx if ctx is not None else init_distributed(kind)
+        self.device = resolve_device(cfg.train.device, self.ctx)
+        self.main = self.ctx.is_main
+        self.progress = cfg.train.progress and self.main
+
+        resume = _resume_path(cfg, self.out_dir)
+        self.state = load_checkpoint(resume) if resume is not None else None
+        if self.state is not None:
+            changes = _config_changes(self.state["config"], cfg.to_dict())
+            if changes and self.main:
+                warnings.warn(f"resuming {resume} with a changed config: {'; '.join(changes)}")
+            if self.state.get("world_size", 1) != self.ctx.world_size and self.main:
+                warnings.warn(f"resuming a run of {self.state.get('world_size')} processes on "
+                              f"{self.ctx.world_size}: the data order changes from here on")
+        self.start_step = self.state["step"] if self.state is not None else 0
+
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.out_dir / "config.json") as f:
+                json.dump(cfg.to_dict(), f, indent=1)
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every process
+
+        self.dataset = build_dataset(cfg, cfg.data.train_split, train=True, progress=self.progress)
+        self.tokenizer = build_tokenizer(cfg, self.dataset.texts, self.out_dir, self.ctx)
+        model = build_model(cfg, len(self.tokenizer)).to(self.device)
+        self.objective = build_objective(cfg.objective, cfg.model.embed_dim).to(self.device)
+        self.optimizer = build_optimizer(model, self.objective, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
+        if self.state is not None:
+            model.load_state_dict(self.state["model"])
+            self.objective.load_state_dict(self.state["objective"], strict=False)
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.scheduler.load_state_dict(self.state["scheduler"])
+            if self.scaler is not None and self.state.get("scaler"):
+                self.scaler.load_state_dict(self.state["scaler"])
+            bank = getattr(self.objective, "bank", None)
+            if bank is not None and self.state.get("memory_bank") is not None:
+                bank.load_state_dict(self.state["memory_bank"])
+            set_rng_state(self.state["rng"])
+        self.model = model
+        if self.ctx.enabled:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.loader = self._loader()
+        self.timer = StepTimer(self.device, sync=cfg.train.sync_timing)
+
+    # -- data ------------------------------------------------------------------------------------
+    def _loader(self):
+        from ..datasets import Collator
+
+        cfg = self.cfg
+        if cfg.objective.kind == "medtrim_offline":
+            from ..entities import MetaEntities
+            from ..offline import OfflineTripletSampler
+
+            ents = MetaEntities.from_records(self.dataset.records)
+            sampler = OfflineTripletSampler(ents, self.objective.miner,
+                                            triplets_per_batch=cfg.train.batch_size // 3,
+                                            pool_size=cfg.objective.pool_size,
+                                            seed=cfg.train.seed + 7919 * self.ctx.rank)
+            batches = OfflineStepBatchSampler(sampler, steps=cfg.train.steps, start_step=self.start_step)
+        else:
+            batches = StepBatchSampler(len(self.dataset), cfg.train.batch_size, steps=cfg.train.steps,
+                                       start_step=self.start_step, seed=cfg.train.seed,
+                                       rank=self.ctx.rank, world_size=self.ctx.world_size)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
+            collate_fn=Collator(self.tokenizer, max_length=cfg.data.max_length),
+            pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _step(self, batch: dict, step: int) -> dict:
+        cfg, timer = self.cfg, self.timer
+        with timer.phase("data"):
+            batch = _to_device(batch, self.device)
+            if cfg.objective.kind == "medtrim_offline":
+                batch["triplets"] = offline_triplets(batch["images"].shape[0] // 3, self.device)
+        generator = None
+        if 0 < cfg.objective.semi_hard_prob < 1:
+            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+        with autocast_context(self.device, cfg.train.amp):
+            with timer.phase("encoders_forward"):
+                img, txt = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+            out = self.objective(img, txt, batch, self.ctx, timer, generator=generator)
+
+        obj_params = [p for p in self.objective.parameters() if p.requires_grad]
+        loss = self.scaler.scale(out.loss) if self.scaler is not None else out.loss
+        with timer.phase("loss_backward"):
+            grads = torch.autograd.grad(loss, [img, txt, *obj_params], allow_unused=True)
+        with timer.phase("encoders_backward"):
+            torch.autograd.backward([img, txt], [g if g is not None else torch.zeros_like(x)
+                                                 for g, x in zip(grads[:2], (img, txt))])
+            for p, g in zip(obj_params, grads[2:]):
+                g = torch.zeros_like(p) if g is None else g
+                if self.ctx.enabled:  # not under DDP: average like DDP does
+                    g = all_reduce_sum(g, self.ctx) / self.ctx.world_size
+                p.grad = g
+        with timer.phase("optimizer"):
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            if cfg.optim.clip_grad > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack(
+                    [p.grad.norm() for p in params if p.grad is not None]))
+            finite = bool(torch.isfinite(grad_norm))
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            elif finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        if not finite and self.scaler is None:
+            raise FloatingPointError(f"step {step}: the loss or a gradient is not finite "
+                                     f"(loss {float(out.loss):.4g}); lower optim.lr or use amp=bf16")
+        logs = {"loss": out.loss.detach(), "grad_norm": grad_norm.detach(), **out.logs}
+        return logs
+
+    # -- the run -----------------------------------------------------------------------------------
+    def checkpoint_state(self, step: int) -> dict:
+        bank = getattr(self.objective, "bank", None)
+        model = unwrap(self.model)
+        return {"step": step, "config": self.cfg.to_dict(), "model_config": model_config(self.cfg, len(self.tokenizer)),
+                "model": model.state_dict(), "objective": self.objective.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "memory_bank": bank.state_dict() if bank is not None else None,
+                "rng": rng_state(), "world_size": self.ctx.world_size, "tokenizer": "tokenizer"
+                if not self.cfg.model.tokenizer else self.cfg.model.tokenizer}
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        logger = RunLogger(self.out_dir, enabled=self.main, tensorboard=cfg.train.tensorboard,
+                           resume_step=self.start_step)
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=self.start_step, desc=f"train {cfg.objective.kind}",
+                   unit="step", disable=not self.progress, dynamic_ncols=True)
+        self.model.train()
+        step = self.start_step
+        last_logs: dict = {}
+        t0 = time.perf_counter()
+        it = iter(self.loader)
+        try:
+            while step < cfg.train.steps:
+                with self.timer.phase("data"):
+                    batch = next(it)
+                logs = self._step(batch, step)
+                times = self.timer.end_step()
+                step += 1
+                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    last_logs = self._log(logger, step, logs, times)
+                    bar.set_postfix(loss=f"{last_logs['loss']:.4f}", lr=f"{last_logs['lr']:.2e}")
+                if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+                    if self.main:
+                        save_checkpoint(self.out_dir / "last.pt", self.checkpoint_state(step))
+                bar.update(1)
+        finally:
+            bar.close()
+            logger.close()
+        result = {"out_dir": str(self.out_dir), "checkpoint": str(self.out_dir / "last.pt"),
+                  "steps": step, "resumed_from": self.start_step, "world_size": self.ctx.world_size,
+                  "device": str(self.device), "amp": cfg.train.amp, "objective": cfg.objective.kind,
+                  "wall_s": time.perf_counter() - t0, "step_time": self.timer.mean(),
+                  "final": last_logs}
+        if self.main:
+            with atomic_write(self.out_dir / "train_summary.json") as f:
+                json.dump(result, f, indent=1)
+        return result
+
+    def _log(self, logger: RunLogger, step: int, logs: dict, times: dict) -> dict:
+        extra = self.objective.pair_score_logs()
+        names = list(logs) + list(extra)
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(())
+                              for v in list(logs.values()) + list(extra.values())])
+        values = all_reduce_sum(values, self.ctx) / self.ctx.world_size
+        row = dict(zip(names, values.tolist()))
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row.update({f"time_{k}": v for k, v in times.items()})
+        logger.log(step, row)
+        return row
+
+
+def train(cfg: Config) -> dict:
+    """Train one run as configured; returns a summary (also in ``<out_dir>/train_summary.json``).
+
+    Under torchrun every process calls this; the process group is set up from the environment.
+    """
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        shutdown(trainer.ctx)

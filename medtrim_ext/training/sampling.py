@@ -1,0 +1,59 @@
+"""Which samples each training step sees: a pure function of (seed, step), so resuming is exact.
+
+Step ``s`` of a run takes the ``s``-th block of ``global_batch`` indices from a seeded permutation
+of the dataset (a new permutation every epoch, the last partial block dropped). Process ``r`` of
+``W`` takes the ``r``-th contiguous slice of that block, so a run on W processes sees, step by
+step, exactly the global batches of a single-process run with ``W`` times its batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StepBatchSampler:
+    """A ``batch_sampler`` for ``DataLoader`` yielding this process's indices for steps
+    ``start_step .. steps-1``."""
+
+    def __init__(self, n: int, batch_size: int, *, steps: int, start_step: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.global_batch = batch_size * world_size
+        if n < self.global_batch:
+            raise ValueError(f"the training set has {n} samples, fewer than one global batch "
+                             f"({batch_size} per process x {world_size} processes)")
+        self.n, self.batch_size, self.steps, self.start_step = n, batch_size, steps, start_step
+        self.seed, self.rank = seed, rank
+        self.steps_per_epoch = n // self.global_batch
+        self._epoch, self._perm = -1, None
+
+    def indices_for(self, step: int) -> list[int]:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
+        start = pos * self.global_batch + self.rank * self.batch_size
+        return self._perm[start:start + self.batch_size].tolist()
+
+    def __iter__(self):
+        for step in range(self.start_step, self.steps):
+            yield self.indices_for(step)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0)
+
+
+class OfflineStepBatchSampler:
+    """The published offline mode as a ``batch_sampler``: step ``s`` yields the 3T indices
+    (anchors, positives, negatives) of the offline sampler's batch ``s``."""
+
+    def __init__(self, offline_sampler, *, steps: int, start_step: int = 0):
+        self.sampler, self.steps, self.start_step = offline_sampler, steps, start_step
+
+    def __iter__(self):
+        self.sampler.load_state_dict({**self.sampler.state_dict(), "batch": self.start_step})
+        it = iter(self.sampler)
+        for _ in range(self.start_step, self.steps):
+            yield list(next(it).indices)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0)

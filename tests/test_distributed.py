@@ -1,0 +1,47 @@
+"""torchrun with 2 gloo processes trains exactly like one process with the global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medtrim_ext.training.checkpoint import load_checkpoint
+from training_helpers import tiny_config_file
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}), ("medtrim", {"memory_bank": 48})])
+def test_two_gloo_processes_match_one_process(tmp_path, kind, extra):
+    # augmentation off: its random draws depend on which process loads an image
+    config = tiny_config_file(tmp_path, objective={"kind": kind, **extra}, data={"augment": False},
+                              train={"steps": 4, "batch_size": 12, "log_every": 2, "ckpt_every": 4,
+                                     "progress": False, "tensorboard": False, "device": "cpu"},
+                              optim={"lr": 0.003, "warmup_steps": 0, "clip_grad": 0.0})
+    args = ["-m", "medtrim_ext.train", "--config", str(config), "--no-eval"]
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+          "--master-port", str(_free_port()), *args, f"train.out_dir={tmp_path / 'ddp'}",
+          "train.batch_size=6"], tmp_path)
+    _run([sys.executable, *args, f"train.out_dir={tmp_path / 'single'}"], tmp_path)
+    ddp, single = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    for k, v in single["model"].items():
+        torch.testing.assert_close(ddp["model"][k], v, rtol=2e-4, atol=2e-5, msg=lambda m: f"{k}: {m}")
+    for k, v in single["objective"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ddp["objective"][k], v, rtol=2e-4, atol=2e-5)

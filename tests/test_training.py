@@ -1,0 +1,169 @@
+"""The training loop: config, the three objectives, logs, checkpoints, resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from medtrim_ext.training import load_config, train
+from medtrim_ext.training.checkpoint import load_checkpoint
+from medtrim_ext.training.config import apply_overrides, parse_override
+from medtrim_ext.training.optim import lr_factor
+from medtrim_ext.training.sampling import StepBatchSampler
+from training_helpers import tiny_config_file
+
+
+# -- config --------------------------------------------------------------------------------------
+def test_demo_preset_loads_and_overrides_apply():
+    cfg = load_config("demo", ["train.steps=7", "model.image.depth=2", "objective.kind=infonce"])
+    assert cfg.train.steps == 7 and cfg.model.image["depth"] == 2 and cfg.objective.kind == "infonce"
+    assert cfg.data.kind == "phantoms"
+    assert parse_override("optim.betas=[0.9, 0.95]") == (["optim", "betas"], [0.9, 0.95])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c.d=x"]) == {"a": {"b": 1, "c": {"d": "x"}}}
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.stepz=3", r"unknown key\(s\) \['stepz'\]"),
+    ("trian.steps=3", r"unknown section\(s\) \['trian'\]"),
+    ("train.steps=many", r"train.steps must be int"),
+    ("train.amp=fp8", "train.amp must be one of"),
+    ("objective.kind=clip", "objective.kind must be one of"),
+    ("train.batch_size=1", "train.batch_size must be >= 2"),
+])
+def test_bad_config_names_the_key(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config("demo", [override])
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file, and not a preset"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        load_config("demo", ["objective.kind=medtrim_offline", "train.batch_size=64"])
+    with pytest.raises(ValueError, match="must look like section.key=value"):
+        load_config("demo", ["train.steps"])
+
+
+def test_lr_schedule_warms_up_and_decays():
+    cfg = load_config("demo", ["optim.warmup_steps=10", "optim.min_lr_ratio=0.1"]).optim
+    f = [lr_factor(s, 100, cfg) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_step_sampler_is_a_function_of_the_step_and_splits_the_global_batch():
+    one = StepBatchSampler(50, 8, steps=20, seed=3)
+    whole = list(one)
+    assert all(len(b) == 8 for b in whole)
+    assert sorted(sum(whole[:6], [])) == sorted(set(sum(whole[:6], [])))  # no repeat within an epoch
+    resumed = list(StepBatchSampler(50, 8, steps=20, seed=3, start_step=7))
+    assert resumed == whole[7:]
+    ranks = [list(StepBatchSampler(50, 4, steps=20, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == whole
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        StepBatchSampler(7, 4, steps=1, world_size=2)
+
+
+# -- training ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}),
+                                         ("medtrim_offline", {}), ("medtrim", {"memory_bank": 24})])
+def test_training_runs_logs_and_checkpoints(tmp_path, kind, extra):
+    cfg = load_config(tiny_config_file(tmp_path, objective={"kind": kind, **extra}),
+                      [f"train.out_dir={tmp_path / 'run'}"])
+    result = train(cfg)
+    run = tmp_path / "run"
+    assert result["steps"] == 6 and result["world_size"] == 1
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 6 and state["config"]["objective"]["kind"] == kind
+    if kind != "infonce":
+        assert 0 < float(rows[-1]["valid_fraction"]) <= 1
+    times = result["step_time"]
+    for phase in ("data", "encoders_forward", "mining", "loss_forward", "loss_backward",
+                  "encoders_backward", "optimizer"):
+        assert times[phase] >= 0
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 6
+    assert (run / "tokenizer").is_dir()
+
+
+def test_training_changes_the_weights_and_lowers_the_loss(tmp_path):
+    cfg = load_config(tiny_config_file(tmp_path), [f"train.out_dir={tmp_path / 'run'}", "train.steps=30",
+                                                    "train.log_every=1", "optim.lr=0.003"])
+    train(cfg)
+    losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "run" / "metrics.csv"))]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first, losses
+
+
+def test_bf16_autocast_training_runs(tmp_path):
+    cfg = load_config(tiny_config_file(tmp_path), [f"train.out_dir={tmp_path / 'run'}", "train.amp=bf16"])
+    assert torch.isfinite(torch.tensor(train(cfg)["final"]["loss"]))
+
+
+def test_frozen_layers_stay_fixed(tmp_path):
+    cfg = load_config(tiny_config_file(tmp_path), [f"train.out_dir={tmp_path / 'run'}",
+                                                    "model.image.freeze_layers=1",
+                                                    "model.text.freeze_layers=1"])
+    train(cfg)
+    from medtrim_ext.training.builders import build_model
+
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    torch.manual_seed(cfg.train.seed)
+    fresh = build_model(cfg, state["model_config"]["text"]["config"]["vocab_size"]).state_dict()
+    trained = state["model"]
+    frozen = [k for k in fresh if k.startswith("image.") and "blocks.0." in k]
+    assert frozen and all(torch.equal(fresh[k], trained[k]) for k in frozen)
+    assert not torch.equal(fresh["image_proj.weight"] if "image_proj.weight" in fresh else
+                           next(v for k, v in fresh.items() if "proj" in k),
+                           trained["image_proj.weight"] if "image_proj.weight" in trained else
+                           next(v for k, v in trained.items() if "proj" in k))
+
+
+def _model_state(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
+    """Kill a run (SIGKILL) after its first checkpoint, restart it: the final weights equal
+    those of a run that never stopped."""
+    config = tiny_config_file(tmp_path, train={**{"steps": 60, "batch_size": 12, "log_every": 5,
+                                                  "ckpt_every": 5, "progress": False,
+                                                  "tensorboard": True, "device": "cpu"}})
+    cmd = [sys.executable, "-m", "medtrim_ext.train", "--config", str(config), "--no-eval"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [f"train.out_dir={killed}"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (killed / "last.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step_at_kill = load_checkpoint(killed / "last.pt")["step"]
+    assert step_at_kill < 60
+    assert not list(killed.glob(".last.pt.*.tmp")) or True  # a torn temp file may remain; last.pt is whole
+    subprocess.run(cmd + [f"train.out_dir={killed}"], env=env, cwd=tmp_path, check=True,
+                   stdout=subprocess.DEVNULL)
+    straight = tmp_path / "straight"
+    subprocess.run(cmd + [f"train.out_dir={straight}"], env=env, cwd=tmp_path, check=True,
+                   stdout=subprocess.DEVNULL)
+    a, b = _model_state(killed / "last.pt"), _model_state(straight / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    steps = [int(r["step"]) for r in csv.DictReader(open(killed / "metrics.csv"))]
+    assert steps == list(range(5, 61, 5)), "the log holds every step once after the resume"
