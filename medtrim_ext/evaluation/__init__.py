@@ -1,0 +1,31 @@
+"""Evaluation of trained encoders: retrieval, linear probe, result tables and figures.
+
+    >>> from medtrim_ext.evaluation import keys_for, evaluate_retrieval, linear_probe
+    >>> keys = keys_for(entities=test_entities)            # {"disease": ..., "fine": ...}
+    >>> res = evaluate_retrieval(img_emb, txt_emb, keys)   # {"i2t": {"disease": {...}, ...}, "t2i": ...}
+    >>> res["probe"] = linear_probe(train_x, train_y, test_x, test_y, class_names)
+
+The plotting functions (matplotlib) load on first use.
+"""
+
+from __future__ import annotations
+
+from .keys import attribute_disease_keys, attribute_keys, disease_set_keys, entity_keys, keys_for
+from .probe import linear_probe, roc_auc
+from .report import flatten_metrics, key_metrics, results_markdown, summarize_runs, write_results
+from .retrieval import evaluate_retrieval, retrieval_metrics
+
+_PLOTS = {"plot_probe_auc", "plot_retrieval", "plot_step_breakdown", "plot_training_curves"}
+
+__all__ = ["attribute_disease_keys", "attribute_keys", "disease_set_keys", "entity_keys",
+           "evaluate_retrieval", "flatten_metrics", "key_metrics", "keys_for", "linear_probe",
+           "results_markdown", "retrieval_metrics", "roc_auc", "summarize_runs", "write_results",
+           *sorted(_PLOTS)]
+
+
+def __getattr__(name):
+    if name in _PLOTS:
+        from . import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'medtrim_ext.evaluation' has no attribute {name!r}")

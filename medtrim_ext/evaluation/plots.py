@@ -1,0 +1,272 @@
+"""Figures of the evaluation: retrieval curves, probe AUCs, training curves, time per step.
+
+Drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot, no display, no global
+backend switch) and written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..io import atomic_write
+
+__all__ = ["plot_probe_auc", "plot_retrieval", "plot_step_breakdown", "plot_training_curves"]
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
+STEP_PARTS = ("data", "encoders", "mining", "loss", "backward", "optimizer")
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _methods(summary) -> dict:
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("methods"), Mapping) \
+            or not summary["methods"]:
+        raise ValueError("summary must be the output of summarize_runs (with a non-empty 'methods')")
+    return summary["methods"]
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision") -> Path:
+    """``metric@K`` over K, one line per method with error bars (std over seeds), one panel per
+    direction (rows: i2t, t2i) and relevance (columns: fine, disease, then others).
+
+    ``metric`` is ``"precision"``, ``"recall"`` or ``"pair_recall"``. NaN means are left out;
+    ``ValueError`` when the summary has no such metric.
+    """
+    methods = _methods(summary)
+    pattern = re.compile(rf"^(i2t|t2i)/([^/]+)/{re.escape(metric)}@(\d+)$")
+    curves: dict = {}   # (direction, relevance) -> method -> [(k, mean, std)]
+    for name, info in methods.items():
+        for p, st in info["metrics"].items():
+            m = pattern.match(p)
+            if m and _finite(st["mean"]):
+                curves.setdefault((m.group(1), m.group(2)), {}).setdefault(name, []).append(
+                    (int(m.group(3)), st["mean"], st["std"] if _finite(st["std"]) else 0.0))
+    if not curves:
+        raise ValueError(f"summary has no finite retrieval {metric}@K metrics (paths like "
+                         f"'i2t/fine/{metric}@5')")
+    rels = sorted({r for _, r in curves}, key=lambda r: ({"fine": 0, "disease": 1}.get(r, 2), r))
+    dirs = [d for d in ("i2t", "t2i") if any(d == dd for dd, _ in curves)]
+    fig = Figure(figsize=(4.2 * len(rels), 3.4 * len(dirs)))
+    axes = fig.subplots(len(dirs), len(rels), squeeze=False)
+    titles = {"i2t": "image → text", "t2i": "text → image"}
+    for r_i, d in enumerate(dirs):
+        for c_i, rel in enumerate(rels):
+            ax = axes[r_i][c_i]
+            for m_i, name in enumerate(methods):
+                pts = sorted(curves.get((d, rel), {}).get(name, []))
+                if not pts:
+                    continue
+                ks, means, stds = zip(*pts)
+                ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, color=_color(m_i),
+                            label=f"{name} (n={methods[name]['n_runs']})")
+            ax.set_title(f"{titles[d]}, {rel} relevance")
+            ax.set_xlabel("K")
+            ax.set_ylabel(f"{metric}@K")
+            ax.grid(alpha=0.3)
+            if ax.has_data():
+                ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_probe_auc(summary: Mapping, path: str | Path) -> Path:
+    """Test AUC of the linear probe per class (and the macro mean), grouped bars per method with
+    error bars over seeds. Classes whose AUC is NaN for a method get no bar. ``ValueError`` when
+    the summary has no ``probe/auc/<class>`` metric."""
+    methods = _methods(summary)
+    classes: list[str] = []
+    for info in methods.values():
+        for p in info["metrics"]:
+            if p.startswith("probe/auc/") and p[len("probe/auc/"):] not in classes:
+                classes.append(p[len("probe/auc/"):])
+    if not classes:
+        raise ValueError("summary has no linear-probe AUCs (paths like 'probe/auc/<class>')")
+    groups = classes + ["macro"]
+    paths = [f"probe/auc/{c}" for c in classes] + ["probe/macro_auc"]
+    width = 0.8 / len(methods)
+    fig = Figure(figsize=(max(6.0, 0.55 * len(groups) * max(1, len(methods)) + 2), 4.2))
+    ax = fig.subplots()
+    drawn = False
+    for m_i, (name, info) in enumerate(methods.items()):
+        xs, hs, es = [], [], []
+        for g_i, p in enumerate(paths):
+            st = info["metrics"].get(p)
+            if st and _finite(st["mean"]):
+                xs.append(g_i + (m_i - (len(methods) - 1) / 2) * width)
+                hs.append(st["mean"])
+                es.append(st["std"] if _finite(st["std"]) else 0.0)
+        if xs:
+            drawn = True
+            ax.bar(xs, hs, width=width, yerr=es, capsize=2, color=_color(m_i),
+                   label=f"{name} (n={info['n_runs']})")
+    if not drawn:
+        raise ValueError("every linear-probe AUC in the summary is NaN: nothing to plot")
+    ax.axhline(0.5, color="black", lw=0.8, ls="--", label="chance")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=40, ha="right", fontsize=8)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("test ROC AUC")
+    ax.set_title("Linear probe (one-vs-rest logistic regression)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _read_curve(path: Path, metric: str, step_column: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one training CSV; rows with an empty or non-finite value are skipped
+    (e.g. evaluation-only rows)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            for col in (step_column, metric):
+                if col not in fields:
+                    raise ValueError(f"training log {str(path)!r} has no column {col!r} "
+                                     f"(columns: {fields})")
+            steps, values = [], []
+            for lineno, row in enumerate(reader, 2):
+                raw_s, raw_v = row.get(step_column), row.get(metric)
+                if raw_v is None or not raw_v.strip():
+                    continue
+                try:
+                    s, v = float(raw_s), float(raw_v)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}:{lineno}: {step_column}={raw_s!r}, {metric}={raw_v!r} "
+                                     f"are not numbers") from None
+                if math.isfinite(s) and math.isfinite(v):
+                    steps.append(s)
+                    values.append(v)
+    except OSError as exc:
+        raise ValueError(f"cannot read training log {str(path)!r}: {exc}") from None
+    return steps, values
+
+
+def plot_training_curves(csv_paths_by_method_and_seed: Mapping[str, Mapping | Sequence],
+                         path: str | Path, metric: str = "loss", *, step_column: str = "step",
+                         log_y: bool | None = None) -> Path:
+    """``metric`` against ``step_column`` for every run, one colour per method, one line per
+    seed.
+
+    ``csv_paths_by_method_and_seed``: ``{method: {seed: csv_path}}`` or ``{method: [csv_path,
+    ...]}``. Rows whose ``metric`` is empty or not finite are skipped. ``ValueError`` naming the
+    file when it is missing, lacks a column or has no finite value. ``log_y`` defaults to a log
+    axis when all values are positive and span more than a factor of 20.
+    """
+    if not isinstance(csv_paths_by_method_and_seed, Mapping) or not csv_paths_by_method_and_seed:
+        raise ValueError("csv_paths_by_method_and_seed must be a non-empty dict {method: {seed: path}}")
+    runs = []   # (method index, method, seed label, steps, values)
+    for m_i, (method, per_seed) in enumerate(csv_paths_by_method_and_seed.items()):
+        if isinstance(per_seed, Mapping):
+            items = list(per_seed.items())
+        elif isinstance(per_seed, (str, Path)) or not isinstance(per_seed, Sequence):
+            raise TypeError(f"csv_paths_by_method_and_seed[{method!r}] must be a dict {{seed: path}} "
+                            f"or a list of paths")
+        else:
+            items = list(enumerate(per_seed))
+        if not items:
+            raise ValueError(f"csv_paths_by_method_and_seed[{method!r}] lists no files")
+        for seed, p in items:
+            steps, values = _read_curve(Path(p), metric, step_column)
+            if not values:
+                raise ValueError(f"training log {str(p)!r} has no finite {metric!r} values")
+            runs.append((m_i, method, seed, steps, values))
+    every = [v for *_, vals in runs for v in vals]
+    if log_y is None:
+        log_y = min(every) > 0 and max(every) / min(every) > 20
+    fig = Figure(figsize=(7.0, 4.2))
+    ax = fig.subplots()
+    labelled = set()
+    for m_i, method, seed, steps, values in runs:
+        label = None if method in labelled else method
+        labelled.add(method)
+        ax.plot(steps, values, color=_color(m_i), lw=1.0, alpha=0.8, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(step_column)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} during training ({len(runs)} runs)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _check_breakdown(name: str, parts) -> dict[str, float]:
+    if not isinstance(parts, Mapping) or not parts:
+        raise ValueError(f"{name} must be a non-empty dict {{part: seconds}}")
+    out = {}
+    for k, v in parts.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}[{k!r}] must be a finite number of seconds >= 0, got {v!r}")
+        out[str(k)] = float(v)
+    if sum(out.values()) <= 0:
+        raise ValueError(f"{name} has no time in it (all parts are 0)")
+    return out
+
+
+def plot_step_breakdown(breakdown: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+                        path: str | Path) -> Path:
+    """Seconds per training step split into parts (data, encoders, mining, loss, backward,
+    optimizer, ...) as a horizontal stacked bar, labelled with seconds and shares.
+
+    ``breakdown`` is ``{part: seconds}`` for one run, or ``{method: {part: seconds}}`` for one
+    bar per method. Known parts come first in pipeline order, others after.
+    """
+    if not isinstance(breakdown, Mapping) or not breakdown:
+        raise ValueError("breakdown must be a non-empty dict {part: seconds} or {method: {part: seconds}}")
+    if all(isinstance(v, Mapping) for v in breakdown.values()):
+        bars = {str(m): _check_breakdown(f"breakdown[{m!r}]", v) for m, v in breakdown.items()}
+    elif any(isinstance(v, Mapping) for v in breakdown.values()):
+        raise ValueError("breakdown mixes seconds and per-method dicts")
+    else:
+        bars = {"step": _check_breakdown("breakdown", breakdown)}
+    parts: list[str] = [p for p in STEP_PARTS if any(p in b for b in bars.values())]
+    parts += sorted({p for b in bars.values() for p in b} - set(parts))
+    fig = Figure(figsize=(8.0, 1.3 + 0.6 * len(bars)))
+    ax = fig.subplots()
+    names = list(bars)
+    ms = {n: {p: 1e3 * v for p, v in b.items()} for n, b in bars.items()}   # drawn in milliseconds
+    for p_i, part in enumerate(parts):
+        lefts = [sum(ms[n].get(q, 0.0) for q in parts[:p_i]) for n in names]
+        widths = [ms[n].get(part, 0.0) for n in names]
+        ax.barh(range(len(names)), widths, left=lefts, color=_color(p_i), label=part)
+        for y, (left, w, n) in enumerate(zip(lefts, widths, names)):
+            total = sum(ms[n].values())
+            if w / total >= 0.06:   # label only segments wide enough to hold text
+                ax.text(left + w / 2, y, f"{w:.3g} ms\n{100 * w / total:.0f}%", ha="center",
+                        va="center", fontsize=7, color="white")
+    for y, n in enumerate(names):
+        total = sum(ms[n].values())
+        ax.text(total, y, f"  {total:.4g} ms", va="center", fontsize=8)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel("milliseconds per step")
+    ax.set_title("Time per training step")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.margins(x=0.12)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,199 @@
+"""Summaries over seeds, the markdown report, results files and figures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from medtrim_ext.evaluation import (flatten_metrics, key_metrics, plot_probe_auc, plot_retrieval,
+                                    plot_step_breakdown, plot_training_curves, results_markdown,
+                                    summarize_runs, write_results)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(seed: int, shift: float, nan_auc: bool = False) -> dict:
+    def metrics(base):
+        out = {}
+        for k in (1, 5, 10):
+            out[f"precision@{k}"] = base + shift + 0.01 * seed - 0.01 * k
+            out[f"recall@{k}"] = min(1.0, base + shift + 0.02 * k)
+            out[f"pair_recall@{k}"] = 0.1 * k / 10 + shift
+        out.update(mAP=base + shift, num_queries=100, gallery_size=100, queries_without_relevant=0,
+                   clamped_ks=[])
+        return out
+    return {
+        "seed": seed,
+        "i2t": {"fine": metrics(0.3), "disease": metrics(0.5)},
+        "t2i": {"fine": metrics(0.28), "disease": metrics(0.48)},
+        "probe": {"auc": {"edema": 0.7 + shift, "pleural effusion": float("nan") if nan_auc else 0.8},
+                  "macro_auc": 0.75 + shift, "skipped": [], "scored": ["edema"]},
+        "train_seconds": torch.tensor(12.5 + seed),
+    }
+
+
+RUNS = {"medtrim": [fake_run(s, 0.05, nan_auc=(s == 2)) for s in range(3)],
+        "infonce": [fake_run(s, 0.0) for s in range(3)]}
+
+
+def test_flatten_metrics():
+    flat = flatten_metrics({"a": {"b": 1, "c": [1, 2], "d": "x", "e": True, "f": None},
+                            "g": torch.tensor(2.0)})
+    assert flat["a/b"] == 1.0 and flat["g"] == 2.0 and math.isnan(flat["a/f"])
+    assert set(flat) == {"a/b", "a/f", "g"}
+
+
+def test_summarize_runs():
+    s = summarize_runs(RUNS)
+    med = s["methods"]["medtrim"]
+    assert med["n_runs"] == 3 and med["seeds"] == [0, 1, 2]
+    p5 = med["metrics"]["i2t/fine/precision@5"]
+    vals = [0.3 + 0.05 + 0.01 * k - 0.05 for k in range(3)]
+    assert p5["mean"] == pytest.approx(sum(vals) / 3) and p5["n"] == 3 and p5["n_missing"] == 0
+    assert p5["std"] == pytest.approx(0.01)
+    auc = med["metrics"]["probe/auc/pleural effusion"]
+    assert auc["n"] == 2 and auc["n_missing"] == 1 and auc["mean"] == pytest.approx(0.8)
+    assert math.isnan(auc["values"][2])
+    assert "seed" not in med["metrics"] and "i2t/fine/clamped_ks" not in med["metrics"]
+    assert med["metrics"]["train_seconds"]["mean"] == pytest.approx(13.5)
+    single = summarize_runs({"a": [{"x": 1.0}]})["methods"]["a"]
+    assert single["seeds"] is None and math.isnan(single["metrics"]["x"]["std"])
+    nan_only = summarize_runs({"a": [{"x": float("nan")}]})["methods"]["a"]["metrics"]["x"]
+    assert nan_only["n"] == 0 and math.isnan(nan_only["mean"])
+
+
+@pytest.mark.parametrize("runs, exc", [({}, ValueError), ({"a": []}, ValueError), ({"a": {"x": 1}}, ValueError),
+                                       ({"a": [1.0]}, TypeError), ({"": [{}]}, TypeError), ([], ValueError)])
+def test_summarize_runs_errors(runs, exc):
+    with pytest.raises(exc):
+        summarize_runs(runs)
+
+
+def test_markdown_table_and_comparisons():
+    s = summarize_runs(RUNS)
+    md = results_markdown(s)
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| metric"))
+    assert header == "| metric | medtrim | infonce |"
+    table = lines[:next(i for i, line in enumerate(lines) if line.startswith("Comparisons"))]
+    rows = [line.split("|")[1].strip().strip("`") for line in table if line.startswith("| `")]
+    assert rows == key_metrics(list(s["methods"]["medtrim"]["metrics"]))
+    assert rows[0] == "i2t/fine/precision@1" and rows[-1] == "probe/macro_auc"
+    assert rows.index("i2t/fine/mAP") < rows.index("i2t/disease/precision@1")
+    assert "i2t/disease/pair_recall@1" not in rows and "i2t/fine/pair_recall@1" in rows
+    assert "± 0.0100 (3 seeds)" in md
+    p5 = [line for line in lines if line.startswith("| `i2t/fine/precision@5`")][1]
+    # a 0.05 gap against seed stds of 0.01: beyond the spread, higher in every paired seed
+    assert p5 == ("| `i2t/fine/precision@5` | medtrim ahead of infonce | 0.0500 | 0.0141 | "
+                  "gap exceeds spread | medtrim higher in 3 of 3 |")
+    assert "further metrics are in results.json" in md
+    # a chosen metric that is not "higher is better" is reported neutrally
+    md2 = results_markdown(s, metrics=["train_seconds"])
+    assert "tie" in md2 or "higher than" in md2
+    with pytest.raises(ValueError, match="not in the summary"):
+        results_markdown(s, metrics=["nope"])
+    with pytest.raises(ValueError, match="summarize_runs"):
+        results_markdown({})
+
+
+def test_markdown_single_seed_and_within_spread():
+    runs = {"a": [{"seed": 0, "i2t": {"fine": {"precision@1": 0.5}}}],
+            "b": [{"seed": 0, "i2t": {"fine": {"precision@1": 0.4}}}]}
+    md = results_markdown(summarize_runs(runs))
+    assert "0.5000 (1 seed)" in md and "| a ahead of b | 0.1000 | n/a | spread unknown (single seed) | a higher in 1 of 1 |" in md
+    runs = {"a": [{"x/precision@1": v} for v in (0.50, 0.60, 0.40)],
+            "b": [{"x/precision@1": v} for v in (0.48, 0.62, 0.38)]}
+    md = results_markdown(summarize_runs(runs))
+    assert "| within spread | a higher in 2 of 3 |" in md
+
+
+def test_write_results(tmp_path):
+    paths = write_results(tmp_path / "out", RUNS)
+    assert paths["json"].name == "results.json" and paths["markdown"].name == "results.md"
+    data = json.loads(paths["json"].read_text())     # strict JSON: NaN became null
+    assert data["summary"]["methods"]["medtrim"]["metrics"]["probe/auc/pleural effusion"]["values"][2] is None
+    assert data["runs"]["medtrim"][0]["train_seconds"] == 12.5
+    assert paths["markdown"].read_text().startswith("# Results")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        write_results(tmp_path / "file", RUNS)
+    with pytest.raises(TypeError, match="cannot write"):
+        write_results(tmp_path / "bad", {"a": [{"x": 1.0, "obj": object()}]})
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def _is_png(path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data.startswith(PNG_MAGIC)
+
+
+def test_plots_write_pngs(tmp_path):
+    s = summarize_runs(RUNS)
+    assert _is_png(plot_retrieval(s, tmp_path / "retrieval.png"))
+    assert _is_png(plot_retrieval(s, tmp_path / "recall.png", metric="recall"))
+    assert _is_png(plot_probe_auc(s, tmp_path / "probe.png"))
+    single = summarize_runs({"only": [RUNS["medtrim"][0]]})
+    assert _is_png(plot_retrieval(single, tmp_path / "single.png"))
+    assert _is_png(plot_probe_auc(single, tmp_path / "single_probe.png"))
+    assert _is_png(plot_step_breakdown({"data": 0.01, "encoders": 0.05, "mining": 0.002, "loss": 0.001,
+                                        "backward": 0.08, "optimizer": 0.004, "other": 0.0},
+                                       tmp_path / "steps.png"))
+    assert _is_png(plot_step_breakdown({"medtrim": {"encoders": 0.05, "mining": 0.01},
+                                        "infonce": {"encoders": 0.05, "loss": 0.001}}, tmp_path / "steps2.png"))
+
+
+def test_plot_training_curves(tmp_path):
+    logs = {}
+    for method, scale in (("medtrim", 1.0), ("infonce", 2.0)):
+        for seed in (0, 1):
+            p = tmp_path / f"{method}_{seed}.csv"
+            rows = ["step,loss,lr,val_loss"] + [f"{s},{scale / (s + 1)},{1e-4},{'' if s % 5 else 0.5}"
+                                                for s in range(50)]
+            rows.append("50,nan,1e-4,")
+            p.write_text("\n".join(rows) + "\n")
+            logs.setdefault(method, {})[seed] = p
+    assert _is_png(plot_training_curves(logs, tmp_path / "loss.png"))
+    assert _is_png(plot_training_curves({m: list(v.values()) for m, v in logs.items()},
+                                        tmp_path / "val.png", metric="val_loss"))
+    with pytest.raises(ValueError, match="no column 'acc'"):
+        plot_training_curves(logs, tmp_path / "x.png", metric="acc")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("step,loss\n")
+    with pytest.raises(ValueError, match="no finite 'loss'"):
+        plot_training_curves({"m": [empty]}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="cannot read training log"):
+        plot_training_curves({"m": [tmp_path / "missing.csv"]}, tmp_path / "x.png")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,loss\n1,abc\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2"):
+        plot_training_curves({"m": [bad]}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_training_curves({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lists no files"):
+        plot_training_curves({"m": []}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(ValueError, match="summarize_runs"):
+        plot_retrieval({"methods": {}}, tmp_path / "r.png")
+    no_retrieval = summarize_runs({"a": [{"probe": {"auc": {"x": float("nan")}, "macro_auc": float("nan")}}]})
+    with pytest.raises(ValueError, match="no finite retrieval precision@K"):
+        plot_retrieval(no_retrieval, tmp_path / "r.png")
+    with pytest.raises(ValueError, match="every linear-probe AUC"):
+        plot_probe_auc(no_retrieval, tmp_path / "p.png")
+    with pytest.raises(ValueError, match="no linear-probe AUCs"):
+        plot_probe_auc(summarize_runs({"a": [{"x": 1.0}]}), tmp_path / "p.png")
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_step_breakdown({}, tmp_path / "s.png")
+    with pytest.raises(ValueError, match=r"breakdown\['mining'\]"):
+        plot_step_breakdown({"mining": float("nan")}, tmp_path / "s.png")
+    with pytest.raises(ValueError, match="all parts are 0"):
+        plot_step_breakdown({"mining": 0.0}, tmp_path / "s.png")
+    with pytest.raises(ValueError, match="mixes"):
+        plot_step_breakdown({"a": {"mining": 1.0}, "b": 1.0}, tmp_path / "s.png")
+    assert not list(tmp_path.iterdir())
