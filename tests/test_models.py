@@ -187,6 +187,16 @@ def test_image_checkpoint_reproduces_outputs(tmp_path, fmt):
     assert enc.config()["in_chans"] == 3 and "checkpoint" not in enc.config()
 
 
+def test_image_checkpoint_of_an_encoder_reloads(tmp_path):
+    """The timm model of a (1-channel, headless) ImageEncoder saved and loaded again."""
+    torch.manual_seed(2)
+    enc = vit(in_chans=1).eval()
+    torch.save(enc.model.state_dict(), tmp_path / "encoder.pth")
+    again = vit(in_chans=1, checkpoint=tmp_path / "encoder.pth").eval()
+    x = images(2, 1)
+    assert torch.equal(again(x), enc(x))
+
+
 def test_image_checkpoint_adapts_channels_and_size(tmp_path):
     from safetensors.torch import save_file
 

@@ -100,8 +100,9 @@ class TextEncoder(nn.Module):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
-        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(1) / mask.sum(1)
+        # float32 sums (token counts above 256 are not exact in bf16), back in the hidden dtype
+        mask = attention_mask.to(torch.float32).unsqueeze(-1)
+        return ((hidden * mask).sum(1) / mask.sum(1)).to(hidden.dtype)
 
 
 def _load_pretrained(path):
