@@ -1,0 +1,114 @@
+"""OpenIDataset: the Indiana University chest X-ray collection (IU / OpenI).
+
+Layout: the report XML collection (a folder such as ``ecgen-radiology/`` or the
+``NLMCXR_reports.tgz`` archive), read by :func:`medtrim_ext.extraction.read_reports`, and a
+folder of PNG images (``NLMCXR_png/``) named ``CXR<n>_<...>.png`` after the report id
+``CXR<n>``. Only reports with at least one image and a non-empty text are used; the split is a
+deterministic hash of the report id (80 / 10 / 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Callable
+
+from .base import (ReportImageDataset, load_image, normalize_split, resolve_records,
+                   warn_skipped)
+
+SPLIT_SHARES = (0.8, 0.1, 0.1)
+_REPORT_NAMES = ("ecgen-radiology", "NLMCXR_reports.tgz", "NLMCXR_reports.tar.gz", "reports")
+_IMAGE_NAMES = ("NLMCXR_png", "images", "png")
+
+
+def hash_split(report_id: str) -> str:
+    """train / validate / test of a report id: sha256 bucket out of 100 (80 / 10 / 10)."""
+    bucket = int.from_bytes(hashlib.sha256(str(report_id).encode()).digest()[:8], "little") % 100
+    if bucket < 100 * SPLIT_SHARES[0]:
+        return "train"
+    return "validate" if bucket < 100 * (SPLIT_SHARES[0] + SPLIT_SHARES[1]) else "test"
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _find(root: Path, names, what: str, given) -> Path:
+    if given is not None:
+        p = Path(given)
+        if not p.exists():
+            raise ValueError(f"IU {what} path {str(p)!r} does not exist")
+        return p
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    if what == "reports" and next(root.glob("*.xml"), None) is not None:
+        return root  # the XML files lie in root itself
+    raise ValueError(f"IU root {str(root)!r} has none of {list(names)}; pass {what}=...")
+
+
+class OpenIDataset(ReportImageDataset):
+    """IU / OpenI report-image pairs, one image per report.
+
+    ``reports``: the XML folder or archive (default: looked up in ``root``); ``images``: the PNG
+    folder (default: looked up in ``root``). The image is the report's first PNG in natural
+    name order. Study ids are the report ids (``CXR1``).
+    """
+
+    kind = "iu"
+
+    def __init__(self, root, split: str = "train", *, reports=None, images=None,
+                 image_size: int = 224, in_chans: int = 1, train: bool = False,
+                 transform: Callable | None = None, entities: str = "extracted", cache_dir=None,
+                 progress: bool = True, sections: bool = True, aug_seed: int | None = None,
+                 extractor=None):
+        from ..extraction.readers import read_reports
+
+        root = Path(root)
+        if not root.is_dir():
+            raise ValueError(f"IU root {str(root)!r} is not a folder")
+        self.split = normalize_split(split)
+        reports_path = _find(root, _REPORT_NAMES, "reports", reports)
+        images_dir = _find(root, _IMAGE_NAMES, "images", images)
+        if not images_dir.is_dir():
+            raise ValueError(f"IU images path {str(images_dir)!r} is not a folder")
+
+        by_report: dict[str, list[Path]] = {}
+        for p in images_dir.rglob("*"):
+            if p.suffix.lower() == ".png" and p.is_file():
+                by_report.setdefault(p.stem.split("_")[0], []).append(p)
+        if not by_report:
+            raise ValueError(f"IU images folder {str(images_dir)!r} has no .png files")
+
+        collection = read_reports(reports_path)
+        paths, texts, ids = [], [], []
+        no_image, empty = [], []
+        for rid, text in zip(collection.ids, collection.texts):
+            if hash_split(rid) != self.split:
+                continue
+            imgs = by_report.get(rid)
+            if not imgs:
+                no_image.append(rid)
+                continue
+            if not text.strip():
+                empty.append(rid)
+                continue
+            paths.append(min(imgs, key=lambda q: _natural_key(q.name)))
+            texts.append(text)
+            ids.append(rid)
+        where = f"IU {self.split}"
+        warn_skipped("reports without an image", no_image, where)
+        warn_skipped("reports with no text", empty, where)
+        if not paths:
+            raise ValueError(f"{where}: no report in {str(reports_path)!r} has an image in "
+                             f"{str(images_dir)!r} (images are matched by the 'CXR<n>_' prefix)")
+        self.image_paths = paths
+        records = resolve_records(entities, ids, texts, cache_dir=cache_dir, progress=progress,
+                                  extractor=extractor, where=where)
+        self._setup(reports=texts, study_ids=ids, records=records, transform=transform,
+                    image_size=image_size, in_chans=in_chans, train=train, sections=sections,
+                    seed=aug_seed)
+
+    def load_image(self, i: int):
+        return load_image(self.image_paths[i], getattr(self.transform, "image_size", None))
