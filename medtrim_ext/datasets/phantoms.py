@@ -487,7 +487,7 @@ def write_phantom_dataset(out_dir, n: int, seed: int = 0, image_size: int = 64, 
     for i in range(n):
         rel = f"images/{ph.study_ids[i]}.png"
         with atomic_write(out / rel, "wb") as f:
-            Image.fromarray(ph.images[i].numpy(), mode="L").save(f, format="PNG")
+            Image.fromarray(ph.images[i].numpy()).save(f, format="PNG")
         rows.append((rel, ph.reports[i], ph.study_ids[i], splits[i]))
     with atomic_write(out / "attributes.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):
