@@ -6,6 +6,11 @@
 
 Built with the ``tokenizers`` library and wrapped as a ``transformers`` fast tokenizer (not
 ``BertTokenizer(vocab_file=...)``, which transformers 5 builds without reading the file).
+
+Training is not bit-reproducible: the ``tokenizers`` trainer breaks ties between equally
+frequent merges in hash-map order, so two trainings on the same texts can give slightly
+different vocabularies. Save the tokenizer with the model (``out_dir``) and load it back with
+:func:`load_tokenizer` for evaluation or resuming; the save / load round trip is exact.
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ class MimicCxrDataset(ReportImageDataset):
     (with a warning that counts them). ``labels`` come from the CheXpert table when present
     (1 / 0; -1 "uncertain" and blank -> NaN). Study ids are ``"s<study_id>"``, as in the
     report file names. ``texts`` hold the FINDINGS / IMPRESSION text (``sections=True``).
+    ``limit``: use only the first ``limit`` studies of the split (quick runs); ``n_process``:
+    extraction worker processes for the reports that are not cached yet.
     """
 
     kind = "mimic"

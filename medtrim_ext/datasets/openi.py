@@ -84,7 +84,10 @@ class OpenIDataset(ReportImageDataset):
         collection = read_reports(reports_path)
         paths, texts, ids = [], [], []
         no_image, empty = [], []
-        for rid, text in zip(collection.ids, collection.texts):
+        # natural id order (CXR2 before CXR10), the same for a folder and an archive
+        order = sorted(range(len(collection.ids)), key=lambda k: _natural_key(collection.ids[k]))
+        for k in order:
+            rid, text = collection.ids[k], collection.texts[k]
             if hash_split(rid) != self.split:
                 continue
             imgs = by_report.get(rid)

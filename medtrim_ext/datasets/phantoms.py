@@ -157,7 +157,9 @@ def validate_attributes(attributes, where: str = "attributes") -> dict:
 
 # -- sampling --------------------------------------------------------------------------------------
 def _choice(rng: np.random.Generator, values, probs):
-    return values[int(rng.choice(len(values), p=probs))]
+    # inverse CDF of one uniform draw (Generator.choice with p= is ~10x slower per call)
+    k = int(np.searchsorted(np.cumsum(probs), rng.random() * sum(probs), side="right"))
+    return values[min(k, len(values) - 1)]
 
 
 def sample_attributes(rng: np.random.Generator) -> dict:
@@ -269,7 +271,9 @@ def _render(scenes: list[dict], noises: list[np.ndarray], size: int) -> np.ndarr
     y = (-s * du + c * dv) / sc
 
     body_w = col("body_w")
-    body = _sig(k * 0.3 * (1 - (x / body_w) ** 4 - (y / f32(1.25)) ** 6))
+    bx, by = x / body_w, y / f32(1.25)
+    bx, by = bx * bx, by * by  # integer powers by products: ndarray ** 4 takes the slow pow path
+    body = _sig(k * 0.3 * (1 - bx * bx - by * by * by))
     D = f32(0.5) * body
 
     # lungs (index 0: patient right = image left; 1: patient left)
@@ -326,7 +330,9 @@ def _render(scenes: list[dict], noises: list[np.ndarray], size: int) -> np.ndarr
         dx, dy = x - f32(sgn * 0.14), y + f32(0.02)
         r = np.sqrt(dx * dx + dy * dy)
         ang = np.arctan2(dy, f32(sgn) * dx)
-        marks += (f32(0.5) + f32(0.5) * np.cos(f32(11) * ang + f32(7) * r + ph)) ** 6 * np.exp(-r / f32(0.45))
+        m = f32(0.5) + f32(0.5) * np.cos(f32(11) * ang + f32(7) * r + ph)
+        m *= m
+        marks += m * m * m * np.exp(-r / f32(0.45))
     edema = col("edema")
     D += f32(0.09) * (1 + f32(0.25) * edema) * marks * air * (1 - rim)
 
@@ -481,7 +487,7 @@ def write_phantom_dataset(out_dir, n: int, seed: int = 0, image_size: int = 64, 
     for i in range(n):
         rel = f"images/{ph.study_ids[i]}.png"
         with atomic_write(out / rel, "wb") as f:
-            Image.fromarray(ph.images[i].numpy(), mode="L").save(f, format="PNG")
+            Image.fromarray(ph.images[i].numpy()).save(f, format="PNG")
         rows.append((rel, ph.reports[i], ph.study_ids[i], splits[i]))
     with atomic_write(out / "attributes.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):

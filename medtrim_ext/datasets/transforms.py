@@ -27,7 +27,7 @@ def to_float_image(image) -> torch.Tensor:
         except ImportError:  # pragma: no cover - pillow is a dependency
             Image = None
         if Image is not None and isinstance(image, Image.Image):
-            image = np.asarray(image.convert("L") if image.mode not in ("L", "I;16", "I", "F") else image)
+            image = np.array(image.convert("L") if image.mode not in ("L", "I;16", "I", "F") else image)
         else:
             raise TypeError(f"image must be a tensor, numpy array or PIL image, got {type(image).__name__}")
     t = torch.as_tensor(image)
