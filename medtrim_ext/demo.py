@@ -125,4 +125,5 @@ def _save_examples(cfg, path: Path) -> None:
     from .datasets.phantoms import generate_phantoms, save_montage
 
     if not path.exists():
-        save_montage(generate_phantoms(16, seed=cfg.data.seed, image_size=cfg.data.image_size), path)
+        save_montage(generate_phantoms(16, seed=cfg.data.options.get("seed", 0),
+                                       image_size=cfg.data.image_size), path)

@@ -7,10 +7,13 @@
 Built with the ``tokenizers`` library and wrapped as a ``transformers`` fast tokenizer (not
 ``BertTokenizer(vocab_file=...)``, which transformers 5 builds without reading the file).
 
-Training is not bit-reproducible: the ``tokenizers`` trainer breaks ties between equally
-frequent merges in hash-map order, so two trainings on the same texts can give slightly
-different vocabularies. Save the tokenizer with the model (``out_dir``) and load it back with
-:func:`load_tokenizer` for evaluation or resuming; the save / load round trip is exact.
+Training is deterministic: the same texts give the same vocabulary and ids, so a seeded run can
+be repeated exactly. (The ``tokenizers`` WordPiece trainer is not: it breaks ties between equally
+frequent merges in hash-map order, and even its vocabulary *set* changes between calls.) The
+vocabulary is the alphabet (each character, and each as a ``##`` continuation) plus the most
+frequent whole words, ties broken alphabetically; a word outside it splits into characters, never
+``[UNK]``. That suits report corpora, whose vocabulary is small; for large clinical corpora
+use a pretrained tokenizer (``model.tokenizer: <local dir>``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import string
 import tempfile
 from pathlib import Path
+from collections import Counter
 from typing import Iterable
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] gets id 0
@@ -32,11 +36,12 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_
     BERT normalisation (lowercased when ``lowercase``) and pre-tokenisation, special tokens
     ``[PAD]=0, [UNK], [CLS], [SEP], [MASK]``, the BERT post-processor (``[CLS] A [SEP]``,
     ``[CLS] A [SEP] B [SEP]``). The alphabet always holds ASCII letters, digits and punctuation,
-    so unseen words split into pieces instead of becoming ``[UNK]``. With ``out_dir``, the
+    so unseen words split into pieces instead of becoming ``[UNK]``. ``vocab_size`` caps the
+    total, except that the alphabet is always kept whole. Deterministic. With ``out_dir``, the
     tokenizer is saved there (``save_pretrained``) atomically: written to a temporary folder,
     then renamed into place. ``ValueError`` when no text has a non-blank character.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if isinstance(texts, str):
@@ -54,17 +59,14 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=bool(lowercase))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    alphabet = list(string.ascii_lowercase + string.digits + string.punctuation)
-    if not lowercase:
-        alphabet += list(string.ascii_uppercase)
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
-                                        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                            strip_accents=None, lowercase=bool(lowercase))
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = Tokenizer(models.WordPiece(_vocabulary(corpus, normalizer, pre_tokenizer, vocab_size,
+                                                 min_frequency, lowercase),
+                                     unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -77,6 +79,26 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_
     if out_dir is not None:
         save_tokenizer(fast, out_dir)
     return fast
+
+
+def _vocabulary(corpus, normalizer, pre_tokenizer, vocab_size: int, min_frequency: int,
+                lowercase: bool) -> dict[str, int]:
+    """Special tokens, the alphabet (plain and ``##``), then whole words by (-count, word)."""
+    counts: Counter = Counter()
+    for text in corpus:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = set(string.ascii_lowercase + string.digits + string.punctuation)
+    if not lowercase:
+        alphabet |= set(string.ascii_uppercase)
+    alphabet |= {c for word in counts for c in word}
+    tokens = list(SPECIAL_TOKENS)
+    for c in sorted(alphabet):
+        tokens += [c, "##" + c]
+    seen = set(tokens)
+    words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in seen),
+                   key=lambda w: (-counts[w], w))
+    tokens += words[:max(vocab_size - len(tokens), 0)]
+    return {t: i for i, t in enumerate(tokens)}
 
 
 def save_tokenizer(tokenizer, out_dir) -> Path:

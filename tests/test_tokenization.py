@@ -88,3 +88,12 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="tokenizer.json"):
         load_tokenizer(tmp_path / "empty")
+
+
+def test_training_is_deterministic(corpus):
+    """A seeded run must be repeatable: the same texts give the same vocabulary and ids."""
+    a = train_wordpiece_tokenizer(corpus, vocab_size=300)
+    b = train_wordpiece_tokenizer(list(corpus), vocab_size=300)
+    assert a.get_vocab() == b.get_vocab()
+    words = [w for w in a.get_vocab() if w.isalpha() and len(w) > 3]
+    assert words, "frequent whole words are in the vocabulary"

@@ -32,14 +32,22 @@ def entity_cache_dir(cfg: Config) -> str | None:
 
 
 def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True):
-    """The dataset of ``split`` (augmented when ``train`` and ``data.augment``)."""
+    """The dataset of ``split``; for training, augmented when ``data.augment`` with per-item draws
+    seeded by ``train.seed`` (so a resumed run sees the same images)."""
     from ..datasets import load_dataset
 
     d = cfg.data
+    options = dict(d.options)
+    # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
+    sizes = {k[2:]: options.pop(k) for k in list(options) if k in ("n_train", "n_validate", "n_test")}
+    if split in sizes:
+        options["n"] = sizes[split]
+    augment = train and d.augment
+    if augment:
+        options.setdefault("aug_seed", cfg.train.seed)
     return load_dataset(d.kind, split, root=d.root, image_size=d.image_size, in_chans=d.in_chans,
-                        train=train and d.augment, entities=d.entities,
-                        cache_dir=entity_cache_dir(cfg), progress=progress, seed=cfg.data.seed,
-                        **d.options)
+                        train=augment, entities=d.entities, cache_dir=entity_cache_dir(cfg),
+                        progress=progress, **options)
 
 
 def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):

@@ -34,9 +34,8 @@ class DataConfig:
     eval_split: str = "test"
     max_length: int = 128             # report tokens
     augment: bool = True              # random affine + exposure jitter on training images (no flips)
-    seed: int = 0                     # data seed (phantom generation); the run seed is train.seed
     num_workers: int = 0
-    options: dict = field(default_factory=dict)  # kind-specific, e.g. {n_train: 4000} for phantoms
+    options: dict = field(default_factory=dict)  # kind-specific, e.g. {n_train: 4000, seed: 0} for phantoms
 
 
 @dataclass
@@ -75,6 +74,7 @@ class OptimConfig:
     text_lr: float | None = None      # None: same as lr
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
     warmup_steps: int = 100
     schedule: str = "cosine"
     min_lr_ratio: float = 0.01
@@ -149,6 +149,7 @@ class Config:
         need(self.train.log_every >= 1, "train.log_every", "must be >= 1")
         need(self.train.ckpt_every >= 1, "train.ckpt_every", "must be >= 1")
         need(self.optim.lr > 0, "optim.lr", "must be > 0")
+        need(self.optim.eps > 0, "optim.eps", "must be > 0")
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         need(self.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
         need(self.objective.memory_bank >= 0, "objective.memory_bank", "must be >= 0")

@@ -30,7 +30,7 @@ from .distributed import DistContext, all_reduce_sum, broadcast_object, init_dis
 from .logger import RunLogger
 from .objectives import build_objective, offline_triplets
 from .optim import build_optimizer, build_scheduler
-from .sampling import OfflineStepBatchSampler, StepBatchSampler
+from .sampling import EpochKeyed, OfflineStepBatchSampler, StepBatchSampler
 from .timing import StepTimer
 
 # keys whose change between a checkpoint and a resumed run is harmless
@@ -155,7 +155,7 @@ class Trainer:
                                        start_step=self.start_step, seed=cfg.train.seed,
                                        rank=self.ctx.rank, world_size=self.ctx.world_size)
         return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
+            EpochKeyed(self.dataset), batch_sampler=batches, num_workers=cfg.data.num_workers,
             collate_fn=Collator(self.tokenizer, max_length=cfg.data.max_length),
             pin_memory=self.device.type == "cuda", persistent_workers=False)
 

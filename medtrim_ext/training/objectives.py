@@ -121,8 +121,7 @@ class InfoNCEStep(torch.nn.Module):
             targets = ctx.rank * img.shape[0] + torch.arange(img.shape[0], device=img.device)
         with timer.phase("loss_forward"):
             loss = self.loss(img, txt, cand_img=cand_img, cand_txt=cand_txt, targets=targets)
-        return StepLoss(loss, {"logit_scale": self.loss.logit_scale.detach().exp()
-                               if hasattr(self.loss, "logit_scale") else torch.zeros(())})
+        return StepLoss(loss, {"logit_scale": self.loss.logit_scale.detach()})
 
     def pair_score_logs(self) -> dict:
         return {}

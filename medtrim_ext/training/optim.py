@@ -29,7 +29,8 @@ def build_optimizer(model: torch.nn.Module, objective: torch.nn.Module, cfg: Opt
     if not groups:
         raise ValueError("no trainable parameters (every layer frozen?)")
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay)
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:

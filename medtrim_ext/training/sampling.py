@@ -36,10 +36,32 @@ class StepBatchSampler:
 
     def __iter__(self):
         for step in range(self.start_step, self.steps):
-            yield self.indices_for(step)
+            epoch = step // self.steps_per_epoch
+            yield [(i, epoch) for i in self.indices_for(step)]
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
+
+
+class EpochKeyed(torch.utils.data.Dataset):
+    """Wraps a dataset so ``ds[(i, epoch)]`` draws item ``i``'s augmentation for that epoch.
+
+    The datasets seed each item's augmentation from (seed, epoch, i); passing the epoch with the
+    index keeps that true inside DataLoader workers (which hold their own copy of the dataset),
+    so a resumed run, with or without workers, sees the same augmented images.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[i]
 
 
 class OfflineStepBatchSampler:
@@ -50,10 +72,8 @@ class OfflineStepBatchSampler:
         self.sampler, self.steps, self.start_step = offline_sampler, steps, start_step
 
     def __iter__(self):
-        self.sampler.load_state_dict({**self.sampler.state_dict(), "batch": self.start_step})
-        it = iter(self.sampler)
-        for _ in range(self.start_step, self.steps):
-            yield list(next(it).indices)
+        for step in range(self.start_step, self.steps):  # batch b is a function of (seed, b)
+            yield [(i, step) for i in self.sampler.batch(step).indices]
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
