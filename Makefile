@@ -1,7 +1,7 @@
 # The two commands of the README, plus their parts. Everything runs inside .venv (created if
 # missing) and installs through constraints.txt, so a fresh clone gets the same versions as CI.
 #   make test   set up, build the extension, run the test suite
-#   make demo   set up, build, run the main job (benchmark suite + mining on generated data)
+#   make demo   set up, build, run the main job (MedTrim vs InfoNCE on the built-in phantoms)
 
 PYTHON ?= python3
 VENV := .venv
@@ -37,7 +37,6 @@ test: build
 	$(VENV)/bin/pytest
 
 demo: build
-	$(PY) benchmarks/bench_kernels.py --quick --out benchmarks/out/demo
 	$(VENV)/bin/medtrim demo --out benchmarks/out/demo
 
 bench: build

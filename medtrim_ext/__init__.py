@@ -36,15 +36,24 @@ def build_info() -> dict:
     return info
 
 
-# -- entity extraction: imported on first use. It pulls in YAML / report-reading machinery that
-# mining does not need; spaCy itself loads only when an EntityExtractor is built.
-_LAZY = {"EntityExtractor", "ExtractionOntology", "read_reports"}
+# -- imported on first use, so that `import medtrim_ext` stays light: entity extraction (YAML and
+# report readers; spaCy loads only when an EntityExtractor is built), encoders (timm,
+# transformers), datasets, training and evaluation.
+_LAZY = {
+    "EntityExtractor": "extraction", "ExtractionOntology": "extraction", "read_reports": "extraction",
+    "DualEncoder": "models", "ImageEncoder": "models", "TextEncoder": "models",
+    "InfoNCELoss": "contrastive", "MemoryBank": "memory_bank",
+    "OfflineTripletSampler": "offline", "OfflineBatch": "offline",
+    "load_dataset": "datasets", "generate_phantoms": "datasets", "Collator": "datasets",
+    "train_wordpiece_tokenizer": "tokenization", "load_tokenizer": "tokenization",
+    "load_config": "training", "train": "training",
+}
 __all__ += sorted(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
-        from . import extraction
+        import importlib
 
-        return getattr(extraction, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'medtrim_ext' has no attribute {name!r}")

@@ -167,3 +167,12 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     steps = [int(r["step"]) for r in csv.DictReader(open(killed / "metrics.csv"))]
     assert steps == list(range(5, 61, 5)), "the log holds every step once after the resume"
+
+
+def test_package_imports_stay_light_and_lazy_names_resolve():
+    code = ("import sys, medtrim_ext; assert not {'timm', 'transformers', 'spacy'} & set(sys.modules); "
+            "from medtrim_ext import DualEncoder, InfoNCELoss, MemoryBank, load_dataset, train; "
+            "print(DualEncoder.__name__, InfoNCELoss.__name__, MemoryBank.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["DualEncoder", "InfoNCELoss", "MemoryBank"]

@@ -223,6 +223,10 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg = self.cfg
+        summary_path = self.out_dir / "train_summary.json"
+        if self.start_step >= cfg.train.steps and summary_path.exists():
+            # a finished run started again (e.g. a re-run demo): nothing to train
+            return json.loads(summary_path.read_text())
         logger = RunLogger(self.out_dir, enabled=self.main, tensorboard=cfg.train.tensorboard,
                            resume_step=self.start_step)
         from tqdm import tqdm
@@ -257,7 +261,7 @@ class Trainer:
                   "wall_s": time.perf_counter() - t0, "step_time": self.timer.mean(),
                   "final": last_logs}
         if self.main:
-            with atomic_write(self.out_dir / "train_summary.json") as f:
+            with atomic_write(summary_path) as f:
                 json.dump(result, f, indent=1)
         return result
 
