@@ -111,7 +111,11 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .training.evaluate import evaluate_run
 
-    overrides = list(args.overrides)
+    overrides = []
+    if args.data is not None or args.kind is not None:
+        # other data: the run's kind-specific options (e.g. phantom counts) no longer apply
+        overrides.append("data.options={}")
+    overrides += list(args.overrides)
     if args.data is not None:
         overrides.append(f"data.root={args.data}")
     if args.kind is not None:

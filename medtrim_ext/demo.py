@@ -133,7 +133,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
                                                 attributes=test.attributes)["fine"])
         lines, wins = _verdict(summary, hub_level)
         verdict = ("MedTrim beats InfoNCE on fine-grained retrieval" if wins else
-                   "MedTrim does NOT beat InfoNCE on every fine-grained metric")
+                   "MedTrim does NOT beat InfoNCE on every fine-grained retrieval metric")
         print(f"\n{verdict} at {base.train.steps} steps ({len(seeds)} seeds):\n{lines}")
         with atomic_write(out / "verdict.json") as f:
             json.dump({"medtrim_wins_fine_grained": wins, "hub_level": hub_level,
