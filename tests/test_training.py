@@ -176,3 +176,17 @@ def test_package_imports_stay_light_and_lazy_names_resolve():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["DualEncoder", "InfoNCELoss", "MemoryBank"]
+
+
+def test_run_logger_widens_its_header_and_drops_rows_after_a_resume(tmp_path):
+    from medtrim_ext.training.logger import RunLogger
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log(1, {"loss": 1.0})
+    log.log(2, {"loss": 0.5, "pos_score": 0.9})  # a column that appears later
+    log.log(3, {"loss": 0.4, "pos_score": 0.8})
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[0]["pos_score"] == ""
+    RunLogger(tmp_path, tensorboard=False, resume_step=2).log(3, {"loss": 0.3, "pos_score": 0.7})
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [(r["step"], r["loss"]) for r in rows] == [("1", "1.0"), ("2", "0.5"), ("3", "0.3")]

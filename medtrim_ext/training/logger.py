@@ -45,13 +45,7 @@ class RunLogger:
         if not keep:
             self.path.unlink()
             return
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        w.writerows(keep)
-        with atomic_write(self.path, newline="") as f:
-            f.write(buf.getvalue())
-        self._fields = fields
+        self._write(fields, keep)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -78,6 +72,10 @@ class RunLogger:
         if self.path.exists():
             with open(self.path, newline="") as f:
                 rows = list(csv.DictReader(f))
+        self._write(fields, rows)
+
+    def _write(self, fields: list[str], rows: list[dict]) -> None:
+        """Replace the CSV with ``rows`` under header ``fields``, atomically."""
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
