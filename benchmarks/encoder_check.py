@@ -2,8 +2,8 @@
 
 Trains ``--model`` (any timm name) with a linear head on the phantoms' ground-truth disease labels
 (multi-label BCE) for ``--steps`` steps, then prints the test AUC per class. This is how the demo's
-image encoder was chosen: a small ViT from scratch stays near AUC 0.5 after 160 steps, timm's
-``test_resnet`` reaches 0.7-1.0 (benchmarks/RESULTS.md).
+image encoder was chosen: a small ViT from scratch stays at AUC 0.39-0.66 after 160 steps, timm's
+``test_resnet`` reaches 0.73-1.00 (benchmarks/RESULTS.md).
 
     python benchmarks/encoder_check.py --model test_resnet --lr 2e-3
     python benchmarks/encoder_check.py --model vit_tiny_patch16_224 --lr 5e-4 \
