@@ -26,7 +26,7 @@ from ..io import atomic_write
 from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .distributed import DistContext, all_reduce_sum, broadcast_object, init_distributed, shutdown
+from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
 from .logger import RunLogger
 from .objectives import build_objective, offline_triplets
 from .optim import build_optimizer, build_scheduler

@@ -48,6 +48,7 @@ class MedTrimStep(torch.nn.Module):
                                   upper=cfg.upper, semi_hard_prob=cfg.semi_hard_prob)
         self.loss = MultimodalTripletLoss(margin=cfg.margin)
         self.offline = offline
+        self._last = None  # (entities, triplets, candidate entities) of the last step, for logs
         self.bank = None
         if cfg.memory_bank and not offline:
             from ..memory_bank import MemoryBank
@@ -96,6 +97,8 @@ class MedTrimStep(torch.nn.Module):
     @torch.no_grad()
     def pair_score_logs(self) -> dict:
         """Mean meta-entity score of the last step's positives and negatives (valid triplets)."""
+        if self._last is None:
+            return {}
         ents, triplets, cand_ents = self._last
         if self.offline:  # local rows: anchors index the batch, and so do positives/negatives
             cand_ents = None
