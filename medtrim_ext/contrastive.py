@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mining import check_ids
+
 
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE (CLIP) over L2-normalised image and text embeddings.
@@ -106,15 +108,7 @@ def _check(img, txt, cand_img, cand_txt, targets):
                              "pass targets")
         targets = torch.arange(b, device=img.device)
     else:
-        if not isinstance(targets, torch.Tensor):
-            raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise TypeError(f"targets must be an integer tensor, got {targets.dtype}")
-        if tuple(targets.shape) != (b,):
-            raise ValueError(f"targets must have shape ({b},), got {tuple(targets.shape)}")
-        if targets.device != img.device:
-            raise ValueError(f"targets is on {targets.device} but img is on {img.device}")
-        targets = targets.to(torch.int64)
+        targets = check_ids("targets", targets, b, img.device, owner="img is")
     # one host synchronisation for the value checks
     checks = [((targets < 0) | (targets >= m)).any()]
     checks += [~torch.isfinite(x).all() for _, x in named]

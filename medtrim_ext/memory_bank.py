@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .entities import MetaEntities
+from .mining import check_ids
 from .vocabulary import Vocabulary
 
 _STATE_KEYS = ("size", "dim", "ptr", "count", "vocabulary", "img", "txt", "disease_bits",
@@ -198,10 +199,6 @@ class MemoryBank:
         elif entities.vocabulary != self.vocabulary:
             raise ValueError(f"entities use the vocabulary {entities.vocabulary.name!r}, not the bank's "
                              f"{self.vocabulary.name!r}")
-        if not isinstance(ids, torch.Tensor):
-            raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise TypeError(f"ids must be an integer tensor, got {ids.dtype}")
-        if tuple(ids.shape) != (img.shape[0],):
-            raise ValueError(f"ids must have shape ({img.shape[0]},), got {tuple(ids.shape)}")
-        return img, txt, entities.to(img.device), ids.to(device=img.device, dtype=torch.int64)
+        # ids may come from any device: they follow the embeddings
+        ids = check_ids("ids", ids, img.shape[0], getattr(ids, "device", None))
+        return img, txt, entities.to(img.device), ids.to(img.device)

@@ -112,8 +112,8 @@ class TripletMiner:
         where an index is -1. Without building the score matrix."""
         cands = self._check_sets(anchors, candidates)
         n = anchor_index.shape[0] if isinstance(anchor_index, torch.Tensor) else -1
-        anchor_index = _check_ids("anchor_index", anchor_index, n, anchors.device)
-        candidate_index = _check_ids("candidate_index", candidate_index, n, anchors.device)
+        anchor_index = check_ids("anchor_index", anchor_index, n, anchors.device)
+        candidate_index = check_ids("candidate_index", candidate_index, n, anchors.device)
         return ops.pair_scores(anchors, cands, anchor_index, candidate_index, self.w_dis,
                                self.w_adj, self.w_dir)
 
@@ -156,9 +156,9 @@ class TripletMiner:
         if anchor_ids is None:
             anchor_ids, candidate_ids = default_ids(n, m, candidates is None, device)
         else:
-            anchor_ids = _check_ids("anchor_ids", anchor_ids, n, device)
+            anchor_ids = check_ids("anchor_ids", anchor_ids, n, device)
             candidate_ids = (anchor_ids if candidates is None
-                             else _check_ids("candidate_ids", candidate_ids, m, device))
+                             else check_ids("candidate_ids", candidate_ids, m, device))
         semi_hard = self.semi_hard_mask(n, generator).to(device)
         pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard,
                                      self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper)
@@ -180,7 +180,10 @@ class TripletMiner:
         return candidates
 
 
-def _check_ids(name: str, ids, n: int, device: torch.device) -> torch.Tensor:
+def check_ids(name: str, ids, n: int, device: torch.device,
+              owner: str = "the entities are") -> torch.Tensor:
+    """``ids`` as int64 after checking it is an integer tensor of shape ``(n,)`` on ``device``
+    (where ``owner`` lives); errors name ``name``."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
@@ -188,5 +191,5 @@ def _check_ids(name: str, ids, n: int, device: torch.device) -> torch.Tensor:
     if tuple(ids.shape) != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(ids.shape)}")
     if ids.device != device:
-        raise ValueError(f"{name} is on {ids.device} but the entities are on {device}")
+        raise ValueError(f"{name} is on {ids.device} but {owner} on {device}")
     return ids.to(torch.int64)
