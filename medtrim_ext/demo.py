@@ -125,12 +125,11 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         with atomic_write(out / "step_time.md") as f:
             f.write(f"# Step time on {dev}\n\n{table}\n")
     if "medtrim" in methods and "infonce" in methods:
-        from .evaluation import keys_for
         from .training.builders import build_dataset
+        from .training.evaluate import relevance_keys
 
         test = build_dataset(base, base.data.eval_split, train=False, progress=False)
-        hub_level = majority_precision(keys_for(entities=None if test.attributes else _entities(test),
-                                                attributes=test.attributes)["fine"])
+        hub_level = majority_precision(relevance_keys(test)["fine"])
         lines, wins = _verdict(summary, hub_level)
         verdict = ("MedTrim beats InfoNCE on fine-grained retrieval" if wins else
                    "MedTrim does NOT beat InfoNCE on every fine-grained retrieval metric")
@@ -140,12 +139,6 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
                        "details": lines.splitlines()}, f, indent=1)
     print(f"\nwrote {paths['markdown']}, {paths['json']} and plots in {out}")
     return 0
-
-
-def _entities(dataset):
-    from .entities import MetaEntities
-
-    return MetaEntities.from_records(dataset.records)
 
 
 def _save_examples(cfg, path: Path) -> None:

@@ -45,39 +45,44 @@ def embed_dataset(model, dataset, tokenizer, cfg: Config, device: torch.device,
     return torch.cat(imgs), torch.cat(txts)
 
 
-def _subset_list(values, n):
-    return None if values is None else list(values)[:n]
+def _ground_truth(dataset, n: int) -> list | None:
+    return None if dataset.attributes is None else list(dataset.attributes)[:n]
+
+
+def relevance_keys(dataset, n: int | None = None) -> dict:
+    """``{"disease", "fine"}`` relevance keys of the first ``n`` samples: from the ground-truth
+    attributes where the dataset has them, else from its meta-entities."""
+    from ..entities import MetaEntities
+    from ..evaluation import keys_for
+
+    n = len(dataset) if n is None else n
+    return keys_for(entities=MetaEntities.from_records(dataset.records[:n]),
+                    attributes=_ground_truth(dataset, n))
 
 
 def class_labels(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
-    """Probe labels: the dataset's own (e.g. CheXpert) labels, else diseases of the ground truth
-    (phantoms), else of the extracted meta-entities; plus "no finding"."""
+    """Probe labels: the dataset's own (e.g. CheXpert) labels, else the diseases of the ground
+    truth (phantoms), else of the extracted meta-entities; plus "no finding"."""
     if getattr(dataset, "labels", None) is not None:
         return dataset.labels[:n].float(), list(dataset.label_names)
-    from ..vocabulary import NO_FINDING, Vocabulary
+    from ..entities import MetaEntities
+    from ..vocabulary import NO_FINDING
 
-    classes = list(Vocabulary.default().diseases) + [NO_FINDING]
-    source = dataset.attributes if dataset.attributes is not None else dataset.records
-    labels = torch.zeros(n, len(classes))
-    for i, sample in enumerate(list(source)[:n]):
-        present = [d for d in sample if d in classes]
-        for d in present:
-            labels[i, classes.index(d)] = 1
-        if not present:
-            labels[i, -1] = 1
-    return labels, classes
+    source = _ground_truth(dataset, n) or dataset.records[:n]
+    ents = MetaEntities.from_records([{d: {} for d in sample} for sample in source])
+    diseases = ents.masks()[0]
+    labels = torch.cat([diseases, ~diseases.any(dim=1, keepdim=True)], dim=1).float()
+    return labels, list(ents.vocabulary.diseases) + [NO_FINDING]
 
 
 def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress: bool = True) -> dict:
     """Retrieval on ``data.eval_split`` and (with ``eval.probe``) the linear probe."""
-    from ..entities import MetaEntities
-    from ..evaluation import evaluate_retrieval, keys_for, linear_probe
+    from ..evaluation import evaluate_retrieval, linear_probe
 
     test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
     img, txt = embed_dataset(model, test, tokenizer, cfg, device, progress)
     n = img.shape[0]
-    keys = keys_for(entities=MetaEntities.from_records(test.records[:n]),
-                    attributes=_subset_list(test.attributes, n))
+    keys = relevance_keys(test, n)
     result = {"split": cfg.data.eval_split, "num_samples": n,
               **evaluate_retrieval(img, txt, keys, cfg.eval.ks, progress=progress)}
     if cfg.eval.probe:
