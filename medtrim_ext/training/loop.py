@@ -117,6 +117,9 @@ class Trainer:
         self.optimizer = build_optimizer(model, self.objective, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
+        # what each step differentiates and steps (fixed for the run)
+        self.objective_params = [p for p in self.objective.parameters() if p.requires_grad]
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.state is not None:
             model.load_state_dict(self.state["model"])
             self.objective.load_state_dict(self.state["objective"], strict=False)
@@ -174,7 +177,7 @@ class Trainer:
                 img, txt = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
             out = self.objective(img, txt, batch, self.ctx, timer, generator=generator)
 
-        obj_params = [p for p in self.objective.parameters() if p.requires_grad]
+        obj_params = self.objective_params
         loss = self.scaler.scale(out.loss) if self.scaler is not None else out.loss
         with timer.phase("loss_backward"):
             grads = torch.autograd.grad(loss, [img, txt, *obj_params], allow_unused=True)
@@ -189,12 +192,11 @@ class Trainer:
         with timer.phase("optimizer"):
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
             if cfg.optim.clip_grad > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack(
-                    [p.grad.norm() for p in params if p.grad is not None]))
+                    [p.grad.norm() for p in self.params if p.grad is not None]))
             finite = bool(torch.isfinite(grad_norm))
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)

@@ -87,10 +87,10 @@ class MedTrimStep(torch.nn.Module):
             loss = loss_img + loss_txt
         if self.bank is not None:
             self.bank.push(current[0].detach(), current[1].detach(), current[2], current[3])
+        # active share of the valid triplets (0 without any), with no host synchronisation
+        active = (((per_img + per_txt) > 0) & valid).sum() / valid.sum().clamp_min(1)
         logs = {"loss_img": loss_img.detach(), "loss_txt": loss_txt.detach(),
-                "valid_fraction": valid.float().mean().detach(),
-                "active_fraction": ((per_img + per_txt) > 0)[valid].float().mean().detach()
-                if bool(valid.any()) else torch.zeros(())}
+                "valid_fraction": valid.float().mean().detach(), "active_fraction": active.detach()}
         self._last = (ents, triplets, cand[2] if cand is not None else None)
         return StepLoss(loss, logs)
 
