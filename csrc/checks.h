@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 
 namespace medtrim {
@@ -90,6 +91,16 @@ inline void check_mining(const at::Tensor& a_dis, const at::Tensor& a_ids, const
                   threshold <= upper,
               "need 0 <= threshold <= upper (both finite), got threshold=", threshold,
               ", upper=", upper);
+}
+
+// The seed of the tie keys: read on the host, so it must live on the CPU whatever the device.
+inline std::optional<uint64_t> read_tie_seed(const std::optional<at::Tensor>& tie_seed) {
+  if (!tie_seed.has_value()) return std::nullopt;
+  const at::Tensor& t = *tie_seed;
+  TORCH_CHECK(t.scalar_type() == at::kLong && t.numel() == 1 && t.device().is_cpu(),
+              "tie_seed must be an int64 CPU tensor with one element, got ", t.scalar_type(), " ",
+              t.sizes(), " on ", t.device());
+  return static_cast<uint64_t>(t.item<int64_t>());
 }
 
 // Pair index lists: int64, 1-D, equal length, on the entities' device, each entry -1 or in range.

@@ -108,7 +108,7 @@ struct SampleView {
 //
 // Computed in double and rounded to float32 once at the end: scores that are equal in exact
 // arithmetic (0.125 + 0.05 and 0.0833.. + 0.0916..) then round to the same float32, so genuine ties
-// stay ties and break towards the lowest index, as with the published double-precision code.
+// stay ties, as with the published double-precision code, and the tie rule below decides them.
 // The pieces below are also used on their own by the CPU kernel, which handles whole groups of
 // candidates with one disease mask at a time; pair_score is their composition.
 
@@ -145,76 +145,138 @@ MT_HD float pair_score(const SampleView& a, const SampleView& b, int wa, int wr,
                        descriptor_term(a, b, shared, wa, wr, w, q), q(1, popcount32(a.dis)), w);
 }
 
+// ---- tie keys: which of several exactly equal scores wins ---------------------------------------
+//
+// With random ties every sample id gets a 32-bit hash of (seed, id), which places the samples on a
+// random circle; the tie key of (anchor, candidate) is the distance from the anchor's place to the
+// candidate's, clockwise. Among equal float32 scores the smallest tie key wins (then the lowest
+// candidate index): each anchor takes the next tied candidate after itself on the circle. So
+// - for one anchor, across seeds, every tied candidate is equally likely (a uniform random circle);
+// - anchors that tie with each other (a batch of identical normal reports) take different samples:
+//   "next on the circle" is a permutation, where a rule like "smallest hash wins" would send them
+//   all to the same one;
+// - the key is a counter-based hash of (seed, anchor id, candidate id) and nothing else (no stream
+//   position, no order of visit), so every backend, thread count and tiling picks the same
+//   candidate, and a permuted batch (ids permuted with it) picks the same samples.
+// With lowest-index ties every tie key is 0.
+
+// lowbias32 (C. Wellons): a bijective 32-bit mixer with near-ideal avalanche. The multiplications
+// are mod 2^32, which the pure-PyTorch reference reproduces with int64 arithmetic.
+MT_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+// The place of a sample (by id) on the circle of a seed.
+MT_HD uint32_t sample_tie_hash(uint64_t seed, int64_t id) {
+  const uint64_t v = static_cast<uint64_t>(id);
+  const uint32_t h = mix32(mix32(static_cast<uint32_t>(v) ^ 0x9e3779b9U) ^ static_cast<uint32_t>(v >> 32));
+  return mix32(mix32(h ^ static_cast<uint32_t>(seed)) ^ static_cast<uint32_t>(seed >> 32));
+}
+// Clockwise distance from the anchor's place to the candidate's, minus one (mod 2^32): a candidate
+// at the anchor's own place (an equal hash) comes last, not first.
+MT_HD uint32_t tie_key(uint32_t anchor_hash, uint32_t candidate_hash) {
+  return candidate_hash - anchor_hash - 1u;
+}
+
 // ---- streaming selection of (positive, negative) for one anchor -------------------------------
 //
-// Candidates are ranked by 64-bit keys that combine the score with the candidate index, so that one
-// integer comparison orders by score and breaks ties towards the lowest index. Scores are finite
-// and >= 0 (weights are validated), so their IEEE bits order like the values.
-constexpr uint64_t kNoMax = 0;           // "none" for keys where larger is better
-constexpr uint64_t kNoMin = ~uint64_t(0);  // "none" for keys where smaller is better
+// Candidates are ranked by keys that combine the score, the tie key and the candidate index, so
+// one comparison orders by score, then by tie key, then by index. Scores are finite and >= 0
+// (weights are validated), so their IEEE bits order like the values.
+struct Key {
+  uint64_t hi;  // score bits << 32 | (tie key, or its complement for "larger is better")
+  uint32_t lo;  // candidate index (or its complement)
+};
+MT_HD bool operator>(const Key& x, const Key& y) { return x.hi > y.hi || (x.hi == y.hi && x.lo > y.lo); }
+MT_HD bool operator<(const Key& x, const Key& y) { return y > x; }
+MT_HD bool operator==(const Key& x, const Key& y) { return x.hi == y.hi && x.lo == y.lo; }
+MT_HD bool operator!=(const Key& x, const Key& y) { return !(x == y); }
+
+// "none" where larger / smaller is better (functions: constexpr objects are not visible in device code)
+MT_HD constexpr Key no_max() { return Key{0, 0}; }
+MT_HD constexpr Key no_min() { return Key{~uint64_t(0), ~uint32_t(0)}; }
 
 MT_HD uint32_t float_bits(float s) {
   union { float f; uint32_t u; } v;
   v.f = s + 0.0f;  // turns -0 into +0
   return v.u;
 }
-MT_HD uint64_t max_key(float s, uint32_t j) {  // larger score first, then lower index
-  return (static_cast<uint64_t>(float_bits(s)) << 32) | static_cast<uint32_t>(~j);
+MT_HD Key max_key(float s, uint32_t tie, uint32_t j) {  // larger score, then smaller tie, then lower index
+  return Key{(static_cast<uint64_t>(float_bits(s)) << 32) | static_cast<uint32_t>(~tie),
+             static_cast<uint32_t>(~j)};
 }
-MT_HD uint64_t min_key(float s, uint32_t j) {  // smaller score first, then lower index
-  return (static_cast<uint64_t>(float_bits(s)) << 32) | j;
+MT_HD Key min_key(float s, uint32_t tie, uint32_t j) {  // smaller score, then smaller tie, then lower index
+  return Key{(static_cast<uint64_t>(float_bits(s)) << 32) | tie, j};
 }
-MT_HD int64_t max_key_index(uint64_t k) { return static_cast<int64_t>(static_cast<uint32_t>(~static_cast<uint32_t>(k))); }
-MT_HD int64_t min_key_index(uint64_t k) { return static_cast<int64_t>(static_cast<uint32_t>(k)); }
+MT_HD int64_t max_key_index(const Key& k) { return static_cast<int64_t>(static_cast<uint32_t>(~k.lo)); }
+MT_HD int64_t min_key_index(const Key& k) { return static_cast<int64_t>(k.lo); }
 
 // The two best keys seen so far. Keys are unique (they contain the index), so the runner-up is the
 // answer when the best one turns out to be the positive, which the negative must not repeat.
 struct TopTwoMax {
-  uint64_t k1 = kNoMax, k2 = kNoMax;
-  MT_HD void push(uint64_t k) {
+  Key k1 = no_max(), k2 = no_max();
+  MT_HD void push(const Key& k) {
     if (k > k1) { k2 = k1; k1 = k; } else if (k > k2) { k2 = k; }
   }
   MT_HD void merge(const TopTwoMax& o) { push(o.k1); push(o.k2); }
+  // whether a key can still enter the top two
+  MT_HD bool takes(const Key& k) const { return k > k2; }
   // best index other than `exclude`, or -1
   MT_HD int64_t best_except(int64_t exclude) const {
-    if (k1 != kNoMax && max_key_index(k1) != exclude) return max_key_index(k1);
-    if (k2 != kNoMax && max_key_index(k2) != exclude) return max_key_index(k2);
+    if (k1 != no_max() && max_key_index(k1) != exclude) return max_key_index(k1);
+    if (k2 != no_max() && max_key_index(k2) != exclude) return max_key_index(k2);
     return -1;
   }
 };
 struct TopTwoMin {
-  uint64_t k1 = kNoMin, k2 = kNoMin;
-  MT_HD void push(uint64_t k) {
+  Key k1 = no_min(), k2 = no_min();
+  MT_HD void push(const Key& k) {
     if (k < k1) { k2 = k1; k1 = k; } else if (k < k2) { k2 = k; }
   }
   MT_HD void merge(const TopTwoMin& o) { push(o.k1); push(o.k2); }
+  MT_HD bool takes(const Key& k) const { return k < k2; }
   MT_HD int64_t best_except(int64_t exclude) const {
-    if (k1 != kNoMin && min_key_index(k1) != exclude) return min_key_index(k1);
-    if (k2 != kNoMin && min_key_index(k2) != exclude) return min_key_index(k2);
+    if (k1 != no_min() && min_key_index(k1) != exclude) return min_key_index(k1);
+    if (k2 != no_min() && min_key_index(k2) != exclude) return min_key_index(k2);
     return -1;
   }
 };
 
 // Everything one pass over the candidates must remember for one anchor. Mining rules:
-//   positive  = highest score (lowest index on ties)
+//   positive  = highest score
 //   kept      = candidates other than the positive with score < upper
 //   semi-hard = lowest score >= threshold among kept, else the highest among kept
 //   hard      = lowest score among kept
+// Equal scores go to the smaller tie key, then to the lower index (see the tie keys above).
 struct MineState {
-  uint64_t positive = kNoMax;  // max key over all candidates
-  TopTwoMax below_upper_max;   // fallback of the semi-hard rule
-  TopTwoMin below_upper_min;   // hard rule
-  TopTwoMin semi_hard_min;     // threshold <= score < upper
+  Key positive = no_max();      // max key over all candidates
+  TopTwoMax below_upper_max;  // fallback of the semi-hard rule
+  TopTwoMin below_upper_min;  // hard rule
+  TopTwoMin semi_hard_min;    // threshold <= score < upper
 
-  MT_HD void push(float s, uint32_t j, float threshold, float upper) {
-    const uint64_t kmax = max_key(s, j);
+  MT_HD void push(float s, uint32_t tie, uint32_t j, float threshold, float upper) {
+    const Key kmax = max_key(s, tie, j);
     if (kmax > positive) positive = kmax;
     if (s < upper) {
       below_upper_max.push(kmax);
-      const uint64_t kmin = min_key(s, j);
+      const Key kmin = min_key(s, tie, j);
       below_upper_min.push(kmin);
       if (s >= threshold) semi_hard_min.push(kmin);
     }
+  }
+  // Whether any candidate with score s could still change the result of an anchor that uses the
+  // semi-hard rule (or the hard rule): false means a whole group of such candidates can be skipped.
+  MT_HD bool could_take(float s, bool semi_hard, float threshold, float upper) const {
+    const Key best_max = max_key(s, 0u, 0u), best_min = min_key(s, 0u, 0u);
+    if (best_max > positive) return true;
+    if (!(s < upper)) return false;
+    if (semi_hard) return below_upper_max.takes(best_max) || (s >= threshold && semi_hard_min.takes(best_min));
+    return below_upper_min.takes(best_min);
   }
   MT_HD void merge(const MineState& o) {
     if (o.positive > positive) positive = o.positive;
@@ -223,7 +285,7 @@ struct MineState {
     semi_hard_min.merge(o.semi_hard_min);
   }
   MT_HD int64_t positive_index() const {
-    return positive == kNoMax ? -1 : max_key_index(positive);
+    return positive == no_max() ? -1 : max_key_index(positive);
   }
   MT_HD int64_t negative_index(bool semi_hard) const {
     const int64_t pos = positive_index();

@@ -20,14 +20,20 @@ def _add_miner_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold", type=float, default=0.25)
     g.add_argument("--upper", type=float, default=0.6)
     g.add_argument("--semi-hard-prob", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw")
+    g.add_argument("--tie-break", choices=("random", "first"), default="random",
+                   help="equal scores: a random tied candidate per anchor (default, as the published "
+                        "random pools do in effect) or the lowest index")
+    g.add_argument("--min-positive-score", type=float, default=0.0,
+                   help="no triplet for an anchor whose best candidate scores less (default 0: off)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw and the ties")
 
 
 def _miner(args):
     from .mining import TripletMiner
 
     return TripletMiner(args.w_dis, args.w_adj, args.w_dir, threshold=args.threshold,
-                        upper=args.upper, semi_hard_prob=args.semi_hard_prob)
+                        upper=args.upper, semi_hard_prob=args.semi_hard_prob,
+                        tie_break=args.tie_break, min_positive_score=args.min_positive_score)
 
 
 def _device(name: str) -> torch.device:
@@ -67,11 +73,13 @@ def cmd_mine(args) -> int:
     anchor_ids = torch.tensor([vocab_ids[str(i)] for i in ids], device=device)
     bank_id_t = torch.tensor([vocab_ids[str(i)] for i in bank_ids], device=device)
 
-    gen = torch.Generator().manual_seed(args.seed)
+    # one draw for the whole file, so the result does not depend on the chunk size
+    draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
     parts = []
     for start in tqdm(range(0, len(anchors), args.chunk_size), desc="mining", unit="chunk"):
         sl = slice(start, start + args.chunk_size)
-        t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t, generator=gen)
+        t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t,
+                  draw=draw.rows(sl))
         parts.append(Triplets(t.anchor + start, t.positive, t.negative))
     triplets = Triplets(*(torch.cat(x) for x in zip(*parts))) if parts else Triplets(
         *(torch.empty(0, dtype=torch.int64),) * 3)

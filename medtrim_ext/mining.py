@@ -40,9 +40,27 @@ def default_ids(n: int, m: int, self_mining: bool, device) -> tuple[torch.Tensor
     return anchor_ids, anchor_ids if self_mining else -1 - torch.arange(m, device=device)
 
 
-def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob):
+TIE_BREAKS = ("random", "first")
+
+
+class MiningDraw(NamedTuple):
+    """The random choices of one mining call: which anchors use the semi-hard rule (bool ``(N,)``
+    on the CPU) and the seed of the tie keys (an int64 CPU tensor of one element, drawn without a
+    host synchronisation so that ``torch.compile`` can trace it; ``None`` with lowest-index ties)."""
+
+    semi_hard: torch.Tensor
+    tie_seed: torch.Tensor | None
+
+    def rows(self, index) -> "MiningDraw":
+        """The draw of some anchors (a slice or index tensor), e.g. to mine a large set in chunks
+        with the choices of one call."""
+        return MiningDraw(self.semi_hard[index], self.tie_seed)
+
+
+def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob, min_positive_score):
     for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir),
-                        ("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob)):
+                        ("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob),
+                        ("min_positive_score", min_positive_score)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):
@@ -56,6 +74,8 @@ def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob):
         raise ValueError(f"need 0 <= threshold <= upper, got threshold={threshold!r}, upper={upper!r}")
     if not 0 <= semi_hard_prob <= 1:
         raise ValueError(f"semi_hard_prob must be in [0, 1], got {semi_hard_prob!r}")
+    if min_positive_score < 0:
+        raise ValueError(f"min_positive_score must be >= 0, got {min_positive_score!r}")
 
 
 class TripletMiner:
@@ -77,25 +97,45 @@ class TripletMiner:
     - negative, with probability ``semi_hard_prob`` (semi-hard): the lowest kept score that is
       >= ``threshold``, else the highest kept score; otherwise (hard): the lowest kept score.
 
-    Ties go to the lowest candidate index. Scores are compared with ``threshold`` and ``upper``
-    in float32. An anchor with an empty pool gets positive = negative = -1; with nothing kept,
-    negative = -1. The semi-hard/hard choice is drawn on the CPU from ``generator`` (or torch's
-    default generator), so CPU and CUDA give identical triplets for the same seed; with
-    ``semi_hard_prob`` 0 or 1 nothing is drawn.
+    Ties (exactly equal float32 scores), by ``tie_break``:
+
+    - ``"random"`` (default): each anchor breaks them at random, with a key from a counter-based
+      hash of (seed, anchor id, candidate id); the smallest key wins. This is what the published
+      code does in effect (each triplet is mined in a fresh random pool) and spreads the tied
+      choices of a batch over many samples instead of one. The key depends on nothing else, so
+      CPU, CUDA and :mod:`medtrim_ext.reference` agree bit for bit whatever the thread count or
+      tiling, and a permuted batch (ids permuted with it) picks the same samples.
+    - ``"first"``: the lowest candidate index wins (the rule before random ties).
+
+    Scores are compared with ``threshold`` and ``upper`` in float32. An anchor with an empty pool
+    gets positive = negative = -1; with nothing kept, negative = -1. With ``min_positive_score``
+    > 0, an anchor whose best candidate scores less gets no triplet (-1, -1): e.g. an abnormal
+    study with no other study sharing a finding, whose "positive" would be an arbitrary sample.
+
+    The random choices are drawn on the CPU from ``generator`` (or torch's default generator), see
+    :meth:`draw`: first the semi-hard/hard choice per anchor (only when 0 < ``semi_hard_prob`` < 1),
+    then the seed of the tie keys (only with random ties). So CPU and CUDA give identical triplets
+    for the same generator state.
 
     The fused kernels never build the (N, M) score matrix: memory is O(N + M).
     """
 
     def __init__(self, w_dis: float = 0.85, w_adj: float = 0.10, w_dir: float = 0.05,
-                 threshold: float = 0.25, upper: float = 0.6, semi_hard_prob: float = 1.0):
-        _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob)
+                 threshold: float = 0.25, upper: float = 0.6, semi_hard_prob: float = 1.0,
+                 tie_break: str = "random", min_positive_score: float = 0.0):
+        _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob, min_positive_score)
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
         self.w_dis, self.w_adj, self.w_dir = float(w_dis), float(w_adj), float(w_dir)
         self.threshold, self.upper = float(threshold), float(upper)
         self.semi_hard_prob = float(semi_hard_prob)
+        self.tie_break = tie_break
+        self.min_positive_score = float(min_positive_score)
 
     def __repr__(self) -> str:
         return (f"TripletMiner(w_dis={self.w_dis}, w_adj={self.w_adj}, w_dir={self.w_dir}, "
-                f"threshold={self.threshold}, upper={self.upper}, semi_hard_prob={self.semi_hard_prob})")
+                f"threshold={self.threshold}, upper={self.upper}, semi_hard_prob={self.semi_hard_prob}, "
+                f"tie_break={self.tie_break!r}, min_positive_score={self.min_positive_score})")
 
     @property
     def weights(self) -> dict:
@@ -130,21 +170,36 @@ class TripletMiner:
             return torch.ones(n, dtype=torch.bool)
         if self.semi_hard_prob <= 0.0:
             return torch.zeros(n, dtype=torch.bool)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator is not None and generator.device.type != "cpu":
-            raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+        _check_generator(generator)
         return torch.rand(n, generator=generator) < self.semi_hard_prob
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> MiningDraw:
+        """The random choices of mining ``n`` anchors, in the order :meth:`__call__` draws them:
+        the semi-hard mask, then the tie seed (a 63-bit int in a one-element int64 tensor, ``None``
+        with ``tie_break="first"``).
+        Pass them to :func:`medtrim_ext.reference.mine_triplets` to reproduce a call."""
+        _check_generator(generator)
+        semi_hard = self.semi_hard_mask(n, generator)
+        tie_seed = None
+        if self.tie_break == "random":
+            tie_seed = torch.randint(0, 2**63 - 1, (1,), generator=generator)
+        return MiningDraw(semi_hard, tie_seed)
 
     def __call__(self, anchors: MetaEntities, candidates: MetaEntities | None = None, *,
                  anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Triplets:
+                 generator: torch.Generator | None = None, draw: MiningDraw | None = None) -> Triplets:
         """Mine one triplet per anchor with the fused kernel.
 
         Without ``candidates`` the anchors mine among themselves, excluding themselves. With
         ``candidates`` (a memory bank, an all-gathered batch), pass ``anchor_ids`` and
         ``candidate_ids`` so that equal ids (the same study) never pair; without ids nothing is
-        excluded. Indices in the result refer to the candidate set.
+        excluded. Indices in the result refer to the candidate set. Random ties are keyed by the
+        ids (default: positions), so give samples stable ids (dataset indices) to make a sample's
+        choices independent of where it sits in the batch.
+
+        The random choices come from ``generator`` (see :meth:`draw`), or from ``draw``, a
+        :class:`MiningDraw` made earlier (e.g. ``miner.draw(n_total, g).rows(chunk)`` to mine
+        a large set in chunks exactly as in one call).
         """
         if candidates is None:
             if candidate_ids is not None:
@@ -159,10 +214,28 @@ class TripletMiner:
             anchor_ids = check_ids("anchor_ids", anchor_ids, n, device)
             candidate_ids = (anchor_ids if candidates is None
                              else check_ids("candidate_ids", candidate_ids, m, device))
-        semi_hard = self.semi_hard_mask(n, generator).to(device)
-        pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard,
-                                     self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper)
-        return Triplets(torch.arange(n, device=device), pos, neg)
+        if draw is None:
+            draw = self.draw(n, generator)
+        elif not isinstance(draw, MiningDraw):
+            raise TypeError(f"draw must be a MiningDraw (from TripletMiner.draw), got {type(draw).__name__}")
+        elif tuple(draw.semi_hard.shape) != (n,) or draw.semi_hard.dtype != torch.bool:
+            raise ValueError(f"draw.semi_hard must be a bool tensor of shape ({n},), got "
+                             f"{draw.semi_hard.dtype} {tuple(draw.semi_hard.shape)}")
+        elif (draw.tie_seed is None) != (self.tie_break == "first"):
+            raise ValueError(f"draw has tie_seed={draw.tie_seed!r} but this miner breaks ties "
+                             f"{self.tie_break!r}")
+        semi_hard, tie_seed = draw
+        pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard.to(device),
+                                     self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper,
+                                     tie_seed)
+        anchor = torch.arange(n, device=device)
+        if self.min_positive_score > 0:
+            score = ops.pair_scores(anchors, cands, anchor, pos, self.w_dis, self.w_adj, self.w_dir)
+            # NaN (no positive) compares False: such rows stay -1
+            weak = ~(score >= torch.tensor(self.min_positive_score, dtype=torch.float32))
+            pos = torch.where(weak, -1, pos)
+            neg = torch.where(weak, -1, neg)
+        return Triplets(anchor, pos, neg)
 
     @staticmethod
     def _check_sets(anchors, candidates):
@@ -178,6 +251,13 @@ class TripletMiner:
         if candidates.device != anchors.device:
             raise ValueError(f"candidates are on {candidates.device} but anchors on {anchors.device}")
         return candidates
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
 
 
 def check_ids(name: str, ids, n: int, device: torch.device,

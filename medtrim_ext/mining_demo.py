@@ -79,8 +79,10 @@ def run(n: int = 4096, seed: int = 0, out: Path = Path("medtrim-demo"),
           f"({n * n / t_kernel / 1e6:.0f} M pair scores/s)")
     checks = {}
     if n <= REFERENCE_MAX_N:
-        ref, t_ref = _timed(lambda: reference.mine_triplets(ents_cpu, **miner.weights,
-                                                            threshold=miner.threshold, upper=miner.upper))
+        draw = miner.draw(n, torch.Generator().manual_seed(gen_seed))  # the kernel call's choices
+        ref, t_ref = _timed(lambda: reference.mine_triplets(
+            ents_cpu, **miner.weights, threshold=miner.threshold, upper=miner.upper,
+            semi_hard=draw.semi_hard, tie_seed=draw.tie_seed))
         same = all(torch.equal(a.cpu(), b) for a, b in zip(triplets, ref))
         checks["reference"] = {"identical": same, "reference_ms": 1e3 * t_ref}
         print(f"pure-PyTorch reference: {t_ref * 1e3:.1f} ms, identical triplets: {same}")

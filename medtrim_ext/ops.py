@@ -29,7 +29,7 @@ def _score_matrix_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candid
 @torch.library.register_fake("medtrim::mine_triplets")
 def _mine_triplets_fake(anchor_dis, anchor_adj, anchor_dir, anchor_ids, candidate_dis,
                         candidate_adj, candidate_dir, candidate_ids, semi_hard, w_dis, w_adj,
-                        w_dir, threshold, upper):
+                        w_dir, threshold, upper, tie_seed=None):
     n = anchor_dis.shape[0]
     return anchor_ids.new_empty((n,)), anchor_ids.new_empty((n,))
 
@@ -51,13 +51,14 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities, w_dis: float, 
 
 def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: torch.Tensor,
                   candidate_ids: torch.Tensor, semi_hard: torch.Tensor, w_dis: float, w_adj: float,
-                  w_dir: float, threshold: float, upper: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  w_dir: float, threshold: float, upper: float,
+                  tie_seed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     _require_backend(anchors.device)
     return torch.ops.medtrim.mine_triplets(
         anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits, anchor_ids,
         candidates.disease_bits, candidates.adjective_bits, candidates.direction_bits,
         candidate_ids, semi_hard, float(w_dis), float(w_adj), float(w_dir), float(threshold),
-        float(upper))
+        float(upper), tie_seed)
 
 
 def pair_scores(anchors: MetaEntities, candidates: MetaEntities, anchor_index: torch.Tensor,

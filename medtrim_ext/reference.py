@@ -63,13 +63,53 @@ def score_matrix(anchors: MetaEntities, candidates: MetaEntities | None = None, 
     return torch.where(n_a[:, None] == 0, no_finding_row, scores).float()
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The kernels' 32-bit mixer (lowbias32) on int64 tensors holding values in [0, 2^32).
+
+    Every product stays inside int64: the second constant is used as its negative equivalent
+    mod 2^32, so the low 32 bits are exact without overflow."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * (0x846CA68B - (1 << 32))) & _MASK32
+    return x ^ (x >> 16)
+
+
+def sample_tie_hashes(tie_seed: int | torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 hashes in [0, 2^32) of sample ids for a seed: each sample's place on the random
+    circle whose clockwise distances are the tie keys (see :func:`tie_keys`)."""
+    seed = int(tie_seed) & ((1 << 64) - 1)
+    v = ids.to(torch.int64)
+    lo, hi = v & _MASK32, (v >> 32) & _MASK32  # the two's-complement words of an int64
+    h = _mix32(_mix32(lo ^ 0x9E3779B9) ^ hi)
+    return _mix32(_mix32(h ^ (seed & _MASK32)) ^ (seed >> 32))
+
+
+def tie_keys(tie_seed: int | torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor) -> torch.Tensor:
+    """(N, M) int64 tie keys in [0, 2^32) of every (anchor id, candidate id) pair for ``tie_seed``,
+    exactly as the kernels compute them: the clockwise distance, minus one, from the anchor's
+    hash to the candidate's on a circle of 2^32 places (a counter-based hash, no random stream).
+    Among equal scores the smallest key wins, so each anchor takes the next tied candidate after
+    itself: uniform over the tied candidates across seeds, and a permutation among anchors that
+    tie with each other."""
+    a = sample_tie_hashes(tie_seed, anchor_ids)
+    c = sample_tie_hashes(tie_seed, candidate_ids)
+    return (c[None, :] - a[:, None] - 1) & _MASK32
+
+
 def mine_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor,
-                     semi_hard: torch.Tensor, *, threshold: float = 0.25,
-                     upper: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+                     semi_hard: torch.Tensor, *, threshold: float = 0.25, upper: float = 0.6,
+                     tie_seed: int | torch.Tensor | None = None,
+                     min_positive_score: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) per anchor row of a score matrix; -1 where there is none.
 
-    Candidate b is in anchor a's pool when ``anchor_ids[a] != candidate_ids[b]``. Ties go to the
-    lowest candidate index (``argmax``/``argmin`` return the first occurrence).
+    Candidate b is in anchor a's pool when ``anchor_ids[a] != candidate_ids[b]``. Equal scores go
+    to the smallest :func:`tie_keys` entry when ``tie_seed`` is given (else every tie key is 0),
+    then to the lowest candidate index (``argmax``/``argmin`` return the first occurrence). A
+    positive scoring below ``min_positive_score`` leaves the anchor without a triplet.
     """
     n, m = scores.shape
     device = scores.device
@@ -78,31 +118,51 @@ def mine_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_i
         return none, none.clone()
     f32 = dict(dtype=torch.float32, device=device)
     thr, up = torch.tensor(threshold, **f32), torch.tensor(upper, **f32)
-    inf = torch.tensor(float("inf"), **f32)
+
+    # One int64 key per pair orders by score, then tie key: scores are >= 0, so their float32
+    # bits (< 2^31) order like the values and fit above a 32-bit tie key.
+    bits = (scores.float() + 0.0).view(torch.int32).to(torch.int64) << 32
+    tie = (tie_keys(tie_seed, anchor_ids, candidate_ids) if tie_seed is not None
+           else torch.zeros((n, m), dtype=torch.int64, device=device))
+    larger_first = bits | (_MASK32 - tie)   # argmax: larger score, then smaller tie key
+    smaller_first = bits | tie              # argmin: smaller score, then smaller tie key
+    lowest = torch.iinfo(torch.int64).min
+    highest = torch.iinfo(torch.int64).max
+
+    def best(keys, mask, largest):
+        fill = torch.full_like(keys, lowest if largest else highest)
+        masked = torch.where(mask, keys, fill)
+        return masked.argmax(1) if largest else masked.argmin(1)
 
     pool = anchor_ids[:, None] != candidate_ids[None, :]
-    positive = torch.where(pool, scores, -inf).argmax(1)
-    positive = torch.where(pool.any(1), positive, none)
+    positive = torch.where(pool.any(1), best(larger_first, pool, True), none)
 
     columns = torch.arange(m, device=device)
     kept = pool & (scores < up) & (columns[None, :] != positive[:, None])
     semi = kept & (scores >= thr)
-    semi_idx = torch.where(semi, scores, inf).argmin(1)
-    fallback_idx = torch.where(kept, scores, -inf).argmax(1)
-    hard_idx = torch.where(kept, scores, inf).argmin(1)
+    semi_idx = best(smaller_first, semi, False)
+    fallback_idx = best(larger_first, kept, True)
+    hard_idx = best(smaller_first, kept, False)
     negative = torch.where(semi_hard, torch.where(semi.any(1), semi_idx, fallback_idx), hard_idx)
     negative = torch.where(kept.any(1), negative, none)
+    if min_positive_score > 0:
+        rows = torch.arange(n, device=device)
+        weak = scores[rows, positive.clamp_min(0)] < torch.tensor(min_positive_score, **f32)
+        positive = torch.where(weak, none, positive)
+        negative = torch.where(weak, none, negative)
     return positive, negative
 
 
 def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None, *,
                   anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
                   semi_hard: torch.Tensor | None = None, w_dis: float = 0.85, w_adj: float = 0.10,
-                  w_dir: float = 0.05, threshold: float = 0.25, upper: float = 0.6) -> Triplets:
+                  w_dir: float = 0.05, threshold: float = 0.25, upper: float = 0.6,
+                  tie_seed: int | torch.Tensor | None = None, min_positive_score: float = 0.0) -> Triplets:
     """Reference of the fused mining: score matrix, then :func:`mine_from_scores`.
 
     Defaults: self-mining with ``ids = arange(N)`` when ``candidates`` is None, no exclusion for
-    an external candidate set, and the semi-hard rule for every anchor.
+    an external candidate set, the semi-hard rule for every anchor, and lowest-index ties
+    (``tie_seed=None``; :meth:`TripletMiner.draw` gives the seed a miner would use).
     """
     n = len(anchors)
     device = anchors.device
@@ -116,7 +176,8 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None,
         semi_hard = torch.ones(n, dtype=torch.bool, device=device)
     scores = score_matrix(anchors, candidates, w_dis=w_dis, w_adj=w_adj, w_dir=w_dir)
     pos, neg = mine_from_scores(scores, anchor_ids, candidate_ids, semi_hard,
-                                threshold=threshold, upper=upper)
+                                threshold=threshold, upper=upper, tie_seed=tie_seed,
+                                min_positive_score=min_positive_score)
     return Triplets(torch.arange(n, device=device), pos, neg)
 
 

@@ -14,7 +14,8 @@ TORCH_LIBRARY(medtrim, m) {
   m.def(
       "mine_triplets(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, Tensor anchor_ids, "
       "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, Tensor candidate_ids, "
-      "Tensor semi_hard, float w_dis, float w_adj, float w_dir, float threshold, float upper) "
+      "Tensor semi_hard, float w_dis, float w_adj, float w_dir, float threshold, float upper, "
+      "Tensor? tie_seed=None) "
       "-> (Tensor, Tensor)");
   m.def(
       "pair_scores(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "

@@ -55,12 +55,22 @@ def test_cli_mine_end_to_end(tmp_path, capsys):
     # same ids (two records per study here) never pair, and the kernel agrees with a direct call
     ids = torch.tensor([i // 2 for i in range(300)])
     ents = MetaEntities.from_records(records)
-    t = TripletMiner()(ents, ents, anchor_ids=ids, candidate_ids=ids)
+    # one call with the command's seed: the chunks (64 rows) mine exactly as one call
+    t = TripletMiner()(ents, ents, anchor_ids=ids, candidate_ids=ids,
+                       generator=torch.Generator().manual_seed(0))
     for i, row in enumerate(rows):
         assert row["anchor_id"] == f"s{i // 2}"
         assert row["positive_id"] == f"s{t.positive[i].item() // 2}" and row["positive_id"] != row["anchor_id"]
         assert row["negative_id"] == (f"s{t.negative[i].item() // 2}" if t.negative[i] >= 0 else "")
     assert "anchors have a full triplet" in capsys.readouterr().out
+    # random ties spread the choices; the lowest-index rule sends tied anchors to one study
+    first = tmp_path / "first.csv"
+    assert main(["mine", str(path), "-o", str(first), "--device", "cpu", "--tie-break", "first"]) == 0
+    from collections import Counter
+
+    busiest = Counter(r["positive_id"] for r in rows).most_common(1)[0][1]
+    busiest_first = Counter(r["positive_id"] for r in csv.DictReader(first.open())).most_common(1)[0][1]
+    assert busiest_first >= 4 * busiest, (busiest, busiest_first)
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):

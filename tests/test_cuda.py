@@ -17,10 +17,11 @@ def test_cuda_backend_compiled():
 
 
 @settings(max_examples=40)
-@given(entity_sets(max_n=70), weights, st.sampled_from([0.0, 0.5, 1.0]), st.integers(0, 2**31 - 1))
-def test_cuda_equals_cpu(sets, w, prob, seed):
+@given(entity_sets(max_n=70), weights, st.sampled_from([0.0, 0.5, 1.0]), st.integers(0, 2**31 - 1),
+       st.sampled_from(["random", "first"]))
+def test_cuda_equals_cpu(sets, w, prob, seed, tie_break):
     anchors, candidates, _ = sets
-    miner = TripletMiner(*w, semi_hard_prob=prob)
+    miner = TripletMiner(*w, semi_hard_prob=prob, tie_break=tie_break)
     ga, gc = anchors.cuda(), (None if candidates is None else candidates.cuda())
     assert torch.equal(miner.score_matrix(ga, gc).cpu(), miner.score_matrix(anchors, candidates))
     got = miner(ga, gc, generator=torch.Generator().manual_seed(seed))
@@ -53,18 +54,19 @@ def test_cuda_golden():
         miner = TripletMiner(**case["weights"])
         torch.testing.assert_close(miner.score_matrix(ents).cpu().double(), expected, rtol=0, atol=1e-6)
         for thr, mined in case["mining_semi_hard_prob_1"].items():
-            t = TripletMiner(**case["weights"], threshold=float(thr))(ents)
+            t = TripletMiner(**case["weights"], threshold=float(thr), tie_break="first")(ents)
             assert t.positive.tolist() == mined["positive"]
             assert t.negative.tolist() == mined["negative"]
 
 
+@pytest.mark.parametrize("tie_break", ["random", "first"])
 @pytest.mark.parametrize("n,m", [(1, 1), (1, 0), (0, 5), (129, 1), (3000, 2500), (5000, 40)])
-def test_cuda_sizes_and_tiles(n, m):
+def test_cuda_sizes_and_tiles(n, m, tie_break):
     g = torch.Generator().manual_seed(n + m)
     vocab = Vocabulary.default()
     a = random_entities(n, vocab, p_disease=0.15, p_desc=0.05, generator=g)
     b = random_entities(m, vocab, p_disease=0.15, p_desc=0.05, generator=g)
-    miner = TripletMiner(semi_hard_prob=0.5)
+    miner = TripletMiner(semi_hard_prob=0.5, tie_break=tie_break)
     assert torch.equal(miner.score_matrix(a.cuda(), b.cuda()).cpu(), miner.score_matrix(a, b))
     ids_a, ids_b = torch.arange(n) % 7, torch.arange(m) % 5
     got = miner(a.cuda(), b.cuda(), anchor_ids=ids_a.cuda(), candidate_ids=ids_b.cuda(),

@@ -25,6 +25,9 @@ def ents():
     ({"threshold": -0.1}, "threshold <= upper"),
     ({"semi_hard_prob": 1.5}, "semi_hard_prob"),
     ({"upper": math.nan}, "upper must be finite"),
+    ({"tie_break": "lowest"}, "tie_break must be one of"),
+    ({"min_positive_score": -0.5}, "min_positive_score must be >= 0"),
+    ({"min_positive_score": math.nan}, "min_positive_score must be finite"),
 ])
 def test_miner_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -169,6 +172,19 @@ def test_raw_mining_op_rejects_bad_tensors(ents):
         op(*a, ids, *a, ids, semi.int(), 0.85, 0.1, 0.05, 0.25, 0.6)
     with pytest.raises(RuntimeError, match="threshold <= upper"):
         op(*a, ids, *a, ids, semi, 0.85, 0.1, 0.05, 0.7, 0.6)
+    for bad in (torch.tensor([1.0]), torch.tensor([1, 2]), torch.tensor([1], dtype=torch.int32)):
+        with pytest.raises(RuntimeError, match="tie_seed must be an int64 CPU tensor with one element"):
+            op(*a, ids, *a, ids, semi, 0.85, 0.1, 0.05, 0.25, 0.6, bad)
+
+
+def test_mining_draw_must_fit(ents):
+    miner = TripletMiner()
+    with pytest.raises(TypeError, match="draw must be a MiningDraw"):
+        miner(ents, draw=(torch.ones(6, dtype=torch.bool), None))
+    with pytest.raises(ValueError, match=r"draw.semi_hard must be a bool tensor of shape \(6,\)"):
+        miner(ents, draw=miner.draw(5))
+    with pytest.raises(ValueError, match="this miner breaks ties 'random'"):
+        miner(ents, draw=TripletMiner(tie_break="first").draw(6))
 
 
 def test_stray_disease_bits_are_ignored_not_read_out_of_bounds():

@@ -33,7 +33,9 @@ def test_score_matrix_matches_published(case, vocab):
 def test_mining_matches_published(case, threshold, vocab):
     ents = MetaEntities.from_records(case["samples"], vocabulary=vocab)
     expected = case["mining_semi_hard_prob_1"][threshold]
-    miner = TripletMiner(**case["weights"], threshold=float(threshold), upper=0.6, semi_hard_prob=1.0)
+    # the published code's pools break ties by position: our lowest-index rule
+    miner = TripletMiner(**case["weights"], threshold=float(threshold), upper=0.6, semi_hard_prob=1.0,
+                         tie_break="first")
     t = miner(ents)
     assert t.positive.tolist() == expected["positive"]
     assert t.negative.tolist() == expected["negative"]

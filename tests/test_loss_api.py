@@ -161,8 +161,8 @@ def test_objective_matches_miner_plus_loss():
     ents = synthetic_entities(64, seed=4)
     img, txt = embeddings(64, 16, seed=4)
     miner, crit = TripletMiner(), MultimodalTripletLoss(0.3)
-    out = MedTrimObjective(miner, crit)(img, txt, ents)
-    triplets = miner(ents)
+    out = MedTrimObjective(miner, crit)(img, txt, ents, generator=torch.Generator().manual_seed(1))
+    triplets = miner(ents, generator=torch.Generator().manual_seed(1))
     for got, want in zip(out.triplets, triplets):
         assert torch.equal(got, want)
     li, lt = reference.multimodal_triplet_loss(img, txt, *triplets, 0.3)
@@ -243,10 +243,12 @@ def test_torch_compile_objective_fullgraph():
     img, txt = embeddings(48, 16, seed=7)
     objective = MedTrimObjective()
     compiled = torch.compile(lambda i, t, e: objective(i, t, e).loss, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(0)  # the tie seed comes from the default generator, inside the graph
     got = compiled(img, txt, ents)
     got.backward()
     grads = img.grad.clone()
     img.grad = txt.grad = None
+    torch.manual_seed(0)
     want = objective(img, txt, ents).loss
     want.backward()
     assert got.item() == pytest.approx(want.item(), abs=1e-6)

@@ -55,9 +55,16 @@ def test_torch_compile_fullgraph(sets):
     compiled = torch.compile(mine, fullgraph=True, backend="aot_eager")
     ids = torch.arange(len(a))
     got = compiled(a.disease_bits, a.adjective_bits, a.direction_bits, ids)
-    t = miner(a)
+    t = TripletMiner(tie_break="first")(a)  # the raw op without a tie seed
     assert torch.equal(got[1], t.positive) and torch.equal(got[2], t.negative)
     assert torch.equal(got[0], miner.score_matrix(a).max(1).values)
+    # random ties: the seed is drawn inside the graph
+    compiled_miner = torch.compile(lambda e: tuple(miner(e)), fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    got = compiled_miner(a)
+    torch.manual_seed(5)
+    want = miner(a)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
 
 
 def test_build_info():

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "cpu/hot_loops.h"
 #include "meta_entity.h"
@@ -91,32 +93,76 @@ void score_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, float* o
   }
 }
 
+// The two best admissible members of a group whose members all score the same, by (tie key,
+// index): for every ranking of the mining state they are the group's best two, and the state keeps
+// only two per ranking, so they stand for the whole group.
+struct GroupBest {
+  int count = 0;
+  uint32_t tie[2] = {0, 0};
+  uint32_t index[2] = {0, 0};
+};
+
+inline GroupBest group_best_two(const GroupedCandidates& c, int64_t g, int64_t self, uint32_t anchor_key) {
+  GroupBest best;
+  if (c.tie == nullptr) {  // lowest-index ties: the first two admissible members
+    for (int64_t k = c.start[g]; k < c.start[g + 1] && best.count < 2; ++k) {
+      if (c.ids[k] == self) continue;
+      best.index[best.count++] = static_cast<uint32_t>(c.order[k]);
+    }
+    return best;
+  }
+  // (tie key, index) packed in 64 bits: one comparison per member
+  uint64_t k1 = ~uint64_t(0), k2 = ~uint64_t(0);
+  for (int64_t k = c.start[g]; k < c.start[g + 1]; ++k) {
+    if (c.ids[k] == self) continue;
+    const uint64_t key = (static_cast<uint64_t>(tie_key(anchor_key, c.tie[k])) << 32) |
+                         static_cast<uint32_t>(c.order[k]);
+    if (key < k1) { k2 = k1; k1 = key; } else if (key < k2) { k2 = key; }
+  }
+  for (const uint64_t key : {k1, k2}) {
+    if (key == ~uint64_t(0)) break;
+    best.tie[best.count] = static_cast<uint32_t>(key >> 32);
+    best.index[best.count++] = static_cast<uint32_t>(key);
+  }
+  return best;
+}
+
 template <class WordsA, class WordsR>
 void mine_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, int64_t* positive,
                     int64_t* negative, WordsA wa, WordsR wr) {
   const Anchors& a = ctx.a;
   const GroupedCandidates& c = ctx.c;
   const Params& p = ctx.p;
+  // groups whose members all score the same, handled after the others (random ties): by then the
+  // state usually shows that they cannot win, and their members' tie keys need not be computed
+  std::vector<std::pair<int64_t, float>> constant_groups;
+  if (p.random_ties) constant_groups.reserve(static_cast<size_t>(c.groups));
   for (int64_t i = begin; i < end; ++i) {
     const int64_t self = a.ids[i];
+    const uint32_t anchor_key = p.random_ties ? sample_tie_hash(p.tie_seed, self) : 0u;
+    const bool semi_hard = a.semi_hard[i];
     MineState state;
+    auto push_group = [&](int64_t g, float s) {
+      const GroupBest best = group_best_two(c, g, self, anchor_key);
+      for (int t = 0; t < best.count; ++t) state.push(s, best.tie[t], best.index[t], p.threshold, p.upper);
+    };
+    constant_groups.clear();
     score_row(
         ctx, i, wa, wr,
         [&](int64_t g, float s) {
-          // Equal scores: in every ranking the best members are the lowest indices, and the state
-          // keeps only the best two, so the first two admissible members stand for the group.
-          int taken = 0;
-          for (int64_t k = c.start[g]; k < c.start[g + 1] && taken < 2; ++k) {
-            if (c.ids[k] == self) continue;
-            state.push(s, static_cast<uint32_t>(c.order[k]), p.threshold, p.upper);
-            ++taken;
-          }
+          if (p.random_ties) constant_groups.emplace_back(g, s);
+          else push_group(g, s);
         },
         [&](int64_t k, float s) {
-          if (c.ids[k] != self) state.push(s, static_cast<uint32_t>(c.order[k]), p.threshold, p.upper);
+          if (c.ids[k] == self) return;
+          const uint32_t tie = p.random_ties ? tie_key(anchor_key, c.tie[k]) : 0u;
+          state.push(s, tie, static_cast<uint32_t>(c.order[k]), p.threshold, p.upper);
         });
+    for (const auto& [g, s] : constant_groups) {
+      if (state.could_take(s, semi_hard, p.threshold, p.upper)) push_group(g, s);
+    }
     positive[i] = state.positive_index();
-    negative[i] = state.negative_index(a.semi_hard[i]);
+    negative[i] = state.negative_index(semi_hard);
   }
 }
 

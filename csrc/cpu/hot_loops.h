@@ -30,6 +30,7 @@ struct GroupedCandidates {
   const uint32_t* adj;     // [m][adj_stride], grouped positions
   const uint32_t* dir;     // [m][dir_stride]
   const int64_t* ids;      // [m] candidate ids, grouped positions (mining only)
+  const uint32_t* tie;     // [m] candidate tie hashes, grouped positions (random ties only, else null)
   int64_t adj_stride, dir_stride;
 };
 
@@ -39,6 +40,8 @@ struct Params {
   const double* quotients;     // i / u table, see quotient_table()
   int quotient_stride;
   float threshold, upper;      // mining only
+  bool random_ties;            // mining only: tie keys from tie_seed (else lowest index wins)
+  uint64_t tie_seed;
 };
 
 #define MEDTRIM_DECLARE_HOT_LOOPS(variant)                                                      \

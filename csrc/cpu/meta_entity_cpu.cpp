@@ -3,9 +3,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
-
 #include <limits>
+#include <optional>
+#include <vector>
 
 #include "checks.h"
 #include "cpu/hot_loops.h"
@@ -32,11 +32,13 @@ struct QuotientTable {
 // Owns the grouped copies behind a cpu::GroupedCandidates view.
 struct CandidateGrouping {
   std::vector<int64_t> order, start, ids;
-  std::vector<uint32_t> mask, adj, dir;
+  std::vector<uint32_t> mask, adj, dir, tie;
   cpu::GroupedCandidates view{};
 
+  // cand_ids: for mining (null for the score matrix); tie_seed: also hash their ids (random ties)
   CandidateGrouping(const at::Tensor& dis_t, const at::Tensor& adj_t, const at::Tensor& dir_t,
-                    const int64_t* cand_ids) {
+                    const int64_t* cand_ids, std::optional<uint64_t> tie_seed = std::nullopt) {
+    const bool random_ties = tie_seed.has_value();
     const auto* dis = reinterpret_cast<const uint32_t*>(dis_t.data_ptr<int32_t>());
     const auto* adj_src = reinterpret_cast<const uint32_t*>(adj_t.data_ptr<int32_t>());
     const auto* dir_src = reinterpret_cast<const uint32_t*>(dir_t.data_ptr<int32_t>());
@@ -52,11 +54,13 @@ struct CandidateGrouping {
     adj.resize(m * as);
     dir.resize(m * ds);
     if (cand_ids != nullptr) ids.resize(m);
+    if (random_ties) tie.resize(m);
     for (int64_t k = 0; k < m; ++k) {
       const int64_t j = order[k];
       std::copy_n(adj_src + j * as, as, adj.begin() + k * as);
       std::copy_n(dir_src + j * ds, ds, dir.begin() + k * ds);
       if (cand_ids != nullptr) ids[k] = cand_ids[j];
+      if (random_ties) tie[k] = sample_tie_hash(*tie_seed, cand_ids[j]);
       const uint32_t mk = dis[j] & classes;
       if (k == 0 || mk != mask.back()) {
         start.push_back(k);
@@ -66,7 +70,8 @@ struct CandidateGrouping {
     start.push_back(m);
     view = cpu::GroupedCandidates{m, static_cast<int64_t>(mask.size()), order.data(), start.data(),
                                   mask.data(), adj.data(), dir.data(),
-                                  cand_ids != nullptr ? ids.data() : nullptr, as, ds};
+                                  cand_ids != nullptr ? ids.data() : nullptr,
+                                  random_ties ? tie.data() : nullptr, as, ds};
   }
 };
 
@@ -79,11 +84,13 @@ cpu::Anchors anchor_view(const at::Tensor& dis, const at::Tensor& adj, const at:
 }
 
 cpu::Params params(const at::Tensor& adj, const at::Tensor& dir, double w_dis, double w_adj,
-                   double w_dir, const QuotientTable& table, double threshold, double upper) {
+                   double w_dir, const QuotientTable& table, double threshold, double upper,
+                   std::optional<uint64_t> tie_seed = std::nullopt) {
   return cpu::Params{static_cast<int>(adj.size(2)), static_cast<int>(dir.size(2)), w_dis, w_adj,
                      w_dir, table.values.data(), table.stride,
                      // compared in float32, like a float32 score tensor with a Python float
-                     static_cast<float>(threshold), static_cast<float>(upper)};
+                     static_cast<float>(threshold), static_cast<float>(upper),
+                     tie_seed.has_value(), tie_seed.value_or(0)};
 }
 
 // The build of the hot loops this CPU can run: the POPCNT one where available.
@@ -135,20 +142,22 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
     const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
     const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
     const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
-    double w_adj, double w_dir, double threshold, double upper) {
+    double w_adj, double w_dir, double threshold, double upper,
+    const std::optional<at::Tensor>& tie_seed_tensor) {
   check_score_inputs(a_dis, a_adj, a_dir, b_dis, b_adj, b_dir, w_dis, w_adj, w_dir);
   check_mining(a_dis, a_ids, b_dis, b_ids, semi_hard, threshold, upper);
   TORCH_CHECK(a_dis.device().is_cpu(), "mine_triplets_cpu called with tensors on ", a_dis.device());
+  const std::optional<uint64_t> tie_seed = read_tie_seed(tie_seed_tensor);
 
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
   const auto aid = a_ids.contiguous(), bid = b_ids.contiguous(), semi = semi_hard.contiguous();
   const QuotientTable table(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)));
-  const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, threshold, upper);
+  const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, threshold, upper, tie_seed);
   cpu::Anchors anchors = anchor_view(ad, aa, ar);
   anchors.ids = aid.data_ptr<int64_t>();
   anchors.semi_hard = semi.data_ptr<bool>();
-  const CandidateGrouping grouping(bd, ba, br, bid.data_ptr<int64_t>());
+  const CandidateGrouping grouping(bd, ba, br, bid.data_ptr<int64_t>(), tie_seed);
 
   auto positive = at::empty({a_dis.size(0)}, a_ids.options());
   auto negative = at::empty({a_dis.size(0)}, a_ids.options());

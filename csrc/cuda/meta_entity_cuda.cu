@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "checks.h"
 #include "meta_entity.h"
@@ -98,19 +99,22 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
 // staged in shared memory and read by all threads at once. Anchors and candidates arrive sorted by
 // disease mask, so neighbouring threads take the same branches and candidate runs share their
 // score structure; `b_index` maps a sorted candidate back to its index, which keys and breaks
-// ties. Partial selections go to `partial` (splits x N), merged by mine_finalize_kernel.
+// ties (after the tie key with random ties: meta_entity.h). Partial selections go to `partial`
+// (splits x N), merged by mine_finalize_kernel.
 __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
                                     const int64_t* __restrict__ a_ids,
                                     const int64_t* __restrict__ b_ids,
                                     const int64_t* __restrict__ b_index, int tile,
                                     int64_t split_len, int wa, int wr, uint32_t classes_mask,
                                     ScoreWeights w, float threshold, float upper,
+                                    bool random_ties, uint64_t tie_seed,
                                     MineState* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* s_table = reinterpret_cast<double*>(smem);
   int64_t* s_ids = reinterpret_cast<int64_t*>(smem + kTableBytes);
   uint32_t* s_index = reinterpret_cast<uint32_t*>(s_ids + tile);
-  uint32_t* s_dis = s_index + tile;
+  uint32_t* s_tie = s_index + tile;  // candidate tie hashes (random ties)
+  uint32_t* s_dis = s_tie + tile;
   uint32_t* s_adj = s_dis + tile;
   uint32_t* s_dir = s_adj + tile * B.adj_stride;
 
@@ -120,10 +124,12 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
   const bool active = i < A.n;
   SampleView anchor{0u, nullptr, nullptr};
   int64_t self = 0;
+  uint32_t anchor_key = 0;
   if (active) {
     anchor = SampleView{__ldg(A.dis + i) & classes_mask, A.adj + i * A.adj_stride,
                         A.dir + i * A.dir_stride};
     self = a_ids[i];
+    if (random_ties) anchor_key = sample_tie_hash(tie_seed, self);
   }
 
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * split_len;
@@ -132,8 +138,10 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
   for (int64_t t0 = begin; t0 < end; t0 += tile) {
     const int count = static_cast<int>(min(static_cast<int64_t>(tile), end - t0));
     for (int k = threadIdx.x; k < count; k += blockDim.x) {
-      s_ids[k] = b_ids[t0 + k];
+      const int64_t id = b_ids[t0 + k];
+      s_ids[k] = id;
       s_index[k] = static_cast<uint32_t>(b_index[t0 + k]);
+      s_tie[k] = random_ties ? sample_tie_hash(tie_seed, id) : 0u;
     }
     stage_samples(B, t0, count, s_dis, s_adj, s_dir, classes_mask);
     __syncthreads();  // also publishes the quotient table on the first tile
@@ -141,7 +149,8 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
       for (int t = 0; t < count; ++t) {
         if (s_ids[t] == self) continue;
         const SampleView cand{s_dis[t], s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
-        state.push(pair_score(anchor, cand, wa, wr, w, q), s_index[t], threshold, upper);
+        const uint32_t tie = random_ties ? tie_key(anchor_key, s_tie[t]) : 0u;
+        state.push(pair_score(anchor, cand, wa, wr, w, q), tie, s_index[t], threshold, upper);
       }
     }
     __syncthreads();
@@ -234,10 +243,12 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
     const at::Tensor& a_dis, const at::Tensor& a_adj, const at::Tensor& a_dir,
     const at::Tensor& a_ids, const at::Tensor& b_dis, const at::Tensor& b_adj,
     const at::Tensor& b_dir, const at::Tensor& b_ids, const at::Tensor& semi_hard, double w_dis,
-    double w_adj, double w_dir, double threshold, double upper) {
+    double w_adj, double w_dir, double threshold, double upper,
+    const std::optional<at::Tensor>& tie_seed_tensor) {
   check_score_inputs(a_dis, a_adj, a_dir, b_dis, b_adj, b_dir, w_dis, w_adj, w_dir);
   check_mining(a_dis, a_ids, b_dis, b_ids, semi_hard, threshold, upper);
   TORCH_CHECK(a_dis.is_cuda(), "mine_triplets_cuda called with tensors on ", a_dis.device());
+  const std::optional<uint64_t> tie_seed = read_tie_seed(tie_seed_tensor);
   const c10::cuda::CUDAGuard guard(a_dis.device());
 
   const int64_t n = a_dis.size(0), m = b_dis.size(0), classes = a_adj.size(1);
@@ -255,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const auto semi = semi_hard.contiguous();
   const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
 
-  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4;  // masks, id, index
+  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
   const int tile = pick_tile(per_sample, kTableBytes);
   const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
 
@@ -278,7 +289,8 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
       A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(), tile,
       split_len, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
       class_mask(classes), ScoreWeights{w_dis, w_adj, w_dir}, static_cast<float>(threshold),
-      static_cast<float>(upper), partial_ptr);
+      static_cast<float>(upper), tie_seed.has_value(), tie_seed.value_or(0),
+      partial_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   mine_finalize_kernel<<<static_cast<unsigned>(anchor_blocks), kThreads, 0, stream>>>(
       partial_ptr, static_cast<int>(used_splits), n, a_index.data_ptr<int64_t>(),
