@@ -1,4 +1,6 @@
-"""InfoNCELoss: the symmetric CLIP contrastive loss, the baseline MedTrim is compared with."""
+"""InfoNCE: the symmetric CLIP contrastive loss (the baseline MedTrim is compared with), and
+InfoNCE with soft targets from the meta-entity score (same findings, same side and size: a
+positive, not a negative)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mining import check_ids
+from .entities import MetaEntities
+from .mining import TripletMiner, check_ids
+from .objective import ObjectiveOutput, check_queries, phase
 
 
 class InfoNCELoss(nn.Module):
@@ -27,6 +31,9 @@ class InfoNCELoss(nn.Module):
     - Without candidates the batch is its own candidate set (targets ``arange(B)``); with
       ``cand_img``/``cand_txt`` ``(M, D)`` the default targets are also ``arange(B)`` (the local
       batch first, as ``MemoryBank.candidates`` returns it).
+    - ``targets`` may also be soft: a float ``(B, M)`` matrix whose rows are distributions over
+      the candidates (non-negative, summing to 1), as :func:`soft_targets` makes them; the loss is
+      then the cross-entropy with those distributions, in both directions.
     - ``learnable=True``: the log scale is a parameter, initialised to ``log(1 / temperature)``;
       otherwise a fixed buffer. The clamp stops its gradient above ``max_logit_scale`` (CLIP: 100).
     - The arithmetic is float32 whatever the embeddings' dtype (bf16 under autocast); the loss is
@@ -62,6 +69,13 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, *, cand_img: torch.Tensor | None = None,
                 cand_txt: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> torch.Tensor:
+        i2t, t2i = self.directions(img, txt, cand_img=cand_img, cand_txt=cand_txt, targets=targets)
+        return (i2t + t2i) / 2
+
+    def directions(self, img: torch.Tensor, txt: torch.Tensor, *, cand_img: torch.Tensor | None = None,
+                   cand_txt: torch.Tensor | None = None, targets: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image->text and text->image cross-entropies (``forward`` is their mean)."""
         img, txt, cand_img, cand_txt, targets = _check(img, txt, cand_img, cand_txt, targets)
         # float32 logits even under autocast (which would run the matmuls in half precision)
         with torch.autocast(img.device.type, enabled=False):
@@ -71,7 +85,7 @@ class InfoNCELoss(nn.Module):
             scale = self.logit_scale.float().to(img_n.device)
             i2t = F.cross_entropy(scale * img_n @ cand_txt_n.T, targets)
             t2i = F.cross_entropy(scale * txt_n @ cand_img_n.T, targets)
-        return (i2t + t2i) / 2
+        return i2t, t2i
 
 
 def _check(img, txt, cand_img, cand_txt, targets):
@@ -102,20 +116,131 @@ def _check(img, txt, cand_img, cand_txt, targets):
             raise ValueError(f"cand_img and cand_txt must have the same number of rows, got "
                              f"{cand_img.shape[0]} and {cand_txt.shape[0]}")
         m = cand_img.shape[0]
+    soft = isinstance(targets, torch.Tensor) and targets.dtype.is_floating_point and targets.dim() == 2
     if targets is None:
-        if m < b:
-            raise ValueError(f"the default targets arange({b}) need at least {b} candidates, got {m}; "
-                             "pass targets")
-        targets = torch.arange(b, device=img.device)
+        targets = default_own_index(b, m, img.device)
+    elif soft:
+        if tuple(targets.shape) != (b, m):
+            raise ValueError(f"soft targets must have shape ({b}, {m}) (queries, candidates), got "
+                             f"{tuple(targets.shape)}")
+        if targets.device != img.device:
+            raise ValueError(f"targets is on {targets.device} but img is on {img.device}")
+        targets = targets.float()
     else:
         targets = check_ids("targets", targets, b, img.device, owner="img is")
     # one host synchronisation for the value checks
-    checks = [((targets < 0) | (targets >= m)).any()]
+    if soft:
+        bad = ~torch.isfinite(targets).all() | (targets < 0).any() | \
+            ((targets.sum(1) - 1).abs() > 1e-4).any()
+    else:
+        bad = ((targets < 0) | (targets >= m)).any()
+    checks = [bad]
     checks += [~torch.isfinite(x).all() for _, x in named]
     flags = torch.stack(checks).tolist()
     if flags[0]:
-        raise ValueError(f"targets must lie in [0, {m}) (the candidate rows)")
+        raise ValueError("soft targets must be finite, >= 0 and sum to 1 per row" if soft else
+                         f"targets must lie in [0, {m}) (the candidate rows)")
     for (name, _), bad in zip(named, flags[1:]):
         if bad:
             raise ValueError(f"{name} contains NaN or Inf")
     return img, txt, cand_img, cand_txt, targets
+
+
+def default_own_index(b: int, m: int, device) -> torch.Tensor:
+    """``arange(B)``: each query's own pair when the candidates start with the queries' batch."""
+    if m < b:
+        raise ValueError(f"the default targets arange({b}) need at least {b} candidates, got {m}; "
+                         "pass targets (own_index)")
+    return torch.arange(b, device=device)
+
+
+def soft_targets(scores: torch.Tensor, own_index: torch.Tensor, own_weight: float = 0.5,
+                 temperature: float = 0.1) -> torch.Tensor:
+    """Target distributions over candidates from meta-entity scores ``(B, M)``::
+
+        T = own_weight * onehot(own_index) + (1 - own_weight) * softmax(scores / temperature)
+
+    A query's own pair scores highest (1 for a study with findings, ``w_dis`` for a normal one)
+    and so does every candidate with the same findings and descriptors: they share the score
+    part of the target instead of being pushed away as negatives, as plain InfoNCE does. A small
+    ``temperature`` concentrates it on exact matches, a larger one spreads some mass to partial
+    matches (same disease, another side). float32, rows sum to 1.
+    """
+    if not 0 <= own_weight <= 1:
+        raise ValueError(f"own_weight must be in [0, 1], got {own_weight!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    soft = torch.softmax(scores.float() / temperature, dim=1)
+    own = F.one_hot(own_index, scores.shape[1]).float()
+    return own_weight * own + (1 - own_weight) * soft
+
+
+class InfoNCEObjective(nn.Module):
+    """:class:`InfoNCELoss` as an objective (see :mod:`medtrim_ext.objective`): each query
+    against the candidates of the other modality, its own pair at ``own_index`` the target.
+    ``loss_img``/``loss_txt`` are the image->text and text->image halves."""
+
+    def __init__(self, loss: InfoNCELoss | None = None):
+        super().__init__()
+        self.loss = loss if loss is not None else InfoNCELoss()
+        if not isinstance(self.loss, InfoNCELoss):
+            raise TypeError(f"loss must be an InfoNCELoss, got {type(self.loss).__name__}")
+
+    def forward(self, img_emb, txt_emb, entities=None, *, cand_img=None, cand_txt=None,
+                cand_entities=None, own_index=None, timer=None, **_unused) -> ObjectiveOutput:
+        with phase(timer, "loss_forward"):
+            i2t, t2i = self.loss.directions(img_emb, txt_emb, cand_img=cand_img, cand_txt=cand_txt,
+                                            targets=own_index)
+        return ObjectiveOutput((i2t + t2i) / 2, i2t / 2, t2i / 2, None,
+                               {"logit_scale": self.loss.logit_scale.detach()})
+
+
+class SoftInfoNCEObjective(nn.Module):
+    """InfoNCE whose targets come from the meta-entity score matrix (MedCLIP's idea of semantic
+    targets, with MedTrim's score): studies with the same findings, sides and sizes are positives
+    of each other instead of negatives.
+
+    The scores of the queries against the candidates come from the fused score kernel of
+    ``miner`` (its weights; nothing is mined), the targets from :func:`soft_targets` with
+    ``own_weight`` and ``temperature``, and both directions use them (the score is that of the
+    query's sample against the candidate's sample, whatever the modality).
+    """
+
+    def __init__(self, loss: InfoNCELoss | None = None, miner: TripletMiner | None = None,
+                 own_weight: float = 0.5, temperature: float = 0.1):
+        super().__init__()
+        self.loss = loss if loss is not None else InfoNCELoss()
+        self.miner = miner if miner is not None else TripletMiner()
+        if not isinstance(self.loss, InfoNCELoss):
+            raise TypeError(f"loss must be an InfoNCELoss, got {type(self.loss).__name__}")
+        if not isinstance(self.miner, TripletMiner):
+            raise TypeError(f"miner must be a TripletMiner, got {type(self.miner).__name__}")
+        for name, value in (("own_weight", own_weight), ("temperature", temperature)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0 <= own_weight <= 1:
+            raise ValueError(f"own_weight must be in [0, 1], got {own_weight!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        self.own_weight, self.temperature = float(own_weight), float(temperature)
+
+    def extra_repr(self) -> str:
+        return f"own_weight={self.own_weight}, temperature={self.temperature}"
+
+    def forward(self, img_emb, txt_emb, entities: MetaEntities, *, cand_img=None, cand_txt=None,
+                cand_entities: MetaEntities | None = None, own_index=None, timer=None,
+                **_unused) -> ObjectiveOutput:
+        check_queries(img_emb, entities, cand_img, cand_txt, cand_entities)
+        with phase(timer, "mining"), torch.no_grad():
+            cands = entities if cand_entities is None else cand_entities
+            if own_index is None:
+                own_index = default_own_index(len(entities), len(cands), entities.device)
+            own_index = check_ids("own_index", own_index, len(entities), entities.device)
+            scores = self.miner.score_matrix(entities, cand_entities)
+            targets = soft_targets(scores, own_index, self.own_weight, self.temperature)
+        with phase(timer, "loss_forward"):
+            i2t, t2i = self.loss.directions(img_emb, txt_emb, cand_img=cand_img, cand_txt=cand_txt,
+                                            targets=targets.to(img_emb.device))
+        return ObjectiveOutput((i2t + t2i) / 2, i2t / 2, t2i / 2, None,
+                               {"logit_scale": self.loss.logit_scale.detach(),
+                                "target_own_mass": targets.gather(1, own_index[:, None]).mean()})

@@ -19,7 +19,8 @@ def _run(cmd, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}), ("medtrim", {"memory_bank": 48})])
+@pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}), ("medtrim", {"memory_bank": 48}),
+                                         ("medtrim+soft_infonce", {"weights": {"medtrim": 2.0}})])
 def test_two_gloo_processes_match_one_process(tmp_path, kind, extra):
     # augmentation off: its random draws depend on which process loads an image
     config = tiny_config_file(tmp_path, objective={"kind": kind, **extra}, data={"augment": False},

@@ -78,7 +78,9 @@ def test_step_sampler_is_a_function_of_the_step_and_splits_the_global_batch():
 
 # -- training ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}),
-                                         ("medtrim_offline", {}), ("medtrim", {"memory_bank": 24})])
+                                         ("medtrim_offline", {}), ("medtrim", {"memory_bank": 24}),
+                                         ("medtrim+infonce", {"weights": {"infonce": 0.5}}),
+                                         ("soft_infonce", {})])
 def test_training_runs_logs_and_checkpoints(tmp_path, kind, extra):
     cfg = load_config(tiny_config_file(tmp_path, objective={"kind": kind, **extra}),
                       [f"train.out_dir={tmp_path / 'run'}"])
@@ -90,7 +92,9 @@ def test_training_runs_logs_and_checkpoints(tmp_path, kind, extra):
     assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
     state = load_checkpoint(run / "last.pt")
     assert state["step"] == 6 and state["config"]["objective"]["kind"] == kind
-    if kind != "infonce":
+    if kind.startswith("medtrim+"):
+        assert 0 < float(rows[-1]["medtrim/valid_fraction"]) <= 1
+    elif "medtrim" in kind:
         assert 0 < float(rows[-1]["valid_fraction"]) <= 1
     times = result["step_time"]
     for phase in ("data", "encoders_forward", "mining", "loss_forward", "loss_backward",

@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-OBJECTIVES = ("medtrim", "medtrim_offline", "infonce")
+# parts of objective.kind, joined by "+" for a weighted sum (e.g. "medtrim+infonce")
+OBJECTIVE_PARTS = ("medtrim", "medtrim_offline", "infonce", "soft_infonce")
+TIE_BREAKS = ("random", "first")
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -53,9 +55,15 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """MedTrim (online in-batch mining or the published offline triplets) or InfoNCE."""
+    """What a step minimises: one of ``OBJECTIVE_PARTS`` or a weighted sum joined by ``+``.
+
+    medtrim: online in-batch mining + the MedTrim triplet loss; medtrim_offline: the published
+    offline triplets (pools of ``pool_size``); infonce: CLIP's loss; soft_infonce: InfoNCE with
+    targets from the meta-entity score (``soft_own_weight``, ``soft_temperature``).
+    """
 
     kind: str = "medtrim"
+    weights: dict = field(default_factory=dict)  # part -> weight of a sum (default 1 each)
     margin: float = 0.3
     w_dis: float = 0.85
     w_adj: float = 0.10
@@ -63,9 +71,13 @@ class ObjectiveConfig:
     threshold: float = 0.25
     upper: float = 0.6
     semi_hard_prob: float = 1.0
+    tie_break: str = "random"         # random (per anchor, as the published pools do) | first
+    min_positive_score: float = 0.0   # no triplet for an anchor whose best candidate scores less
     memory_bank: int = 0              # extra mining candidates from recent batches (0: off)
     pool_size: int = 32               # medtrim_offline: samples per mining pool (published: 32)
-    temperature: float = 0.07         # infonce: initial temperature (learnable)
+    temperature: float = 0.07         # infonce, soft_infonce: initial temperature (learnable)
+    soft_own_weight: float = 0.5      # soft_infonce: target mass on the own pair
+    soft_temperature: float = 0.1     # soft_infonce: temperature of the score softmax
 
 
 @dataclass
@@ -139,7 +151,16 @@ class Config:
             if not cond:
                 raise ValueError(f"{key} {msg}")
 
-        need(self.objective.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}")
+        parts = objective_parts(self.objective.kind)  # raises on unknown or repeated parts
+        unknown = sorted(set(self.objective.weights) - set(parts))
+        need(not unknown, "objective.weights", f"names parts not in objective.kind: {unknown}")
+        need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
+                 for w in self.objective.weights.values()), "objective.weights",
+             "must map parts to finite numbers >= 0")
+        need(self.objective.tie_break in TIE_BREAKS, "objective.tie_break", f"must be one of {TIE_BREAKS}")
+        need(self.objective.min_positive_score >= 0, "objective.min_positive_score", "must be >= 0")
+        need(0 <= self.objective.soft_own_weight <= 1, "objective.soft_own_weight", "must be in [0, 1]")
+        need(self.objective.soft_temperature > 0, "objective.soft_temperature", "must be > 0")
         need(self.train.amp in AMP_MODES, "train.amp", f"must be one of {AMP_MODES}")
         need(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}")
         need(self.data.entities in ("extracted", "ground_truth"), "data.entities",
@@ -158,9 +179,25 @@ class Config:
         need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
         need(len(self.eval.ks) > 0 and all(k >= 1 for k in self.eval.ks), "eval.ks",
              "must be a non-empty list of K >= 1")
-        if self.objective.kind == "medtrim_offline":
+        if "medtrim_offline" in parts:
             need(self.train.batch_size % 3 == 0, "train.batch_size",
                  "must be a multiple of 3 for medtrim_offline (anchors, positives, negatives)")
+
+
+def objective_parts(kind: str) -> list[str]:
+    """The parts of ``objective.kind`` (``"medtrim+infonce"`` -> ``["medtrim", "infonce"]``);
+    ``ValueError`` naming the key for an unknown or repeated part, or both MedTrim modes."""
+    parts = [p.strip() for p in str(kind).split("+")]
+    bad = [p for p in parts if p not in OBJECTIVE_PARTS]
+    if bad or not parts:
+        raise ValueError(f"objective.kind must be one of {OBJECTIVE_PARTS} or a sum of them joined "
+                         f"by '+' (e.g. 'medtrim+infonce'), got {kind!r}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"objective.kind repeats a part: {kind!r}")
+    if "medtrim" in parts and "medtrim_offline" in parts:
+        raise ValueError("objective.kind: medtrim and medtrim_offline are two mining modes of one "
+                         "loss; use one")
+    return parts
 
 
 def _section(section_cls, values: dict, where: str):
@@ -275,6 +312,6 @@ def replace(cfg: Config, **sections) -> Config:
     return Config.from_dict(data, "replace()")
 
 
-__all__ = ["Config", "DataConfig", "EvalConfig", "ModelConfig", "ObjectiveConfig", "OptimConfig",
-           "RunConfig", "apply_overrides", "load_config", "parse_override", "preset_names",
-           "read_config_file", "replace"]
+__all__ = ["Config", "DataConfig", "EvalConfig", "ModelConfig", "OBJECTIVE_PARTS", "ObjectiveConfig",
+           "OptimConfig", "RunConfig", "apply_overrides", "load_config", "objective_parts",
+           "parse_override", "preset_names", "read_config_file", "replace"]

@@ -116,3 +116,13 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor)
     return tensor
+
+
+def ddp_count_reducer(ctx: DistContext):
+    """For an objective's ``count_reducer``: this process's count of valid triplets -> the global
+    count / W. Dividing the local sum by it gives ``W * local sum / global count``, which DDP's
+    averaging over W processes turns into the mean over the global batch."""
+    def reduce(count: torch.Tensor) -> torch.Tensor:
+        return all_reduce_sum(count, ctx).float() / ctx.world_size
+
+    return reduce

@@ -143,7 +143,7 @@ class Trainer:
         from ..datasets import Collator
 
         cfg = self.cfg
-        if cfg.objective.kind == "medtrim_offline":
+        if self.objective.offline:
             from ..entities import MetaEntities
             from ..offline import OfflineTripletSampler
 
@@ -167,11 +167,11 @@ class Trainer:
         cfg, timer = self.cfg, self.timer
         with timer.phase("data"):
             batch = _to_device(batch, self.device)
-            if cfg.objective.kind == "medtrim_offline":
+            if self.objective.offline:
                 batch["triplets"] = offline_triplets(batch["images"].shape[0] // 3, self.device)
-        generator = None
-        if 0 < cfg.objective.semi_hard_prob < 1:
-            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+        # the miner's random choices (semi-hard draws, tie seed): a function of (seed, step), so
+        # a resumed run mines the same triplets and torch's global generator is left alone
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         with autocast_context(self.device, cfg.train.amp):
             with timer.phase("encoders_forward"):
                 img, txt = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
