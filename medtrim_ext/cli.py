@@ -106,7 +106,7 @@ def cmd_mine_demo(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
-    return demo.run(out=Path(args.out), seeds=args.seeds, steps=args.steps, methods=args.methods,
+    return demo.run(out=Path(args.out), seeds=args.seeds, steps=args.steps, arms=args.arms,
                     overrides=args.overrides, device=args.device, progress=not args.no_progress)
 
 
@@ -160,12 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="how the extension was built and what runs here")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("demo", help="train MedTrim and InfoNCE on the built-in phantoms and compare them")
+    from .demo import ARMS, DEFAULT_ARMS
+
+    p = sub.add_parser("demo", help="train MedTrim-based objectives and InfoNCE on the built-in phantoms "
+                                    "and compare them seed by seed")
     p.add_argument("--out", default="medtrim-demo", help="output folder (runs, results, plots)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
-    p.add_argument("--methods", nargs="+", default=["medtrim", "infonce"],
-                   choices=["medtrim", "medtrim_offline", "infonce"])
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=[*ARMS, "all"],
+                   help=f"objectives to compare (default: {' '.join(DEFAULT_ARMS)}; 'all': {' '.join(ARMS)})")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")

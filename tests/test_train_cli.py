@@ -43,41 +43,62 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_demo_trains_both_objectives_and_reports(tmp_path, capsys):
+def test_demo_trains_the_arms_and_compares_them_per_seed(tmp_path, capsys):
+    from medtrim_ext.demo import BASELINE, BEST
+
     assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--steps", "4", "--no-progress",
                  "--device", "cpu", *TINY_DEMO]) == 0
     out = capsys.readouterr().out
-    assert "fine-grained retrieval" in out and "mining + loss" in out
+    assert "fine-grained metric" in out and "mining + loss" in out and "per attribute" in out
     for name in ("results.md", "results.json", "retrieval.png", "probe_auc.png", "training_loss.png",
-                 "step_breakdown.png", "phantoms.png", "verdict.json", "step_time.md"):
+                 "step_breakdown.png", "phantoms.png", "verdict.json", "step_time.md", "comparison.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {len(results["runs"][m]) for m in ("medtrim", "infonce")} == {2}
+    assert {len(results["runs"][m]) for m in (BEST, BASELINE)} == {2}
+    run = results["runs"][BEST][0]
+    assert 0 <= run["attributes"]["i2t"]["side"]["same@5"] <= 1
+    assert run["attributes"]["t2i"]["hub"]["distinct@5"] >= 1
     verdict = json.loads((tmp_path / "verdict.json").read_text())
-    assert isinstance(verdict["medtrim_wins_fine_grained"], bool)
+    cmp = verdict["comparisons"][BEST]
+    assert isinstance(cmp["goal_met"], bool) and cmp["seeds"] == [0, 1]
+    assert len(cmp["per_seed"]["t2i/fine/mAP"]) == 2
+    assert "seed 1: " + BEST in (tmp_path / "comparison.md").read_text()
     # a second demo reuses the finished runs (they resume at their last step) and agrees
     assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--steps", "4", "--no-progress",
                  "--device", "cpu", *TINY_DEMO]) == 0
     again = json.loads((tmp_path / "results.json").read_text())
-    assert again["runs"]["medtrim"][0]["i2t"] == results["runs"]["medtrim"][0]["i2t"]
+    assert again["runs"][BEST][0]["i2t"] == results["runs"][BEST][0]["i2t"]
 
 
-def test_verdict_does_not_count_a_hub_as_a_win():
+def test_demo_rejects_unknown_arms(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--arms", "clip"])
+    from medtrim_ext.demo import resolve_arms
+
+    with pytest.raises(ValueError, match="unknown demo arms"):
+        resolve_arms(["clip"])
+    assert resolve_arms(["all"])[0] == "infonce"
+
+
+def test_paired_verdict_needs_every_seed_and_does_not_count_a_hub():
     import torch
 
-    from medtrim_ext.demo import _verdict, majority_precision
+    from medtrim_ext.demo import CLAIM_METRICS, majority_precision, paired_comparison
 
     assert majority_precision(torch.tensor([0, 0, 0, 1])) == 0.75
 
-    def stats(*values):
-        return {"mean": sum(values) / len(values), "values": list(values)}
+    def summary(best, base, auc=(0.9, 0.9)):
+        def arm(values, aucs):
+            metrics = {p: {"values": list(values), "mean": sum(values) / 2} for p in CLAIM_METRICS}
+            metrics["probe/macro_auc"] = {"values": list(aucs), "mean": sum(aucs) / 2}
+            return {"metrics": metrics, "seeds": [0, 1], "n_runs": 2}
+        return {"methods": {"a": arm(best, auc), "b": arm(base, (0.9, 0.9))}}
 
-    def summary(p5_a, map_a):
-        metrics = {"i2t/fine/precision@5": stats(*p5_a), "i2t/fine/mAP": stats(*map_a)}
-        other = {"i2t/fine/precision@5": stats(0.2, 0.2), "i2t/fine/mAP": stats(0.2, 0.2)}
-        return {"methods": {"medtrim": {"metrics": metrics}, "infonce": {"metrics": other}}}
-
-    lines, wins = _verdict(summary((0.4, 0.4), (0.3, 0.3)), hub_level=0.324)
-    assert wins and "ahead in 2 of 2" in lines
-    lines, wins = _verdict(summary((0.324, 0.324), (0.3, 0.3)), hub_level=0.324)
-    assert not wins and "hub level" in lines
+    cmp = paired_comparison(summary((0.5, 0.6), (0.4, 0.5)), hub_level=0.2, a="a", b="b")
+    assert cmp["wins_every_seed"] and cmp["guard_ok"] and cmp["goal_met"]
+    cmp = paired_comparison(summary((0.5, 0.45), (0.4, 0.5)), hub_level=0.2, a="a", b="b")
+    assert not cmp["wins_every_seed"]  # behind in seed 1
+    cmp = paired_comparison(summary((0.3245, 0.3245), (0.2, 0.2)), hub_level=0.324, a="a", b="b")
+    assert not cmp["wins_every_seed"]  # the hub level is not a win
+    cmp = paired_comparison(summary((0.5, 0.6), (0.4, 0.5), auc=(0.85, 0.88)), hub_level=0.2, a="a", b="b")
+    assert cmp["wins_every_seed"] and not cmp["guard_ok"] and not cmp["goal_met"]

@@ -10,6 +10,7 @@ The plotting functions (matplotlib) load on first use.
 
 from __future__ import annotations
 
+from .attributes import attribute_agreement, evaluate_attributes, hub_diagnostic
 from .keys import attribute_disease_keys, attribute_keys, disease_set_keys, entity_keys, keys_for
 from .probe import linear_probe, roc_auc
 from .report import flatten_metrics, key_metrics, results_markdown, summarize_runs, write_results
@@ -17,10 +18,10 @@ from .retrieval import evaluate_retrieval, retrieval_metrics
 
 _PLOTS = {"plot_probe_auc", "plot_retrieval", "plot_step_breakdown", "plot_training_curves"}
 
-__all__ = ["attribute_disease_keys", "attribute_keys", "disease_set_keys", "entity_keys",
-           "evaluate_retrieval", "flatten_metrics", "key_metrics", "keys_for", "linear_probe",
-           "results_markdown", "retrieval_metrics", "roc_auc", "summarize_runs", "write_results",
-           *sorted(_PLOTS)]
+__all__ = ["attribute_agreement", "attribute_disease_keys", "attribute_keys", "disease_set_keys",
+           "entity_keys", "evaluate_attributes", "evaluate_retrieval", "flatten_metrics",
+           "hub_diagnostic", "key_metrics", "keys_for", "linear_probe", "results_markdown",
+           "retrieval_metrics", "roc_auc", "summarize_runs", "write_results", *sorted(_PLOTS)]
 
 
 def __getattr__(name):

@@ -112,6 +112,7 @@ class RunConfig:
 @dataclass
 class EvalConfig:
     ks: list = field(default_factory=lambda: [1, 5, 10])
+    attribute_k: int = 5              # top K of the per-attribute agreement and hub diagnostic
     probe: bool = True                # linear-probe AUC per class on the frozen embeddings
     probe_split: str = "validate"     # the split the probe is trained on
     batch_size: int = 128
@@ -179,6 +180,7 @@ class Config:
         need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
         need(len(self.eval.ks) > 0 and all(k >= 1 for k in self.eval.ks), "eval.ks",
              "must be a non-empty list of K >= 1")
+        need(self.eval.attribute_k >= 1, "eval.attribute_k", "must be >= 1")
         if "medtrim_offline" in parts:
             need(self.train.batch_size % 3 == 0, "train.batch_size",
                  "must be a multiple of 3 for medtrim_offline (anchors, positives, negatives)")

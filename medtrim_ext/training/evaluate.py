@@ -78,6 +78,7 @@ def class_labels(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
 def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress: bool = True) -> dict:
     """Retrieval on ``data.eval_split`` and (with ``eval.probe``) the linear probe."""
     from ..evaluation import evaluate_retrieval, linear_probe
+    from ..evaluation.attributes import ATTRIBUTE_KINDS, evaluate_attributes
 
     test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
     img, txt = embed_dataset(model, test, tokenizer, cfg, device, progress)
@@ -85,6 +86,11 @@ def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress
     keys = relevance_keys(test, n)
     result = {"split": cfg.data.eval_split, "num_samples": n,
               **evaluate_retrieval(img, txt, keys, cfg.eval.ks, progress=progress)}
+    # per attribute kind (with ground truth) and the hub diagnostic (always)
+    truth = _ground_truth(test, n)
+    result["attributes"] = evaluate_attributes(img, txt, truth if truth is not None else test.records[:n],
+                                               k=cfg.eval.attribute_k,
+                                               kinds=ATTRIBUTE_KINDS if truth is not None else ())
     if cfg.eval.probe:
         train = build_dataset(cfg, cfg.eval.probe_split, train=False, progress=progress)
         train_img, _ = embed_dataset(model, train, tokenizer, cfg, device, progress)

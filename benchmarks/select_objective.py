@@ -1,0 +1,149 @@
+"""Choose the demo's objectives and their settings on the VALIDATION split (never the test split).
+
+Trains every candidate objective with the demo preset (``medtrim_ext/data/configs/demo.yaml``)
+for each seed, evaluates image->text and text->image retrieval on the phantoms' validation split
+(600 studies, generated from their own seed), and ranks the candidates by the selection criterion
+fixed before any run: the mean of the four fine-grained metrics (i2t / t2i precision@5 and mAP),
+averaged over seeds. The demo then uses the winner of each family; ``benchmarks/RESULTS.md``
+records this table.
+
+    python benchmarks/select_objective.py --out benchmarks/out/selection --steps 900 --seeds 0 1
+    python benchmarks/select_objective.py --only soft-t0.1-w0.5 infonce   # a subset (e.g. 2 processes)
+
+Runs are reused when the script is started again (each run resumes from its checkpoint and its
+validation result is cached), so it can be interrupted, split over processes
+(``OMP_NUM_THREADS=1`` each) and completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CRITERION = ("i2t/fine/precision@5", "t2i/fine/precision@5", "i2t/fine/mAP", "t2i/fine/mAP")
+REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP")
+
+# name -> (family, config overrides). Families: the arms of the demo.
+CANDIDATES: dict[str, tuple[str, list[str]]] = {
+    "infonce": ("infonce", ["objective.kind=infonce"]),
+    "infonce-t0.1": ("infonce", ["objective.kind=infonce", "objective.temperature=0.1"]),
+    # the published loss: in-batch (random ties) and the published offline pools
+    "medtrim": ("medtrim", ["objective.kind=medtrim"]),
+    "medtrim-offline": ("medtrim", ["objective.kind=medtrim_offline", "train.batch_size=63"]),
+    # the published loss plus a term that ties each image to its own report
+    "medtrim+infonce": ("combined", ["objective.kind=medtrim+infonce"]),
+    "medtrim0.5+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 0.5}"]),
+    "medtrim2+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 2.0}"]),
+    "medtrim+infonce-minpos0.5": ("combined", ["objective.kind=medtrim+infonce",
+                                               "objective.min_positive_score=0.5"]),
+    # InfoNCE with meta-entity soft targets
+    "soft-t0.05-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.05",
+                                     "objective.soft_own_weight=0.5"]),
+    "soft-t0.1-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.1",
+                                    "objective.soft_own_weight=0.5"]),
+    "soft-t0.1-w0.25": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.1",
+                                     "objective.soft_own_weight=0.25"]),
+    "soft-t0.2-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.2",
+                                    "objective.soft_own_weight=0.5"]),
+    "medtrim+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                            "objective.soft_temperature=0.1",
+                                            "objective.soft_own_weight=0.5"]),
+}
+
+
+def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path) -> dict:
+    from medtrim_ext.training import load_config, train
+    from medtrim_ext.training.builders import resolve_device
+    from medtrim_ext.training.distributed import DistContext
+    from medtrim_ext.training.evaluate import evaluate_model, load_trained
+    from medtrim_ext.io import atomic_write
+
+    run_dir = out / "runs" / f"{name}-seed{seed}"
+    cached = run_dir / "validate.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    cfg = load_config("demo", overrides + [f"train.steps={steps}", f"train.seed={seed}",
+                                           f"train.out_dir={run_dir}", "train.progress=false",
+                                           "train.tensorboard=false", "train.device=cpu",
+                                           f"data.cache_dir={out / 'entity-cache'}",
+                                           "data.eval_split=validate", "eval.probe=false"])
+    t0 = time.perf_counter()
+    result = train(cfg)
+    dev = resolve_device("cpu", DistContext())
+    model, tokenizer, _, _ = load_trained(result["checkpoint"], dev)
+    ev = evaluate_model(model, tokenizer, cfg, dev, progress=False)
+    row = {"name": name, "seed": seed, "steps": steps, "overrides": overrides,
+           "metrics": {k: _metric(ev, k) for k in REPORTED}, "wall_s": time.perf_counter() - t0,
+           "step_time": result["step_time"]}
+    with atomic_write(cached) as f:
+        json.dump(row, f, indent=1)
+    return row
+
+
+def _metric(ev: dict, path: str) -> float:
+    node = ev
+    for part in path.split("/"):
+        node = node[part]
+    return float(node)
+
+
+def table(rows: list[dict]) -> str:
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        by_name.setdefault(r["name"], []).append(r)
+    lines = ["| candidate | family | seeds | criterion (mean of 4 fine) | " +
+             " | ".join(REPORTED) + " |", "|---|---|---|---:|" + "---:|" * len(REPORTED)]
+    scored = []
+    for name, rs in by_name.items():
+        means = {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in REPORTED}
+        crit = sum(means[k] for k in CRITERION) / len(CRITERION)
+        scored.append((crit, name, rs, means))
+    for crit, name, rs, means in sorted(scored, reverse=True):
+        seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"| {name} | {CANDIDATES.get(name, ('?',))[0]} | {seeds} | {crit:.4f} | " +
+                     " | ".join(f"{means[k]:.3f}" for k in REPORTED) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/out/selection")
+    p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--only", nargs="+", default=None, help="candidate names (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.only or list(CANDIDATES)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        p.error(f"unknown candidates {unknown}; known: {list(CANDIDATES)}")
+    out = Path(args.out)
+    rows = []
+    for seed in args.seeds:
+        for name in names:
+            row = run_one(name, CANDIDATES[name][1], seed, args.steps, out)
+            rows.append(row)
+            m = row["metrics"]
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {m[k]:.3f}" for k in CRITERION), flush=True)
+    # the table over every finished run in the folder, not just this process's
+    done = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/validate.json"))]
+    done = [r for r in done if r["steps"] == args.steps]
+    md = table(done)
+    from medtrim_ext.io import atomic_write
+
+    with atomic_write(out / "selection.md") as f:
+        f.write(f"# Validation-split selection ({args.steps} steps)\n\nCriterion: mean of "
+                f"{', '.join(CRITERION)} over seeds (validation split, 600 studies).\n\n{md}\n")
+    print("\n" + md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
