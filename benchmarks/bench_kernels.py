@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Times the kernels against the pure-PyTorch reference, in one run.
 
-For each operation (score matrix, fused mining, triplet loss forward+backward) and size N
+For each operation (score matrix, fused mining with random ties and with lowest-index ties, triplet
+loss forward+backward) and size N
 (anchors = candidates = N, synthetic records with realistic chest X-ray statistics; the loss uses
 float32 embeddings of --dim dimensions and the triplets the miner finds) it measures the kernel
 and the reference, the speed-up, and the extra memory each needs (peak RSS above the pre-call
 level on the CPU, each case in its own process; peak allocated CUDA memory on a GPU). On a GPU
 the loss row also reports its achieved bandwidth (compulsory bytes: read the embeddings, write
-their gradients) against the card's copy bandwidth measured in the same run. Prints a table and
-writes bench.json and bench.md to --out.
+their gradients) against the card's copy bandwidth measured in the same run. A second table gives
+the cost of random tie-breaking: the two mining rules' kernel times at each N. Prints the tables
+and writes bench.json and bench.md to --out.
 
     python benchmarks/bench_kernels.py                 # CPU, full sizes
     python benchmarks/bench_kernels.py --quick         # CPU, small sizes (used by `make demo`)
@@ -32,17 +34,20 @@ from pathlib import Path
 # (op, N, run the reference too?) per profile
 PROFILES = {
     "cpu-quick": [("score", 512, True), ("score", 2048, True), ("mine", 2048, True),
-                  ("mine", 8192, False), ("loss", 4096, True)],
+                  ("mine_first", 2048, True), ("mine", 8192, False), ("loss", 4096, True)],
     "cpu": [("score", 512, True), ("score", 1024, True), ("score", 2048, True),
             ("score", 4096, True), ("mine", 1024, True), ("mine", 4096, True),
-            ("mine", 8192, True), ("mine", 16384, False), ("loss", 1024, True),
-            ("loss", 4096, True), ("loss", 16384, True)],
+            ("mine", 8192, True), ("mine", 16384, False), ("mine_first", 1024, True),
+            ("mine_first", 4096, True), ("mine_first", 8192, False), ("mine_first", 16384, False),
+            ("loss", 1024, True), ("loss", 4096, True), ("loss", 16384, True)],
     "cuda": [("score", 4096, True), ("score", 16384, True), ("score", 32768, True),
              ("mine", 4096, True), ("mine", 16384, True), ("mine", 32768, True),
+             ("mine_first", 4096, False), ("mine_first", 16384, False), ("mine_first", 32768, False),
              ("loss", 4096, True), ("loss", 16384, True), ("loss", 32768, True)],
 }
-OPS = ("score", "mine", "loss")
-OP_NAMES = {"score": "score matrix", "mine": "fused mining", "loss": "loss fwd+bwd"}
+OPS = ("score", "mine", "mine_first", "loss")
+OP_NAMES = {"score": "score matrix", "mine": "fused mining (random ties)",
+            "mine_first": "fused mining (lowest-index ties)", "loss": "loss fwd+bwd"}
 DEFAULT_DIM = {"cpu": 256, "cuda": 768}
 
 
@@ -142,12 +147,24 @@ def measure(op: str, impl: str, n: int, device: str, repeats: int, seed: int, di
 
     ents = synthetic_entities(n, seed=seed, device=device)
     miner = TripletMiner()
+    first = TripletMiner(tie_break="first")
+
+    def mine_kernel(m):  # the same random choices (tie seed) every call, so results compare
+        return lambda: tuple(m(ents, generator=torch.Generator().manual_seed(seed)))
+
+    def mine_reference(m):
+        draw = m.draw(n, torch.Generator().manual_seed(seed))
+        return lambda: tuple(reference.mine_triplets(
+            ents, **m.weights, threshold=m.threshold, upper=m.upper,
+            semi_hard=draw.semi_hard.to(ents.device), tie_seed=draw.tie_seed))
+
     fns = {
         ("score", "kernel"): lambda: miner.score_matrix(ents),
         ("score", "reference"): lambda: reference.score_matrix(ents, **miner.weights),
-        ("mine", "kernel"): lambda: tuple(miner(ents)),
-        ("mine", "reference"): lambda: tuple(reference.mine_triplets(
-            ents, **miner.weights, threshold=miner.threshold, upper=miner.upper)),
+        ("mine", "kernel"): mine_kernel(miner),
+        ("mine", "reference"): mine_reference(miner),
+        ("mine_first", "kernel"): mine_kernel(first),
+        ("mine_first", "reference"): mine_reference(first),
     }
     fn = loss_case(n, dim, device, seed, impl) if op == "loss" else fns[(op, impl)]
     cuda = device.startswith("cuda")
@@ -244,6 +261,20 @@ def throughput(r: dict, bandwidth: float | None) -> str:
     return text
 
 
+def tie_cost_table(rows: list[dict]) -> str:
+    """Markdown: kernel time of fused mining with random ties against lowest-index ties, per N."""
+    random_ = {r["n"]: r["kernel"]["median_ms"] for r in rows if r["op"] == "mine"}
+    first = {r["n"]: r["kernel"]["median_ms"] for r in rows if r["op"] == "mine_first"}
+    shared = sorted(set(random_) & set(first))
+    if not shared:
+        return ""
+    lines = ["| N | random ties (ms) | lowest-index ties (ms) | cost of random ties |",
+             "|---:|---:|---:|---:|"]
+    for n in shared:
+        lines.append(f"| {n} | {random_[n]:.2f} | {first[n]:.2f} | {random_[n] / first[n] - 1:+.0%} |")
+    return "\n".join(lines)
+
+
 def to_markdown(rows: list[dict], machine: str, bandwidth: float | None = None) -> str:
     lines = [f"Machine: {machine}"]
     if bandwidth:
@@ -324,6 +355,9 @@ def main(argv=None) -> int:
     machine = machine_description(args.device)
     bandwidth = copy_bandwidth(args.device) if cuda else None
     table = to_markdown(rows, machine, bandwidth)
+    ties = tie_cost_table(rows)
+    if ties:
+        table += "\n\nRandom against lowest-index tie-breaking (fused mining kernel, same run):\n\n" + ties
     print(table)
     report = {"machine": machine, "device": args.device, "profile": profile,
               "date": time.strftime("%Y-%m-%d"), "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows}
