@@ -457,15 +457,12 @@ def test_pooler_pooling_needs_a_model_with_a_pooler():
         TextEncoder(config=distilbert, vocab_size=VOCAB, pooling="pooler")
 
 
-def test_vit_features_are_the_cls_token_after_the_final_norm():
-    enc = vit().eval()
-    assert enc.model.global_pool == "token"
-    x = images()
-    assert torch.allclose(enc(x), enc.model.forward_features(x)[:, 0], atol=1e-6)
-
-
 def test_freeze_stem_false_freezes_only_the_first_blocks():
     enc = vit(freeze_layers=1, freeze_stem=False)
+    # the published image features: the [CLS] token after the final norm (timm global_pool "token")
+    assert enc.model.global_pool == "token"
+    x = images()
+    assert torch.allclose(enc.eval()(x), enc.model.forward_features(x)[:, 0], atol=1e-6)
     frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith("model.blocks.0.") for n in frozen)
     assert all(p.requires_grad for p in (enc.model.cls_token, enc.model.pos_embed,
