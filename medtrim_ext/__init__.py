@@ -43,7 +43,7 @@ _LAZY = {
     "EntityExtractor": "extraction", "ExtractionOntology": "extraction", "read_reports": "extraction",
     "DualEncoder": "models", "ImageEncoder": "models", "TextEncoder": "models",
     "InfoNCELoss": "contrastive", "MemoryBank": "memory_bank",
-    "OfflineTripletSampler": "offline", "OfflineBatch": "offline",
+    "OfflineTripletSampler": "offline", "OfflineBatch": "offline", "mine_offline_triplets": "offline",
     "load_dataset": "datasets", "generate_phantoms": "datasets", "Collator": "datasets",
     "train_wordpiece_tokenizer": "tokenization", "load_tokenizer": "tokenization",
     "load_config": "training", "train": "training",

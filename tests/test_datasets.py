@@ -458,3 +458,31 @@ def test_openi_errors(iu_tree, tmp_path):
     assert {hash_split(f"id{k}") for k in range(200)} == {"train", "validate", "test"}
     share = np.mean([hash_split(f"id{k}") == "train" for k in range(2000)])
     assert 0.76 < share < 0.84
+
+
+# -- normalisation: [-1, 1] gray or ImageNet RGB --------------------------------------------------
+def test_imagenet_normalisation_repeats_gray_to_rgb():
+    from medtrim_ext.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    gray = torch.full((16, 16), 0.7)
+    out = ImageTransform(16, 3, normalize="imagenet")(gray)
+    assert out.shape == (3, 16, 16)
+    for c in range(3):
+        assert torch.allclose(out[c], torch.tensor((0.7 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
+    assert torch.allclose(ImageTransform(16, 3)(gray), torch.tensor(0.4))  # the default: (x - 0.5) / 0.5
+    with pytest.raises(ValueError, match="in_chans must be 3"):
+        ImageTransform(16, 1, normalize="imagenet")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        ImageTransform(16, 3, normalize="zscore")
+
+
+def test_load_dataset_passes_the_normalisation_on():
+    a = load_dataset("phantoms", "test", n=4, image_size=16, in_chans=3, normalize="imagenet",
+                     entities="ground_truth")
+    b = load_dataset("phantoms", "test", n=4, image_size=16, in_chans=3, entities="ground_truth")
+    assert a.transform.normalize == "imagenet" and b.transform.normalize == "half"
+    x, y = a[0]["image"], b[0]["image"]
+    assert torch.allclose(x[0] * 0.229 + 0.485, y[0] * 0.5 + 0.5, atol=1e-5)  # the same pixels
+    with pytest.raises(ValueError, match="custom transform"):
+        load_dataset("phantoms", "test", n=4, in_chans=3, normalize="imagenet",
+                     entities="ground_truth", transform=lambda im: im)

@@ -420,3 +420,98 @@ def test_dual_bad_arguments():
         DualEncoder(bert(), bert())
     with pytest.raises(ValueError, match="rows"):
         tiny_dual()(images(2), *tokens(3))
+
+
+# ---- the published MedTrim encoders: pooler output, stem left trainable, per-modality heads ----
+
+def test_pooler_pooling_is_the_models_pooler_output():
+    torch.manual_seed(0)
+    enc = bert(pooling="pooler").eval()
+    assert enc.model.pooler is not None and bert(pooling="cls").model.pooler is None
+    ids, mask = tokens()
+    hidden = enc.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = torch.tanh(enc.model.pooler.dense(hidden[:, 0]))  # BERT: tanh(W h_CLS + b)
+    assert torch.allclose(enc(ids, mask), expected, atol=1e-6)
+    enc.train()
+    enc(ids, mask).sum().backward()
+    assert all(p.grad is not None for p in enc.model.pooler.parameters())
+    assert enc.config()["pooling"] == "pooler"
+
+
+def test_pooler_pooling_loads_the_pretrained_pooler(tmp_path):
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    enc = bert(pooling="pooler").eval()
+    enc.model.save_pretrained(tmp_path / "bert")
+    loaded = TextEncoder(tmp_path / "bert", pooling="pooler").eval()
+    assert torch.equal(loaded(*tokens()), enc(*tokens()))
+    BertModel(enc.model.config, add_pooling_layer=False).save_pretrained(tmp_path / "no-pooler")
+    with pytest.warns(UserWarning, match="no pooler weights"):
+        TextEncoder(tmp_path / "no-pooler", pooling="pooler")
+
+
+def test_pooler_pooling_needs_a_model_with_a_pooler():
+    distilbert = {"model_type": "distilbert", "dim": 32, "n_layers": 1, "n_heads": 2, "hidden_dim": 64}
+    with pytest.raises(ValueError, match="pooling='pooler' needs a model with a pooler"):
+        TextEncoder(config=distilbert, vocab_size=VOCAB, pooling="pooler")
+
+
+def test_freeze_stem_false_freezes_only_the_first_blocks():
+    enc = vit(freeze_layers=1, freeze_stem=False)
+    # the published image features: the [CLS] token after the final norm (timm global_pool "token")
+    assert enc.model.global_pool == "token"
+    x = images()
+    assert torch.allclose(enc.eval()(x), enc.model.forward_features(x)[:, 0], atol=1e-6)
+    frozen = {n for n, p in enc.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("model.blocks.0.") for n in frozen)
+    assert all(p.requires_grad for p in (enc.model.cls_token, enc.model.pos_embed,
+                                         enc.model.patch_embed.proj.weight))
+    enc.train()
+    assert not enc.model.blocks[0].training and enc.model.patch_embed.training
+    assert _frozen_step(enc, (images(),)) == ([], [])
+    assert enc.config()["freeze_stem"] is False
+
+    text = bert(freeze_layers=1, freeze_stem=False)
+    frozen = {n for n, p in text.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("model.encoder.layer.0.") for n in frozen)
+    assert text.model.embeddings.word_embeddings.weight.requires_grad
+    text.train()
+    assert not text.model.encoder.layer[0].training and text.model.embeddings.training
+    assert _frozen_step(text, tokens()) == ([], [])
+    assert text.config()["freeze_stem"] is False
+    for make in (vit, bert):
+        with pytest.raises(TypeError, match="freeze_stem must be a bool"):
+            make(freeze_layers=1, freeze_stem="no")
+
+
+def test_per_modality_projections_and_none():
+    torch.manual_seed(0)
+    model = DualEncoder(vit(), bert(pooling="pooler"), embed_dim=32, projection="mlp",
+                        image_projection="linear", text_projection="none")
+    assert isinstance(model.image_proj, torch.nn.Linear) and isinstance(model.text_proj, torch.nn.Identity)
+    assert not any(k.startswith("text_proj") for k in model.state_dict())
+    model.eval()
+    ids, mask = tokens()
+    assert torch.equal(model.encode_text(ids, mask), model.text(ids, mask))
+    cfg = json.loads(json.dumps(model.to_config()))
+    assert (cfg["image_projection"], cfg["text_projection"]) == ("linear", "none")
+    rebuilt = DualEncoder.from_config(cfg)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    x = images()
+    for a, b in zip(model(x, ids, mask), rebuilt(x, ids, mask)):
+        assert torch.equal(a, b)
+    # a config from before the per-modality keys: both heads are `projection`
+    old = {k: v for k, v in cfg.items() if k not in ("image_projection", "text_projection")}
+    old_model = DualEncoder.from_config(old)
+    assert (old_model.image_projection, old_model.text_projection) == ("mlp", "mlp")
+
+
+def test_projection_none_needs_features_of_embed_dim():
+    with pytest.raises(ValueError, match="text_projection='none'.*embed_dim must be 32, got 16"):
+        DualEncoder(vit(), bert(), embed_dim=16, text_projection="none")
+    with pytest.raises(ValueError, match="image_projection='none'"):
+        DualEncoder(vit(), bert(), embed_dim=16, projection="none")
+    with pytest.raises(ValueError, match="image_projection must be one of"):
+        DualEncoder(vit(), bert(), image_projection="conv")

@@ -123,3 +123,81 @@ def test_a_batch_of_64_is_fast():
     take(s, 5)
     per_batch = (time.perf_counter() - start) / 5
     assert per_batch < 0.25, f"{per_batch * 1e3:.1f} ms per batch of 64 triplets"
+
+
+# -- triplets mined once (the published generator), and their file --------------------------------
+from medtrim_ext.offline import (load_offline_triplets, mine_offline_triplets,  # noqa: E402
+                                 offline_triplets_meta, save_offline_triplets)
+
+STUDIES = [f"s{1000 + i}" for i in range(len(ENTS))]
+
+
+def mined(**kw):
+    kw.setdefault("num_triplets", 60)
+    kw.setdefault("pool_size", 6)
+    return mine_offline_triplets(kw.pop("entities", ENTS), kw.pop("miner", TripletMiner()), **kw)
+
+
+def test_mined_once_triplets_follow_the_miner_and_are_seeded():
+    miner = TripletMiner()
+    t = mined(miner=miner, seed=5)
+    assert t.shape == (60, 3) and t.dtype == torch.int64
+    a, p, n = t.T
+    assert torch.all((a != p) & (a != n) & (p != n))
+    pos, neg = miner.pair_scores(ENTS, None, a, p), miner.pair_scores(ENTS, None, a, n)
+    assert torch.all(pos >= neg) and torch.all(neg < miner.upper)
+    assert torch.equal(t, mined(miner=miner, seed=5)) and not torch.equal(t, mined(miner=miner, seed=6))
+    assert mined(num_triplets=57, seed=5).shape == (57, 3)  # the last set cut short
+    assert torch.equal(mined(num_triplets=57, seed=5), t[:57])  # set k depends on (seed, k) only
+
+
+def test_mined_once_pools_come_from_sets():
+    """pool_size pools per set of set_size samples: each block of pool_size triplets (3 x 6 = 18
+    indices) uses at most set_size = 12 distinct samples; without sets, about 17 of 300."""
+    t = mined(set_size=12, num_triplets=120)
+    blocks = t.reshape(20, 18)
+    assert max(len(set(b.tolist())) for b in blocks) <= 12
+    free = mined(num_triplets=120).reshape(20, 18)
+    assert max(len(set(b.tolist())) for b in free) > 12
+    with pytest.raises(ValueError, match="set_size=400 is larger than the 300 samples"):
+        mined(set_size=400)
+    with pytest.raises(ValueError, match="set_size=4 must be >= pool_size=6"):
+        mined(set_size=4)
+    with pytest.raises(ValueError, match="num_triplets"):
+        mined(num_triplets=0)
+
+
+def test_mined_triplets_file_roundtrip_and_checks(tmp_path):
+    miner = TripletMiner()
+    t = mined(miner=miner)
+    meta = offline_triplets_meta(STUDIES, miner, num_triplets=60, pool_size=6, set_size=0, seed=0)
+    path = save_offline_triplets(tmp_path / "triplets.csv", t, STUDIES, meta)
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# {") and lines[1] == ("anchor,positive,negative,anchor_study,"
+                                                       "positive_study,negative_study")
+    assert lines[2].split(",")[3] == STUDIES[int(t[0, 0])]
+    assert torch.equal(load_offline_triplets(path, STUDIES, meta), t)
+
+    other = offline_triplets_meta(STUDIES, TripletMiner(upper=0.5), num_triplets=60, pool_size=6,
+                                  set_size=0, seed=0)
+    with pytest.raises(ValueError, match=r"mined with upper=0.6 but this run has upper=0.5 \(settings"):
+        load_offline_triplets(path, STUDIES, other)
+    renamed = STUDIES[:-1] + ["s-other"]
+    with pytest.raises(ValueError, match="study_ids_sha256.*the training data differ"):
+        load_offline_triplets(path, renamed, offline_triplets_meta(renamed, miner, num_triplets=60,
+                                                                   pool_size=6, set_size=0, seed=0))
+    with pytest.raises(ValueError, match="num_samples=300 but this run has num_samples=299"):
+        load_offline_triplets(path, STUDIES[:-1], offline_triplets_meta(
+            STUDIES[:-1], miner, num_triplets=60, pool_size=6, set_size=0, seed=0))
+    text = path.read_text().splitlines()
+    row = text[5].split(",")
+    row[4] = "s-wrong"
+    path.write_text("\n".join(text[:5] + [",".join(row)] + text[6:]) + "\n")
+    with pytest.raises(ValueError, match="row 3: positive_study 's-wrong' is not the study id"):
+        load_offline_triplets(path, STUDIES, meta)
+    path.write_text("anchor,positive\n1,2\n")
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_offline_triplets(path, STUDIES, meta)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_offline_triplets(tmp_path / "missing.csv", STUDIES, meta)

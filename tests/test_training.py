@@ -17,7 +17,7 @@ from medtrim_ext.training import load_config, train
 from medtrim_ext.training.checkpoint import load_checkpoint
 from medtrim_ext.training.config import apply_overrides, parse_override
 from medtrim_ext.training.optim import lr_factor
-from medtrim_ext.training.sampling import StepBatchSampler
+from medtrim_ext.training.sampling import MinedTripletBatchSampler, StepBatchSampler
 from training_helpers import tiny_config_file
 
 
@@ -75,6 +75,31 @@ def test_step_sampler_is_a_function_of_the_step_and_splits_the_global_batch():
     with pytest.raises(ValueError, match="fewer than one global batch"):
         StepBatchSampler(7, 4, steps=1, world_size=2)
 
+
+
+def test_mined_triplets_sampler_iterates_every_triplet_each_epoch():
+    triplets = torch.arange(3 * 22).reshape(22, 3)  # 22 triplets, 4 a step: 5 steps an epoch
+    sampler = MinedTripletBatchSampler(triplets, 4, steps=12, seed=1)
+    batches = list(sampler)
+    assert sampler.steps_per_epoch == 5 and len(batches) == 12
+    assert all(len(b) == 12 for b in batches)
+    rows = [torch.tensor([i for i, _ in b]).reshape(3, 4).T for b in batches]  # anchors, positives, negatives
+    assert all(torch.equal(r[:, 1], r[:, 0] + 1) and torch.equal(r[:, 2], r[:, 0] + 2) for r in rows)
+    epoch0, epoch1 = torch.cat(rows[:5]), torch.cat(rows[5:10])
+    assert len(set(epoch0[:, 0].tolist())) == 20 and len(set(epoch1[:, 0].tolist())) == 20  # 2 dropped
+    assert not torch.equal(epoch0, epoch1)  # a new order every epoch
+    assert [e for b in batches for _, e in b] == [s // 5 for s in range(12) for _ in range(12)]
+    assert list(MinedTripletBatchSampler(triplets, 4, steps=12, seed=1, start_step=7)) == batches[7:]
+    # 2 processes of 2 triplets: each takes its half of every global batch of 4
+    ranks = [list(MinedTripletBatchSampler(triplets, 2, steps=12, seed=1, rank=r, world_size=2))
+             for r in range(2)]
+    for b, b0, b1 in zip(batches, *ranks):
+        halves = [torch.tensor([i for i, _ in x]).reshape(3, 2) for x in (b0, b1)]
+        assert torch.equal(torch.cat(halves, 1).reshape(-1), torch.tensor([i for i, _ in b]))
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        MinedTripletBatchSampler(triplets, 12, steps=1, world_size=2)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        MinedTripletBatchSampler(torch.zeros(5, 2), 1, steps=1)
 
 # -- training ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind, extra", [("medtrim", {}), ("infonce", {}),

@@ -131,7 +131,9 @@ def labels_tensor(rows, where: str) -> torch.Tensor:
 class ReportImageDataset(Dataset):
     """Base of the datasets: holds the per-sample lists and builds items.
 
-    Subclasses call :meth:`_setup` and implement :meth:`load_image`. ``seed``: when set, the
+    Subclasses call :meth:`_setup` and implement :meth:`load_image`. Without a ``transform``,
+    images go through an :class:`ImageTransform` (``image_size``, ``in_chans``, ``train``,
+    ``normalize``: ``"half"`` or ``"imagenet"``). ``seed``: when set, the
     train-time augmentation of item ``i`` is drawn from a generator seeded by
     ``(seed, epoch, i)`` (see :meth:`set_epoch`), so it does not depend on worker layout.
     """
@@ -142,7 +144,7 @@ class ReportImageDataset(Dataset):
                transform: Callable | None, image_size: int, in_chans: int, train: bool,
                sections: bool = True, attributes: Sequence[dict] | None = None,
                labels: torch.Tensor | None = None, label_names: Sequence[str] = (),
-               seed: int | None = None):
+               seed: int | None = None, normalize: str = "half"):
         n = len(reports)
         if not (len(study_ids) == len(records) == n):
             raise ValueError(f"{self.kind}: {n} reports, {len(study_ids)} study ids, {len(records)} records")
@@ -150,6 +152,9 @@ class ReportImageDataset(Dataset):
             raise ValueError(f"{self.kind}: {len(attributes)} attribute dicts for {n} samples")
         if labels is not None and (labels.dim() != 2 or labels.shape[0] != n or labels.shape[1] != len(label_names)):
             raise ValueError(f"{self.kind}: labels must be ({n}, {len(label_names)}), got {tuple(labels.shape)}")
+        if transform is not None and normalize != "half":
+            raise ValueError(f"normalize={normalize!r} applies to the default ImageTransform; a "
+                             "custom transform normalises its images itself")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.reports = list(reports)
@@ -159,7 +164,8 @@ class ReportImageDataset(Dataset):
         self.attributes = None if attributes is None else list(attributes)
         self.labels = labels
         self.label_names = list(label_names)
-        self.transform = transform if transform is not None else ImageTransform(image_size, in_chans, train)
+        self.transform = transform if transform is not None else ImageTransform(
+            image_size, in_chans, train, normalize=normalize)
         self.seed = seed
         self.epoch = 0
 

@@ -34,7 +34,8 @@ class ManifestDataset(ReportImageDataset):
     kind = "manifest"
 
     def __init__(self, path, split: str | None = None, *, image_size: int = 224,
-                 in_chans: int = 1, train: bool = False, transform: Callable | None = None,
+                 in_chans: int = 1, train: bool = False, normalize: str = "half",
+                 transform: Callable | None = None,
                  entities: str = "extracted", cache_dir=None, progress: bool = True,
                  sections: bool = True, aug_seed: int | None = None, extractor=None,
                  image_column: str | None = None, label_columns: Sequence[str] | None = None,
@@ -112,7 +113,8 @@ class ManifestDataset(ReportImageDataset):
                                   progress=progress, extractor=extractor, where=f"manifest {str(path)!r}")
         self._setup(reports=texts, study_ids=study_ids, records=records, transform=transform,
                     image_size=image_size, in_chans=in_chans, train=train, sections=sections,
-                    attributes=attrs, labels=labels, label_names=[str(c) for c in names], seed=aug_seed)
+                    attributes=attrs, labels=labels, label_names=[str(c) for c in names], seed=aug_seed,
+                    normalize=normalize)
 
     def _read_attributes(self, attributes, study_ids):
         """(attributes, records) from the JSON-lines ground truth, or (None, None)."""

@@ -59,7 +59,8 @@ class MimicCxrDataset(ReportImageDataset):
     kind = "mimic"
 
     def __init__(self, root, split: str = "train", *, reports_root=None, image_size: int = 224,
-                 in_chans: int = 1, train: bool = False, transform: Callable | None = None,
+                 in_chans: int = 1, train: bool = False, normalize: str = "half",
+                 transform: Callable | None = None,
                  entities: str = "extracted", cache_dir=None, progress: bool = True,
                  sections: bool = True, aug_seed: int | None = None, extractor=None,
                  n_process: int = 1, limit: int | None = None):
@@ -140,7 +141,7 @@ class MimicCxrDataset(ReportImageDataset):
                                   extractor=extractor, n_process=n_process, where=where)
         self._setup(reports=reports, study_ids=ids, records=records, transform=transform,
                     image_size=image_size, in_chans=in_chans, train=train, sections=sections,
-                    labels=labels, label_names=names, seed=aug_seed)
+                    labels=labels, label_names=names, seed=aug_seed, normalize=normalize)
 
     def load_image(self, i: int):
         return load_image(self.image_paths[i], getattr(self.transform, "image_size", None))

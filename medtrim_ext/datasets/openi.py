@@ -59,7 +59,7 @@ class OpenIDataset(ReportImageDataset):
     kind = "iu"
 
     def __init__(self, root, split: str = "train", *, reports=None, images=None,
-                 image_size: int = 224, in_chans: int = 1, train: bool = False,
+                 image_size: int = 224, in_chans: int = 1, train: bool = False, normalize: str = "half",
                  transform: Callable | None = None, entities: str = "extracted", cache_dir=None,
                  progress: bool = True, sections: bool = True, aug_seed: int | None = None,
                  extractor=None):
@@ -111,7 +111,7 @@ class OpenIDataset(ReportImageDataset):
                                   extractor=extractor, where=where)
         self._setup(reports=texts, study_ids=ids, records=records, transform=transform,
                     image_size=image_size, in_chans=in_chans, train=train, sections=sections,
-                    seed=aug_seed)
+                    seed=aug_seed, normalize=normalize)
 
     def load_image(self, i: int):
         return load_image(self.image_paths[i], getattr(self.transform, "image_size", None))

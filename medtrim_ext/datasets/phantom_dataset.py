@@ -18,7 +18,8 @@ class PhantomDataset(ReportImageDataset):
             from ``seed`` (:func:`~.phantoms.split_seed`), so splits never share a sample.
         n: number of samples (default 4000 / 500 / 500 for train / validate / test).
         seed: base seed.
-        image_size, in_chans, train: the default :class:`ImageTransform` (``train``: augment).
+        image_size, in_chans, train, normalize: the default :class:`ImageTransform` (``train``:
+            augment; ``normalize``: ``"half"`` or ``"imagenet"``).
         phantom_size: resolution the phantoms are rendered at (default ``image_size``).
         entities: ``"ground_truth"`` (the generator's ideal records) or ``"extracted"`` (the
             entity extractor run on the reports, through the cache in ``cache_dir``).
@@ -31,7 +32,7 @@ class PhantomDataset(ReportImageDataset):
     kind = "phantoms"
 
     def __init__(self, split: str = "train", n: int | None = None, seed: int = 0, *,
-                 image_size: int = 64, in_chans: int = 1, train: bool = False,
+                 image_size: int = 64, in_chans: int = 1, train: bool = False, normalize: str = "half",
                  transform: Callable | None = None, phantom_size: int | None = None,
                  entities: str = "ground_truth", cache_dir=None, progress: bool = False,
                  sections: bool = True, aug_seed: int | None = None, extractor=None):
@@ -50,7 +51,7 @@ class PhantomDataset(ReportImageDataset):
                                   where="phantoms")
         self._setup(reports=ph.reports, study_ids=ph.study_ids, records=records,
                     transform=transform, image_size=image_size, in_chans=in_chans, train=train,
-                    sections=sections, attributes=ph.attributes, seed=aug_seed)
+                    sections=sections, attributes=ph.attributes, seed=aug_seed, normalize=normalize)
 
     @property
     def images(self):

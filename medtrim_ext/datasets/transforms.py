@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 
 FITS = ("pad", "stretch", "crop")
+NORMALIZATIONS = ("half", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_float_image(image) -> torch.Tensor:
@@ -52,8 +55,11 @@ def to_float_image(image) -> torch.Tensor:
 
 
 class ImageTransform:
-    """Grayscale image -> float32 ``(in_chans, image_size, image_size)``, normalised to
-    mean 0.5 / std 0.5 (so ``[0, 1]`` maps to ``[-1, 1]``).
+    """Grayscale image -> float32 ``(in_chans, image_size, image_size)``, normalised by
+    ``normalize``: ``"half"`` (default; mean 0.5 / std 0.5, so ``[0, 1]`` maps to ``[-1, 1]``) or
+    ``"imagenet"`` (the gray channel repeated to RGB, then ImageNet's per-channel mean
+    ``(0.485, 0.456, 0.406)`` and std ``(0.229, 0.224, 0.225)``, as torchvision's ``Normalize``
+    after ``Image.convert("RGB")`` in the published MedTrim code; needs ``in_chans=3``).
 
     Args:
         image_size: output side length.
@@ -72,12 +78,16 @@ class ImageTransform:
     def __init__(self, image_size: int = 224, in_chans: int = 1, train: bool = False, *,
                  fit: str = "pad", rotate: float = 5.0, translate: float = 0.04,
                  scale: tuple[float, float] = (0.95, 1.05), brightness: float = 0.1,
-                 contrast: float = 0.1):
+                 contrast: float = 0.1, normalize: str = "half"):
         for name, v, lo in (("image_size", image_size, 8), ("in_chans", in_chans, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         if not isinstance(train, bool):
             raise TypeError(f"train must be a bool, got {type(train).__name__}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if normalize == "imagenet" and in_chans != 3:
+            raise ValueError(f"normalize='imagenet' gives RGB images: in_chans must be 3, got {in_chans}")
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
         if not (0 <= rotate <= 45 and 0 <= translate <= 0.5 and 0 <= brightness <= 1 and 0 <= contrast <= 1):
@@ -86,12 +96,13 @@ class ImageTransform:
         if len(scale) != 2 or not (0 < scale[0] <= scale[1]):
             raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale!r}")
         self.image_size, self.in_chans, self.train, self.fit = image_size, in_chans, train, fit
+        self.normalize = normalize
         self.rotate, self.translate, self.scale = float(rotate), float(translate), tuple(map(float, scale))
         self.brightness, self.contrast = float(brightness), float(contrast)
 
     def __repr__(self) -> str:
         return (f"ImageTransform(image_size={self.image_size}, in_chans={self.in_chans}, "
-                f"train={self.train}, fit={self.fit!r})")
+                f"train={self.train}, fit={self.fit!r}, normalize={self.normalize!r})")
 
     def _square(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -117,8 +128,12 @@ class ImageTransform:
                               antialias=True).clamp_(0, 1)
         if self.train:
             x = self._augment(x, generator)
-        x = (x - 0.5) / 0.5
-        return x[0].expand(self.in_chans, size, size).contiguous()
+        x = x[0].expand(self.in_chans, size, size)
+        if self.normalize == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(3, 1, 1)
+            return ((x - mean) / std).contiguous()
+        return ((x - 0.5) / 0.5).contiguous()
 
     def _augment(self, x: torch.Tensor, generator) -> torch.Tensor:
         u = self._uniform

@@ -11,22 +11,35 @@ from torch import nn
 from .image import ImageEncoder
 from .text import TextEncoder
 
-PROJECTIONS = ("linear", "mlp")
-CONFIG_KEYS = ("image", "text", "embed_dim", "projection")
-TEXT_KEYS = ("pretrained", "config", "freeze_layers", "pooling", "vocab_size")
+PROJECTIONS = ("linear", "mlp", "none")
+CONFIG_KEYS = ("image", "text", "embed_dim", "projection", "image_projection", "text_projection")
+TEXT_KEYS = ("pretrained", "config", "freeze_layers", "freeze_stem", "pooling", "vocab_size")
 
 
-def projection_head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
-    """``"linear"``: one linear map; ``"mlp"``: linear (in_dim -> in_dim), GELU, linear (-> out_dim)."""
+def projection_head(in_dim: int, out_dim: int, kind: str, name: str = "projection") -> nn.Module:
+    """``"linear"``: one linear map; ``"mlp"``: linear (in_dim -> in_dim), GELU, linear (-> out_dim);
+    ``"none"``: the identity, only when ``in_dim == out_dim`` (a ValueError naming ``name``
+    otherwise)."""
     if kind == "linear":
         return nn.Linear(in_dim, out_dim)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
-    raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
+    if kind == "none":
+        if in_dim != out_dim:
+            raise ValueError(f"{name}='none' uses the encoder's {in_dim}-d features as the embedding, "
+                             f"so embed_dim must be {in_dim}, got {out_dim}")
+        return nn.Identity()
+    raise ValueError(f"{name} must be one of {PROJECTIONS}, got {kind!r}")
 
 
 class DualEncoder(nn.Module):
     """Image and text encoders with projections to a shared ``embed_dim``.
+
+    ``projection`` is the head of both modalities (``"linear"``, ``"mlp"`` or ``"none"``: the
+    encoder's features are the embedding, which needs ``feature_dim == embed_dim``);
+    ``image_projection`` / ``text_projection`` override it per modality (None: ``projection``).
+    The published MedTrim code: a new linear 768 -> 768 head on the ViT, nothing on BERT's pooler
+    output (``embed_dim=768, image_projection="linear", text_projection="none"``).
 
     >>> model = DualEncoder.from_config({
     ...     "image": {"name": "vit_tiny_patch16_224", "in_chans": 1, "img_size": 64, "patch_size": 8,
@@ -43,7 +56,8 @@ class DualEncoder(nn.Module):
     """
 
     def __init__(self, image: ImageEncoder, text: TextEncoder, embed_dim: int = 512,
-                 projection: str = "linear"):
+                 projection: str = "linear", *, image_projection: str | None = None,
+                 text_projection: str | None = None):
         super().__init__()
         if not isinstance(image, ImageEncoder):
             raise TypeError(f"image must be an ImageEncoder, got {type(image).__name__}")
@@ -52,9 +66,15 @@ class DualEncoder(nn.Module):
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
             raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
         self.image, self.text = image, text
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.embed_dim, self.projection = embed_dim, projection
-        self.image_proj = projection_head(image.feature_dim, embed_dim, projection)
-        self.text_proj = projection_head(text.feature_dim, embed_dim, projection)
+        self.image_projection = projection if image_projection is None else image_projection
+        self.text_projection = projection if text_projection is None else text_projection
+        self.image_proj = projection_head(image.feature_dim, embed_dim, self.image_projection,
+                                          "image_projection")
+        self.text_proj = projection_head(text.feature_dim, embed_dim, self.text_projection,
+                                         "text_projection")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images -> ``(B, embed_dim)`` embeddings."""
@@ -76,8 +96,9 @@ class DualEncoder(nn.Module):
     @classmethod
     def from_config(cls, cfg: Mapping) -> "DualEncoder":
         """Build from ``{"image": {ImageEncoder kwargs}, "text": {TextEncoder kwargs},
-        "embed_dim": int, "projection": "linear" | "mlp"}`` (``embed_dim``/``projection``
-        optional). Unknown keys raise a ValueError naming them."""
+        "embed_dim": int, "projection": "linear" | "mlp" | "none", "image_projection": ...,
+        "text_projection": ...}`` (all but ``image``/``text`` optional; the per-modality
+        projections default to ``projection``). Unknown keys raise a ValueError naming them."""
         if not isinstance(cfg, Mapping):
             raise TypeError(f"the model config must be a dict, got {type(cfg).__name__}")
         _check_keys("model config", cfg, CONFIG_KEYS)
@@ -90,13 +111,15 @@ class DualEncoder(nn.Module):
         image = ImageEncoder(image_cfg.pop("name", "vit_base_patch16_224"), **image_cfg)
         text = TextEncoder(**copy.deepcopy(dict(text_cfg)))
         return cls(image, text, embed_dim=cfg.get("embed_dim", 512),
-                   projection=cfg.get("projection", "linear"))
+                   projection=cfg.get("projection", "linear"),
+                   image_projection=cfg.get("image_projection"), text_projection=cfg.get("text_projection"))
 
     def to_config(self) -> dict:
         """The config :meth:`from_config` rebuilds this architecture from, without weight files
         (load the ``state_dict`` of a checkpoint into the rebuilt model)."""
         return {"image": self.image.config(), "text": self.text.config(),
-                "embed_dim": self.embed_dim, "projection": self.projection}
+                "embed_dim": self.embed_dim, "projection": self.projection,
+                "image_projection": self.image_projection, "text_projection": self.text_projection}
 
 
 def _check_keys(where: str, cfg: Mapping, allowed: tuple) -> None:

@@ -1,7 +1,9 @@
 """Freezing the first layers of an encoder, as the MedTrim paper does with its pretrained encoders.
 
 A frozen encoder keeps its stem (image: patch embedding, position embedding, class/register tokens;
-text: the embeddings) and its first ``n`` blocks/layers fixed:
+text: the embeddings) and its first ``n`` blocks/layers fixed (with ``freeze_stem=False``, only the
+``n`` blocks/layers: the published MedTrim code freezes ``encoder.layer[0:2]`` of both models and
+leaves the embeddings and the ViT patch stem trainable):
 
 - their parameters get ``requires_grad = False`` (optimizers built from
   ``p for p in model.parameters() if p.requires_grad`` skip them, and DDP ignores them);
@@ -103,14 +105,14 @@ def hf_layer_groups(model: nn.Module) -> tuple[list[str], list[list[str]]]:
 
 
 def freeze_first_layers(model: nn.Module, stem: list[str], blocks: list[list[str]], n: int,
-                        what: str) -> list[str]:
-    """Freeze ``stem`` plus the first ``n`` of ``blocks`` (nothing for ``n == 0``). Returns the
-    names of the maximal submodules whose parameters are now all frozen (see
-    :func:`keep_frozen_in_eval`)."""
+                        what: str, *, freeze_stem: bool = True) -> list[str]:
+    """Freeze ``stem`` (unless ``freeze_stem`` is False) plus the first ``n`` of ``blocks``
+    (nothing for ``n == 0``). Returns the names of the maximal submodules whose parameters are
+    now all frozen (see :func:`keep_frozen_in_eval`)."""
     n = check_freeze_count(n, len(blocks), what)
     if n == 0:
         return []
-    frozen = set(stem).union(*blocks[:n])
+    frozen = set(stem if freeze_stem else ()).union(*blocks[:n])
     for name, p in model.named_parameters():
         if name in frozen:
             p.requires_grad_(False)

@@ -30,19 +30,26 @@ class ImageEncoder(nn.Module):
       Classifier weights in the file are dropped; every other parameter must load (strict), so a
       file for another architecture raises a ValueError naming the file and the offending keys.
       Nothing is ever downloaded.
-    - ``freeze_layers=n`` freezes the stem and the first ``n`` blocks (see ``freezing``).
+    - ``freeze_layers=n`` freezes the stem and the first ``n`` blocks (see ``freezing``); with
+      ``freeze_stem=False`` only the ``n`` blocks (patch embedding, position embedding and class
+      token stay trainable, as in the published MedTrim code).
+    - ViTs built with timm's default ``global_pool="token"`` give the [CLS] token after the final
+      norm (like Hugging Face's ``ViTForImageClassification`` before its classifier).
     - ``forward`` takes float images ``(B, C, H, W)``; 1-channel images for a multi-channel model
       are repeated across channels (grayscale X-rays into an RGB model).
     """
 
     def __init__(self, name: str = "vit_base_patch16_224", *, checkpoint: str | Path | None = None,
-                 in_chans: int = 3, img_size: int = 224, freeze_layers: int = 0, **model_kwargs):
+                 in_chans: int = 3, img_size: int = 224, freeze_layers: int = 0,
+                 freeze_stem: bool = True, **model_kwargs):
         super().__init__()
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a timm model name, got {name!r}")
         for arg, value in (("in_chans", in_chans), ("img_size", img_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        if not isinstance(freeze_stem, bool):
+            raise TypeError(f"freeze_stem must be a bool, got {freeze_stem!r}")
         for reserved in ("pretrained", "num_classes", "pretrained_cfg_overlay", "features_only"):
             if reserved in model_kwargs:
                 raise ValueError(f"{reserved!r} is set by ImageEncoder; do not pass it in model_kwargs")
@@ -53,13 +60,13 @@ class ImageEncoder(nn.Module):
         # with num_classes=0 the pooled features have head_hidden_size (a pre-logits layer) when
         # the model has one, else num_features
         self.feature_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
-        self.freeze_layers = freeze_layers
+        self.freeze_layers, self.freeze_stem = freeze_layers, freeze_stem
         self._frozen: list[str] = []
         if freeze_layers:
             stem, blocks = timm_layer_groups(self.model)
             self._frozen = [f"model.{m}" if m else "model" for m in
                             freeze_first_layers(self.model, stem, blocks, freeze_layers,
-                                                f"the image model {name!r}")]
+                                                f"the image model {name!r}", freeze_stem=freeze_stem)]
             keep_frozen_in_eval(self, self._frozen)
 
     @property
@@ -71,7 +78,8 @@ class ImageEncoder(nn.Module):
         """Constructor arguments that rebuild this architecture (without the weights file: a
         checkpoint of the whole model carries the weights)."""
         return {"name": self.name, "in_chans": self.in_chans, "img_size": self.img_size,
-                "freeze_layers": self.freeze_layers, **self.model_kwargs}
+                "freeze_layers": self.freeze_layers, "freeze_stem": self.freeze_stem,
+                **self.model_kwargs}
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         super().train(mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -16,7 +17,7 @@ DEFAULT_TEXT_CONFIG = {
     "model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
     "intermediate_size": 3072, "vocab_size": 28996, "max_position_embeddings": 512,
 }
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "pooler")
 
 
 class TextEncoder(nn.Module):
@@ -34,16 +35,22 @@ class TextEncoder(nn.Module):
       (seeded by torch's global generator).
     - ``vocab_size``: the size of the tokenizer's vocabulary (a tokenizer trained on the corpus);
       overrides the config's, and resizes the embeddings of a pretrained model that differs.
-    - ``pooling``: ``"cls"`` (the first token's final state; tokenizers must pad on the right) or
-      ``"mean"`` (mean over the tokens where ``attention_mask`` is 1).
-    - ``freeze_layers=n`` freezes the embeddings and the first ``n`` layers (see ``freezing``).
+    - ``pooling``: ``"cls"`` (the first token's final state; tokenizers must pad on the right),
+      ``"mean"`` (mean over the tokens where ``attention_mask`` is 1) or ``"pooler"`` (the
+      model's own pooler output; BERT: ``tanh(W h_[CLS] + b)`` with the pretrained ``W``, ``b`` --
+      what the published MedTrim code embeds reports with). A model without a pooler layer
+      cannot use ``"pooler"`` (ValueError).
+    - ``freeze_layers=n`` freezes the embeddings and the first ``n`` layers (see ``freezing``);
+      with ``freeze_stem=False`` only the ``n`` layers, the embeddings stay trainable (as the
+      published code). The pooler is never frozen.
 
-    A pooler layer the model may have (BERT's) is removed: it is unused, and parameters without
-    gradients break DistributedDataParallel.
+    With ``"cls"`` or ``"mean"`` pooling, a pooler layer the model may have (BERT's) is removed:
+    it is unused, and parameters without gradients break DistributedDataParallel.
     """
 
     def __init__(self, pretrained: str | Path | None = None, *, config: Mapping | str | Path | None = None,
-                 freeze_layers: int = 0, pooling: str = "cls", vocab_size: int | None = None):
+                 freeze_layers: int = 0, freeze_stem: bool = True, pooling: str = "cls",
+                 vocab_size: int | None = None):
         super().__init__()
         from transformers import AutoModel
 
@@ -51,27 +58,41 @@ class TextEncoder(nn.Module):
             raise ValueError("pass either pretrained (a model directory) or config, not both")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if not isinstance(freeze_stem, bool):
+            raise TypeError(f"freeze_stem must be a bool, got {freeze_stem!r}")
         if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
                                        or vocab_size < 1):
             raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        missing: set = set()
         if pretrained is not None:
-            self.model = _load_pretrained(pretrained)
+            self.model, missing = _load_pretrained(pretrained)
             if vocab_size is not None and vocab_size != self.model.get_input_embeddings().num_embeddings:
                 self.model.resize_token_embeddings(vocab_size)
         else:
             self.model = AutoModel.from_config(_build_config(config, vocab_size))
-        if getattr(self.model, "pooler", None) is not None:
+        if pooling == "pooler":
+            if getattr(self.model, "pooler", None) is None:
+                raise ValueError(f"pooling='pooler' needs a model with a pooler layer (BERT's); the "
+                                 f"text model ({self.model.config.model_type}) has none: use "
+                                 "pooling='cls' or 'mean'")
+            absent = sorted(k for k in missing if k.split(".")[0] == "pooler")
+            if absent:
+                warnings.warn(f"pooling='pooler': the model in {str(pretrained)!r} has no pooler "
+                              f"weights ({', '.join(absent)}); the pooler starts from random weights",
+                              stacklevel=2)
+        elif getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.pooling = pooling
         self.feature_dim = int(self.model.config.hidden_size)
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
-        self.freeze_layers = freeze_layers
+        self.freeze_layers, self.freeze_stem = freeze_layers, freeze_stem
         self._frozen: list[str] = []
         if freeze_layers:
             stem, layers = hf_layer_groups(self.model)
             self._frozen = [f"model.{m}" if m else "model" for m in
                             freeze_first_layers(self.model, stem, layers, freeze_layers,
-                                                f"the text model ({self.model.config.model_type})")]
+                                                f"the text model ({self.model.config.model_type})",
+                                                freeze_stem=freeze_stem)]
             keep_frozen_in_eval(self, self._frozen)
 
     @property
@@ -86,7 +107,8 @@ class TextEncoder(nn.Module):
         cfg["model_type"] = self.model.config.model_type
         cfg["vocab_size"] = self.vocab_size
         cfg = json.loads(json.dumps(cfg))  # plain types (e.g. str keys of id2label)
-        return {"config": cfg, "freeze_layers": self.freeze_layers, "pooling": self.pooling}
+        return {"config": cfg, "freeze_layers": self.freeze_layers, "freeze_stem": self.freeze_stem,
+                "pooling": self.pooling}
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)
@@ -97,7 +119,10 @@ class TextEncoder(nn.Module):
         """Pooled features ``(B, feature_dim)`` of token ids ``(B, L)`` and their mask ``(B, L)``
         (1 = token, 0 = padding). Every row needs at least one token."""
         _check_tokens(input_ids, attention_mask, self.vocab_size)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         # float32 sums (token counts above 256 are not exact in bf16), back in the hidden dtype
@@ -106,6 +131,7 @@ class TextEncoder(nn.Module):
 
 
 def _load_pretrained(path):
+    """(model, names of the parameters the folder did not hold) of a local model folder."""
     from transformers import AutoModel
 
     p = Path(path)
@@ -114,7 +140,8 @@ def _load_pretrained(path):
     if not (p / "config.json").is_file():
         raise ValueError(f"pretrained model directory {str(path)!r} has no config.json")
     try:
-        return AutoModel.from_pretrained(str(p), local_files_only=True)
+        model, info = AutoModel.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
+        return model, set(info.get("missing_keys") or ())
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ValueError(f"cannot load a transformers model from {str(path)!r}: {exc}") from None
 

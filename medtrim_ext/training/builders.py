@@ -33,7 +33,8 @@ def entity_cache_dir(cfg: Config) -> str | None:
 
 def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True):
     """The dataset of ``split``; for training, augmented when ``data.augment`` with per-item draws
-    seeded by ``train.seed`` (so a resumed run sees the same images)."""
+    seeded by ``train.seed`` (so a resumed run sees the same images). Every split is normalised
+    by ``data.normalize`` (evaluation sees the images as training did)."""
     from ..datasets import load_dataset
 
     d = cfg.data
@@ -46,7 +47,7 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
     if augment:
         options.setdefault("aug_seed", cfg.train.seed)
     return load_dataset(d.kind, split, root=d.root, image_size=d.image_size, in_chans=d.in_chans,
-                        train=augment, entities=d.entities, cache_dir=entity_cache_dir(cfg),
+                        train=augment, normalize=d.normalize, entities=d.entities, cache_dir=entity_cache_dir(cfg),
                         progress=progress, **options)
 
 
@@ -65,12 +66,15 @@ def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):
 
 
 def model_config(cfg: Config, vocab_size: int | None) -> dict:
-    """The :class:`DualEncoder` config; a text model built from a config gets the tokenizer's size."""
+    """The :class:`DualEncoder` config (stored in checkpoints: it rebuilds the model); a text model
+    built from a config gets the tokenizer's size."""
     text = copy.deepcopy(cfg.model.text)
     if vocab_size is not None and not text.get("pretrained"):
         text["config"] = {**(text.get("config") or {}), "vocab_size": vocab_size}
-    return {"image": copy.deepcopy(cfg.model.image), "text": text, "embed_dim": cfg.model.embed_dim,
-            "projection": cfg.model.projection}
+    m = cfg.model
+    return {"image": copy.deepcopy(m.image), "text": text, "embed_dim": m.embed_dim,
+            "projection": m.projection, "image_projection": m.image_projection or m.projection,
+            "text_projection": m.text_projection or m.projection}
 
 
 def build_model(cfg: Config, vocab_size: int | None):

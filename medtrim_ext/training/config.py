@@ -4,7 +4,8 @@
 
 Every key is checked: an unknown section or key raises ``ValueError`` naming it, and a value of
 the wrong type names the key and what it expected. ``load_config`` also accepts the name of a
-packaged preset (``demo``) instead of a path.
+packaged preset instead of a path: ``demo`` (the CPU phantom demo) or ``paper`` (the published
+MedTrim training code, ``medtrim_ext/data/configs/paper.yaml``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ OBJECTIVE_PARTS = ("medtrim", "medtrim_offline", "infonce", "soft_infonce")
 TIE_BREAKS = ("random", "first")
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
+PROJECTIONS = ("linear", "mlp", "none")   # medtrim_ext.models.dual.PROJECTIONS (not imported: light)
+NORMALIZATIONS = ("half", "imagenet")     # medtrim_ext.datasets.transforms.NORMALIZATIONS
 
 
 @dataclass
@@ -30,6 +33,7 @@ class DataConfig:
     root: str | None = None           # dataset path (unused for phantoms)
     image_size: int = 224
     in_chans: int = 1                 # channels the dataset yields (1: grayscale X-rays)
+    normalize: str = "half"           # half: [0, 1] -> [-1, 1]; imagenet: RGB with ImageNet mean/std (in_chans 3)
     entities: str = "extracted"       # extracted (spaCy/medspacy, cached) | ground_truth (phantoms)
     cache_dir: str | None = None      # entity cache folder (default: <root or out_dir>/entity-cache)
     train_split: str = "train"
@@ -48,9 +52,14 @@ class ModelConfig:
                                                  "img_size": 224})
     text: dict = field(default_factory=dict)   # TextEncoder kwargs: pretrained dir or config
     embed_dim: int = 512
-    projection: str = "linear"
+    projection: str = "linear"        # linear | mlp | none (identity: the features are the embedding)
+    image_projection: str | None = None   # None: projection
+    text_projection: str | None = None    # None: projection
     tokenizer: str | None = None      # local tokenizer dir; None: train a WordPiece on the corpus
     tokenizer_vocab_size: int = 8000
+    # False: the encoders stay in eval mode while training (no dropout; BatchNorm would use and
+    # keep its running statistics), as in the published code, which never calls .train()
+    dropout: bool = True
 
 
 @dataclass
@@ -75,6 +84,12 @@ class ObjectiveConfig:
     min_positive_score: float = 0.0   # no triplet for an anchor whose best candidate scores less
     memory_bank: int = 0              # extra mining candidates from recent batches (0: off)
     pool_size: int = 32               # medtrim_offline: samples per mining pool (published: 32)
+    # medtrim_offline: 0 = mine fresh pools for every step; N > 0 = mine N triplets once before
+    # training (<out_dir>/offline_triplets.csv, reused), every epoch iterates them in a new order
+    offline_triplets: int = 0
+    # with offline_triplets: 0 = pools drawn from the whole training set; S > 0 = draw a random set
+    # of S samples, then pool_size pools of pool_size samples from it (published: 512)
+    offline_set_size: int = 0
     temperature: float = 0.07         # infonce, soft_infonce: initial temperature (learnable)
     soft_own_weight: float = 0.5      # soft_infonce: target mass on the own pair
     soft_temperature: float = 0.1     # soft_infonce: temperature of the score softmax
@@ -85,6 +100,7 @@ class OptimConfig:
     lr: float = 1e-4
     text_lr: float | None = None      # None: same as lr
     weight_decay: float = 0.05
+    decay_all: bool = False           # True: decay every parameter (no exclusion of biases, norms, ...)
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_steps: int = 100
@@ -178,6 +194,25 @@ class Config:
         need(self.objective.temperature > 0, "objective.temperature", "must be > 0")
         need(self.objective.pool_size >= 2, "objective.pool_size", "must be >= 2")
         need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+        need(self.model.projection in PROJECTIONS, "model.projection", f"must be one of {PROJECTIONS}")
+        for key in ("image_projection", "text_projection"):
+            need(getattr(self.model, key) in (None, *PROJECTIONS), f"model.{key}",
+                 f"must be one of {PROJECTIONS} (or null: model.projection)")
+        need(self.data.normalize in NORMALIZATIONS, "data.normalize", f"must be one of {NORMALIZATIONS}")
+        need(self.data.normalize != "imagenet" or self.data.in_chans == 3, "data.in_chans",
+             "must be 3 with data.normalize=imagenet (the gray channel repeated to RGB)")
+        obj = self.objective
+        need(obj.offline_triplets >= 0, "objective.offline_triplets", "must be >= 0")
+        need(obj.offline_set_size >= 0, "objective.offline_set_size", "must be >= 0")
+        need(obj.offline_triplets == 0 or "medtrim_offline" in parts, "objective.offline_triplets",
+             "needs objective.kind=medtrim_offline")
+        need(obj.offline_set_size == 0 or obj.offline_triplets > 0, "objective.offline_set_size",
+             "needs objective.offline_triplets > 0 (sets are drawn when the triplets are mined once)")
+        need(obj.offline_set_size == 0 or obj.offline_set_size >= obj.pool_size, "objective.offline_set_size",
+             f"must be >= objective.pool_size ({obj.pool_size}) to draw pools from a set")
+        need(obj.offline_triplets == 0 or obj.offline_triplets >= self.train.batch_size // 3,
+             "objective.offline_triplets", f"must be at least one batch ({self.train.batch_size // 3} "
+             "triplets: train.batch_size / 3)")
         need(len(self.eval.ks) > 0 and all(k >= 1 for k in self.eval.ks), "eval.ks",
              "must be a non-empty list of K >= 1")
         need(self.eval.attribute_k >= 1, "eval.attribute_k", "must be >= 1")

@@ -5,11 +5,14 @@
 
 Each step: load the batch, encode images and reports, mine triplets (or gather the batch for
 InfoNCE), compute the loss, back-propagate, clip, step AdamW and the LR schedule. The step time is
-split into those phases (:class:`~medtrim_ext.training.timing.StepTimer`). ``<out_dir>/last.pt``
-is written atomically every ``train.ckpt_every`` steps and at the end; with ``train.resume=auto``
-a restarted run continues from it and produces the same weights as an uninterrupted run (on the
-CPU with ``data.num_workers=0``; with workers the data order is the same but augmentation draws
-differ).
+split into those phases (:class:`~medtrim_ext.training.timing.StepTimer`). The encoders are in
+train mode, or in eval mode with ``model.dropout=false`` (as the published code). With
+``objective.kind=medtrim_offline`` and ``objective.offline_triplets=N``, N triplets are mined once
+before the first step into ``<out_dir>/offline_triplets.csv``, which a resumed run reuses.
+``<out_dir>/last.pt`` is written atomically every ``train.ckpt_every`` steps and at the end; with
+``train.resume=auto`` a restarted run continues from it and produces the same weights as an
+uninterrupted run (on the CPU with ``data.num_workers=0``; with workers the data order is the same
+but augmentation draws differ).
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ from ..io import atomic_write
 from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
-from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
+from .distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from .logger import RunLogger
 from .objectives import build_objective, offline_triplets
 from .optim import build_optimizer, build_scheduler
-from .sampling import EpochKeyed, OfflineStepBatchSampler, StepBatchSampler
+from .sampling import EpochKeyed, MinedTripletBatchSampler, OfflineStepBatchSampler, StepBatchSampler
 from .timing import StepTimer
 
 # keys whose change between a checkpoint and a resumed run is harmless
 RESUME_FREE_KEYS = {("train", "steps"), ("train", "resume"), ("train", "progress"),
                     ("train", "log_every"), ("train", "ckpt_every"), ("train", "tensorboard"),
                     ("train", "sync_timing"), ("data", "num_workers"), ("eval",)}
+OFFLINE_TRIPLETS_FILE = "offline_triplets.csv"
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -58,13 +62,15 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 def _config_changes(old: dict, new: dict) -> list[str]:
+    defaults = Config().to_dict()  # keys a checkpoint of an older version lacks had their defaults
     changes = []
     for section, values in new.items():
         if (section,) in RESUME_FREE_KEYS:
             continue
+        before = {**defaults.get(section, {}), **old.get(section, {})}
         for key, value in values.items():
-            if (section, key) not in RESUME_FREE_KEYS and old.get(section, {}).get(key) != value:
-                changes.append(f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}")
+            if (section, key) not in RESUME_FREE_KEYS and before.get(key) != value:
+                changes.append(f"{section}.{key}: {before.get(key)!r} -> {value!r}")
     return changes
 
 
@@ -143,7 +149,12 @@ class Trainer:
         from ..datasets import Collator
 
         cfg = self.cfg
-        if self.objective.offline:
+        if self.objective.offline and cfg.objective.offline_triplets:
+            batches = MinedTripletBatchSampler(self._mined_triplets(), cfg.train.batch_size // 3,
+                                               steps=cfg.train.steps, start_step=self.start_step,
+                                               seed=cfg.train.seed, rank=self.ctx.rank,
+                                               world_size=self.ctx.world_size)
+        elif self.objective.offline:
             from ..entities import MetaEntities
             from ..offline import OfflineTripletSampler
 
@@ -161,6 +172,39 @@ class Trainer:
             EpochKeyed(self.dataset), batch_sampler=batches, num_workers=cfg.data.num_workers,
             collate_fn=Collator(self.tokenizer, max_length=cfg.data.max_length),
             pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _mined_triplets(self) -> torch.Tensor:
+        """The run's offline triplets, mined once: read from ``<out_dir>/offline_triplets.csv``
+        when it exists (checked against this data and the miner's settings), else mined by the
+        main process (seeded by ``train.seed``) and written there atomically."""
+        from ..offline import (load_offline_triplets, mine_offline_triplets, offline_triplets_meta,
+                               save_offline_triplets)
+
+        cfg, obj = self.cfg, self.cfg.objective
+        n = len(self.dataset)
+        if obj.offline_set_size > n:
+            raise ValueError(f"objective.offline_set_size={obj.offline_set_size} is larger than the "
+                             f"training set ({n} samples)")
+        per_step = cfg.train.batch_size // 3 * self.ctx.world_size
+        if obj.offline_triplets < per_step:
+            raise ValueError(f"objective.offline_triplets={obj.offline_triplets} is less than one global "
+                             f"batch ({per_step} triplets)")
+        study_ids = self.dataset.study_ids
+        meta = offline_triplets_meta(study_ids, self.objective.miner, num_triplets=obj.offline_triplets,
+                                     pool_size=obj.pool_size, set_size=obj.offline_set_size,
+                                     seed=cfg.train.seed)
+        path = self.out_dir / OFFLINE_TRIPLETS_FILE
+        triplets = None
+        if self.main and not path.exists():
+            from ..entities import MetaEntities
+
+            triplets = mine_offline_triplets(
+                MetaEntities.from_records(self.dataset.records), self.objective.miner,
+                num_triplets=obj.offline_triplets, pool_size=obj.pool_size,
+                set_size=obj.offline_set_size, seed=cfg.train.seed, progress=self.progress)
+            save_offline_triplets(path, triplets, study_ids, meta)
+        barrier(self.ctx)
+        return triplets if triplets is not None else load_offline_triplets(path, study_ids, meta)
 
     # -- one step ----------------------------------------------------------------------------------
     def _step(self, batch: dict, step: int) -> dict:
@@ -235,7 +279,7 @@ class Trainer:
 
         bar = tqdm(total=cfg.train.steps, initial=self.start_step, desc=f"train {cfg.objective.kind}",
                    unit="step", disable=not self.progress, dynamic_ncols=True)
-        self.model.train()
+        self.model.train(cfg.model.dropout)  # dropout off: eval mode throughout, as published
         step = self.start_step
         last_logs: dict = {}
         t0 = time.perf_counter()

@@ -15,7 +15,9 @@ def _no_decay(name: str, p: torch.nn.Parameter) -> bool:
 
 
 def build_optimizer(model: torch.nn.Module, objective: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW; the text encoder (and its projection) may use ``text_lr``."""
+    """AdamW; the text encoder (and its projection) may use ``text_lr``. Biases, norms, position
+    embeddings, tokens and temperatures get no weight decay, unless ``decay_all`` (every
+    trainable parameter decayed, as the published MedTrim code's AdamW over ``model.parameters()``)."""
     text_lr = cfg.text_lr if cfg.text_lr is not None else cfg.lr
     groups: dict[tuple, list] = {}
     named = [(f"model.{n}", p) for n, p in model.named_parameters()]
@@ -24,7 +26,7 @@ def build_optimizer(model: torch.nn.Module, objective: torch.nn.Module, cfg: Opt
         if not p.requires_grad:
             continue
         lr = text_lr if name.startswith(("model.text", "model.text_proj")) else cfg.lr
-        wd = 0.0 if _no_decay(name, p) else cfg.weight_decay
+        wd = cfg.weight_decay if cfg.decay_all or not _no_decay(name, p) else 0.0
         groups.setdefault((lr, wd), []).append(p)
     if not groups:
         raise ValueError("no trainable parameters (every layer frozen?)")
