@@ -37,6 +37,7 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim-offline": ("medtrim", ["objective.kind=medtrim_offline", "train.batch_size=63"]),
     # the published loss plus a term that ties each image to its own report
     "medtrim+infonce": ("combined", ["objective.kind=medtrim+infonce"]),
+    "medtrim0.25+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 0.25}"]),
     "medtrim0.5+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 0.5}"]),
     "medtrim2+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 2.0}"]),
     "medtrim+infonce-minpos0.5": ("combined", ["objective.kind=medtrim+infonce",
@@ -53,6 +54,9 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
                                             "objective.soft_temperature=0.1",
                                             "objective.soft_own_weight=0.5"]),
+    "medtrim+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                             "objective.soft_temperature=0.05",
+                                             "objective.soft_own_weight=0.5"]),
 }
 
 
