@@ -312,10 +312,9 @@ class Trainer:
         return result
 
     def _log(self, logger: RunLogger, step: int, logs: dict, times: dict) -> dict:
-        extra = self.objective.pair_score_logs()
-        names = list(logs) + list(extra)
+        names = list(logs)
         values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).reshape(())
-                              for v in list(logs.values()) + list(extra.values())])
+                              for v in logs.values()])
         values = all_reduce_sum(values, self.ctx) / self.ctx.world_size
         row = dict(zip(names, values.tolist()))
         row["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -78,7 +78,6 @@ class ObjectiveStep(torch.nn.Module):
             from ..memory_bank import MemoryBank
 
             self.bank = MemoryBank(cfg.memory_bank, embed_dim)
-        self._last = None  # (entities, triplets, candidate entities) of the last step, for logs
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, batch: dict, ctx: DistContext,
                 timer: StepTimer, generator: torch.Generator | None = None) -> StepLoss:
@@ -104,26 +103,11 @@ class ObjectiveStep(torch.nn.Module):
         out = self.objective(img, txt, ents, **kwargs)
         if self.bank is not None:
             self.bank.push(current[0].detach(), current[1].detach(), current[2], current[3])
-        logs = {"loss_img": out.loss_img.detach(), "loss_txt": out.loss_txt.detach()}
-        for key, value in out.stats.items():
-            if key.endswith(("pos_score", "neg_score")):
-                continue  # NaN without triplets: logged from pair_score_logs at log steps
-            logs[key] = value.float() if value.dtype != torch.float32 else value
-        if out.triplets is not None:
-            self._last = (ents, out.triplets, None if self.offline else kwargs.get("cand_entities"))
+        # the objective's statistics (mean positive / negative score: NaN without a triplet), the
+        # same keys on every process so that the log's all-reduce lines up
+        logs = {"loss_img": out.loss_img.detach(), "loss_txt": out.loss_txt.detach(),
+                **{k: v.float() for k, v in out.stats.items()}}
         return StepLoss(out.loss, logs)
-
-    @torch.no_grad()
-    def pair_score_logs(self) -> dict:
-        """Mean meta-entity score of the last step's positives and negatives (valid triplets)."""
-        if self._last is None:
-            return {}
-        ents, triplets, cand_ents = self._last
-        pos, neg = self.miner.triplet_scores(ents, triplets, cand_ents)
-        valid = triplets.valid
-        if not bool(valid.any()):
-            return {}
-        return {"pos_score": pos[valid].mean(), "neg_score": neg[valid].mean()}
 
 
 def build_objective(cfg: ObjectiveConfig, embed_dim: int) -> ObjectiveStep:
