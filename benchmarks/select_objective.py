@@ -40,6 +40,9 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim0.25+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 0.25}"]),
     "medtrim0.5+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 0.5}"]),
     "medtrim2+infonce": ("combined", ["objective.kind=medtrim+infonce", "objective.weights={medtrim: 2.0}"]),
+    "medtrim0.5+infonce-bank512": ("combined", ["objective.kind=medtrim+infonce",
+                                                "objective.weights={medtrim: 0.5}",
+                                                "objective.memory_bank=512"]),
     "medtrim+infonce-minpos0.5": ("combined", ["objective.kind=medtrim+infonce",
                                                "objective.min_positive_score=0.5"]),
     # InfoNCE with meta-entity soft targets
