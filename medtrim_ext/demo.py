@@ -168,7 +168,8 @@ def resolve_arms(names) -> list[str]:
 
 def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = None,
         arms=DEFAULT_ARMS, overrides=(), device: str = "auto", progress: bool = True) -> int:
-    from .evaluation import plot_probe_auc, plot_retrieval, plot_step_breakdown, plot_training_curves
+    from .evaluation import plot_attributes, plot_probe_auc, plot_retrieval, plot_step_breakdown
+    from .evaluation import plot_training_curves
     from .evaluation import results_markdown, summarize_runs, write_results
     from .training import load_config, replace, train
     from .training.builders import resolve_device
@@ -212,6 +213,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     paths = write_results(out, runs, summary)
     plot_retrieval(summary, out / "retrieval.png")
     plot_probe_auc(summary, out / "probe_auc.png")
+    plot_attributes(summary, out / "attributes.png")
     plot_training_curves(curves, out / "training_loss.png", metric="loss")
     times = {a: _mean_times(t) for a, t in step_times.items() if t}
     if times:

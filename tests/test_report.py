@@ -146,6 +146,19 @@ def test_plots_write_pngs(tmp_path):
                                         "infonce": {"encoders": 0.05, "loss": 0.001}}, tmp_path / "steps2.png"))
 
 
+def test_plot_attributes(tmp_path):
+    from medtrim_ext.evaluation import plot_attributes
+
+    def run(x):
+        return {"attributes": {d: {k: {"same@5": x, "same_given_disease@5": x + 0.1, "queries": 10}
+                                   for k in ("side", "size", "zone")} for d in ("i2t", "t2i")}}
+
+    s = summarize_runs({"a": [run(0.4), run(0.5)], "b": [run(0.3), run(0.35)]})
+    assert _is_png(plot_attributes(s, tmp_path / "attributes.png"))
+    with pytest.raises(ValueError, match="no per-attribute metrics"):
+        plot_attributes(summarize_runs(RUNS), tmp_path / "none.png")
+
+
 def test_plot_training_curves(tmp_path):
     logs = {}
     for method, scale in (("medtrim", 1.0), ("infonce", 2.0)):

@@ -51,7 +51,8 @@ def test_demo_trains_the_arms_and_compares_them_per_seed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fine-grained metric" in out and "mining + loss" in out and "per attribute" in out
     for name in ("results.md", "results.json", "retrieval.png", "probe_auc.png", "training_loss.png",
-                 "step_breakdown.png", "phantoms.png", "verdict.json", "step_time.md", "comparison.md"):
+                 "step_breakdown.png", "phantoms.png", "verdict.json", "step_time.md", "comparison.md",
+                 "attributes.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "results.json").read_text())
     assert {len(results["runs"][m]) for m in (BEST, BASELINE)} == {2}

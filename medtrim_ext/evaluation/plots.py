@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 
 from ..io import atomic_write
 
-__all__ = ["plot_probe_auc", "plot_retrieval", "plot_step_breakdown", "plot_training_curves"]
+__all__ = ["plot_attributes", "plot_probe_auc", "plot_retrieval", "plot_step_breakdown",
+           "plot_training_curves"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
@@ -87,6 +88,51 @@ def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision"
             ax.grid(alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_attributes(summary: Mapping, path: str | Path, k: int = 5) -> Path:
+    """Per attribute kind (side, size, zone) and direction, the share of the top K with the same
+    disease and value (``attributes/<dir>/<kind>/same@K``), grouped bars per method with error bars
+    over seeds; a second row of panels: the same share among the items that have the disease.
+    ``ValueError`` when the summary has no such metric (data without ground-truth attributes)."""
+    methods = _methods(summary)
+    pattern = re.compile(rf"^attributes/(i2t|t2i)/([^/]+)/(same|same_given_disease)@{k}$")
+    kinds: list[str] = []
+    for info in methods.values():
+        for p in info["metrics"]:
+            m = pattern.match(p)
+            if m and m.group(2) not in kinds:
+                kinds.append(m.group(2))
+    if not kinds:
+        raise ValueError(f"summary has no per-attribute metrics (paths like 'attributes/i2t/side/same@{k}')")
+    titles = {"i2t": "image → text", "t2i": "text → image"}
+    stats = {"same": f"same disease and value in the top {k}",
+             "same_given_disease": f"same value, among the top {k} with the disease"}
+    fig = Figure(figsize=(4.6 * 2, 3.4 * 2))
+    axes = fig.subplots(2, 2, squeeze=False)
+    width = 0.8 / len(methods)
+    for r_i, stat in enumerate(stats):
+        for c_i, d in enumerate(("i2t", "t2i")):
+            ax = axes[r_i][c_i]
+            for m_i, (name, info) in enumerate(methods.items()):
+                xs, hs, es = [], [], []
+                for g_i, kind in enumerate(kinds):
+                    st = info["metrics"].get(f"attributes/{d}/{kind}/{stat}@{k}")
+                    if st and _finite(st["mean"]):
+                        xs.append(g_i + (m_i - (len(methods) - 1) / 2) * width)
+                        hs.append(st["mean"])
+                        es.append(st["std"] if _finite(st["std"]) else 0.0)
+                if xs:
+                    ax.bar(xs, hs, width=width, yerr=es, capsize=2, color=_color(m_i), label=name)
+            ax.set_xticks(range(len(kinds)))
+            ax.set_xticklabels(kinds)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{titles[d]}: {stats[stat]}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+            if ax.has_data():
+                ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
