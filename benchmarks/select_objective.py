@@ -60,6 +60,14 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
                                              "objective.soft_temperature=0.05",
                                              "objective.soft_own_weight=0.5"]),
+    "medtrim2+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                             "objective.weights={medtrim: 2.0}",
+                                             "objective.soft_temperature=0.1",
+                                             "objective.soft_own_weight=0.5"]),
+    "medtrim2+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                              "objective.weights={medtrim: 2.0}",
+                                              "objective.soft_temperature=0.05",
+                                              "objective.soft_own_weight=0.5"]),
 }
 
 
