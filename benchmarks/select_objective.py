@@ -27,6 +27,9 @@ import torch
 
 CRITERION = ("i2t/fine/precision@5", "t2i/fine/precision@5", "i2t/fine/mAP", "t2i/fine/mAP")
 REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP")
+# the per-attribute diagnostic (kept with every run; shown with --attributes)
+ATTRIBUTES = tuple(f"attributes/{d}/{k}/{s}@5" for d in ("i2t", "t2i") for k in ("side", "size", "zone")
+                   for s in ("same", "same_given_disease"))
 
 # name -> (family, config overrides). Families: the arms of the demo.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
@@ -60,6 +63,19 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
                                              "objective.soft_temperature=0.05",
                                              "objective.soft_own_weight=0.5"]),
+    # round 2, after the validation diagnostic (within a disease, soft targets at temperature 0.1
+    # agree less on size and zone than InfoNCE): targets that reward descriptor matches more
+    "medtrim+soft-t0.02-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                             "objective.soft_temperature=0.02",
+                                             "objective.soft_own_weight=0.5"]),
+    "medtrim+soft-t0.05-w0.5-attr": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                                  "objective.soft_temperature=0.05",
+                                                  "objective.soft_own_weight=0.5",
+                                                  "objective.soft_weights=[0.5, 0.3, 0.2]"]),
+    "medtrim+soft-t0.1-w0.5-attr": ("combined", ["objective.kind=medtrim+soft_infonce",
+                                                 "objective.soft_temperature=0.1",
+                                                 "objective.soft_own_weight=0.5",
+                                                 "objective.soft_weights=[0.5, 0.3, 0.2]"]),
     "medtrim2+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
                                              "objective.weights={medtrim: 2.0}",
                                              "objective.soft_temperature=0.1",
@@ -71,7 +87,8 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path) -> dict:
+def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
+            refresh: bool = False) -> dict:
     from medtrim_ext.training import load_config, train
     from medtrim_ext.training.builders import resolve_device
     from medtrim_ext.training.distributed import DistContext
@@ -80,20 +97,19 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path) -
 
     run_dir = out / "runs" / f"{name}-seed{seed}"
     cached = run_dir / "validate.json"
-    if cached.exists():
+    if cached.exists() and not (refresh and ATTRIBUTES[0] not in json.loads(cached.read_text())["metrics"]):
         return json.loads(cached.read_text())
     cfg = load_config("demo", overrides + [f"train.steps={steps}", f"train.seed={seed}",
                                            f"train.out_dir={run_dir}", "train.progress=false",
                                            "train.tensorboard=false", "train.device=cpu",
                                            f"data.cache_dir={out / 'entity-cache'}",
                                            "data.eval_split=validate", "eval.probe=false"])
-    t0 = time.perf_counter()
     result = train(cfg)
     dev = resolve_device("cpu", DistContext())
     model, tokenizer, _, _ = load_trained(result["checkpoint"], dev)
     ev = evaluate_model(model, tokenizer, cfg, dev, progress=False)
     row = {"name": name, "seed": seed, "steps": steps, "overrides": overrides,
-           "metrics": {k: _metric(ev, k) for k in REPORTED}, "wall_s": time.perf_counter() - t0,
+           "metrics": {k: _metric(ev, k) for k in REPORTED + ATTRIBUTES}, "wall_s": result["wall_s"],
            "step_time": result["step_time"]}
     with atomic_write(cached) as f:
         json.dump(row, f, indent=1)
@@ -107,21 +123,22 @@ def _metric(ev: dict, path: str) -> float:
     return float(node)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], columns=REPORTED) -> str:
     by_name: dict[str, list[dict]] = {}
     for r in rows:
         by_name.setdefault(r["name"], []).append(r)
     lines = ["| candidate | family | seeds | criterion (mean of 4 fine) | " +
-             " | ".join(REPORTED) + " |", "|---|---|---|---:|" + "---:|" * len(REPORTED)]
+             " | ".join(columns) + " |", "|---|---|---|---:|" + "---:|" * len(columns)]
     scored = []
     for name, rs in by_name.items():
-        means = {k: sum(r["metrics"][k] for r in rs) / len(rs) for k in REPORTED}
+        means = {k: sum(r["metrics"].get(k, float("nan")) for r in rs) / len(rs) for k in
+                 set(columns) | set(CRITERION)}
         crit = sum(means[k] for k in CRITERION) / len(CRITERION)
         scored.append((crit, name, rs, means))
     for crit, name, rs, means in sorted(scored, reverse=True):
         seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
         lines.append(f"| {name} | {CANDIDATES.get(name, ('?',))[0]} | {seeds} | {crit:.4f} | " +
-                     " | ".join(f"{means[k]:.3f}" for k in REPORTED) + " |")
+                     " | ".join(f"{means[k]:.3f}" for k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -132,6 +149,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--only", nargs="+", default=None, help="candidate names (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--refresh", action="store_true",
+                   help="re-evaluate finished runs whose cached result lacks the attribute diagnostic")
+    p.add_argument("--attributes", action="store_true",
+                   help="also write attributes.md: the per-attribute top-5 agreement per candidate")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +164,7 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         for name in names:
-            row = run_one(name, CANDIDATES[name][1], seed, args.steps, out)
+            row = run_one(name, CANDIDATES[name][1], seed, args.steps, out, refresh=args.refresh)
             rows.append(row)
             m = row["metrics"]
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {m[k]:.3f}" for k in CRITERION), flush=True)
@@ -157,6 +178,13 @@ def main(argv=None) -> int:
         f.write(f"# Validation-split selection ({args.steps} steps)\n\nCriterion: mean of "
                 f"{', '.join(CRITERION)} over seeds (validation split, 600 studies).\n\n{md}\n")
     print("\n" + md)
+    if args.attributes:
+        with_attrs = [r for r in done if ATTRIBUTES[0] in r["metrics"]]
+        attrs = table(with_attrs, ATTRIBUTES)
+        with atomic_write(out / "attributes.md") as f:
+            f.write(f"# Validation split: top-5 agreement per attribute kind ({args.steps} steps)\n\n"
+                    f"{attrs}\n")
+        print("\n" + attrs)
     return 0
 
 

@@ -170,7 +170,17 @@ def test_training_step_equals_the_public_objective():
     ("objective.soft_own_weight=2", "objective.soft_own_weight must be in"),
     ("objective.soft_temperature=0", "objective.soft_temperature must be > 0"),
     ("objective.min_positive_score=-1", "objective.min_positive_score must be >= 0"),
+    ("objective.soft_weights=[1, 2]", "objective.soft_weights must be"),
+    ("objective.soft_weights=[1, -2, 0]", "objective.soft_weights must be"),
 ])
 def test_objective_config_errors_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):
         load_config("demo", [override])
+
+
+def test_soft_targets_may_use_their_own_score_weights():
+    cfg = load_config("demo", ["objective.kind=medtrim+soft_infonce",
+                               "objective.soft_weights=[0.5, 0.3, 0.2]"]).objective
+    module = build_objective_module(cfg)
+    assert module.parts["soft_infonce"].miner.weights == {"w_dis": 0.5, "w_adj": 0.3, "w_dir": 0.2}
+    assert module.parts["medtrim"].miner.weights == {"w_dis": 0.85, "w_adj": 0.10, "w_dir": 0.05}

@@ -93,6 +93,8 @@ class ObjectiveConfig:
     temperature: float = 0.07         # infonce, soft_infonce: initial temperature (learnable)
     soft_own_weight: float = 0.5      # soft_infonce: target mass on the own pair
     soft_temperature: float = 0.1     # soft_infonce: temperature of the score softmax
+    soft_weights: list = field(default_factory=list)  # soft_infonce: [w_dis, w_adj, w_dir] of its
+    # target score ([]: the miner's w_dis, w_adj, w_dir)
 
 
 @dataclass
@@ -178,6 +180,10 @@ class Config:
         need(self.objective.min_positive_score >= 0, "objective.min_positive_score", "must be >= 0")
         need(0 <= self.objective.soft_own_weight <= 1, "objective.soft_own_weight", "must be in [0, 1]")
         need(self.objective.soft_temperature > 0, "objective.soft_temperature", "must be > 0")
+        sw = self.objective.soft_weights
+        need(sw == [] or (len(sw) == 3 and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                              and 0 <= w < float("inf") for w in sw)),
+             "objective.soft_weights", "must be [] or three finite numbers >= 0 [w_dis, w_adj, w_dir]")
         need(self.train.amp in AMP_MODES, "train.amp", f"must be one of {AMP_MODES}")
         need(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}")
         need(self.data.entities in ("extracted", "ground_truth"), "data.entities",

@@ -52,8 +52,9 @@ def build_objective_module(cfg: ObjectiveConfig, miner: TripletMiner | None = No
             parts[name] = MedTrimObjective(miner, MultimodalTripletLoss(margin=cfg.margin))
         elif name == "infonce":
             parts[name] = InfoNCEObjective(InfoNCELoss(temperature=cfg.temperature))
-        else:  # soft_infonce
-            parts[name] = SoftInfoNCEObjective(InfoNCELoss(temperature=cfg.temperature), miner,
+        else:  # soft_infonce: its target score may weigh the descriptors differently
+            scorer = TripletMiner(*cfg.soft_weights) if cfg.soft_weights else miner
+            parts[name] = SoftInfoNCEObjective(InfoNCELoss(temperature=cfg.temperature), scorer,
                                                own_weight=cfg.soft_own_weight,
                                                temperature=cfg.soft_temperature)
     if len(parts) == 1 and not cfg.weights:
