@@ -100,11 +100,14 @@ class TripletMiner:
     Ties (exactly equal float32 scores), by ``tie_break``:
 
     - ``"random"`` (default): each anchor breaks them at random, with a key from a counter-based
-      hash of (seed, anchor id, candidate id); the smallest key wins. This is what the published
-      code does in effect (each triplet is mined in a fresh random pool) and spreads the tied
-      choices of a batch over many samples instead of one. The key depends on nothing else, so
-      CPU, CUDA and :mod:`medtrim_ext.reference` agree bit for bit whatever the thread count or
-      tiling, and a permuted batch (ids permuted with it) picks the same samples.
+      hash of (seed, anchor id, candidate id); the smallest key wins. The hash puts every id on a
+      random circle and the key is the clockwise distance from the anchor to the candidate, so an
+      anchor takes the next tied candidate after itself: across seeds every tied candidate is
+      equally likely, and anchors that tie with each other take different samples. This is what
+      the published code does in effect (each triplet is mined in a fresh random pool) and spreads
+      the tied choices of a batch over many samples instead of one. The key depends on nothing
+      else, so CPU, CUDA and :mod:`medtrim_ext.reference` agree bit for bit whatever the thread
+      count or tiling, and a permuted batch (ids permuted with it) picks the same samples.
     - ``"first"``: the lowest candidate index wins (the rule before random ties).
 
     Scores are compared with ``threshold`` and ``upper`` in float32. An anchor with an empty pool
