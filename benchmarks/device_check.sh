@@ -7,7 +7,7 @@
 #   4. the GPU benchmark (every kernel against the pure-PyTorch reference, the loss with the
 #      achieved bandwidth against the card's copy bandwidth)
 #   5. a short training run on the phantoms at a realistic batch (256, bf16, ViT-S/16 at 128 px,
-#      configs/phantoms-gpu.yaml) with the step-time breakdown (data, encoders, mining, loss)
+#      the phantoms-gpu preset) with the step-time breakdown (data, encoders, mining, loss)
 # Everything is logged to $OUT (the device tool brings it back), default benchmarks/out/device.
 #   run: bash benchmarks/device_check.sh
 set -uo pipefail
@@ -59,7 +59,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
   # the run folder (checkpoints: hundreds of MB) stays on the machine; its logs come back
   TRAIN_DIR=/tmp/medtrim-train-gpu
   rm -rf "$TRAIN_DIR"
-  (cd /tmp && "$PY" -m medtrim_ext.train --config "$REPO/configs/phantoms-gpu.yaml" --no-eval \
+  (cd /tmp && "$PY" -m medtrim_ext.train --config phantoms-gpu --no-eval \
       "train.out_dir=$TRAIN_DIR" train.progress=false) || status=1
   cp "$TRAIN_DIR/train_summary.json" "$TRAIN_DIR/metrics.csv" "$OUT/" 2>/dev/null || status=1
   "$PY" - "$OUT/train_summary.json" <<'PYEOF' || status=1

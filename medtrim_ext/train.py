@@ -13,8 +13,11 @@ import sys
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from .training.config import preset_names
+
     p.add_argument("--config", default=None,
-                   help="YAML config file or preset name ('demo', 'paper'); default: built-in defaults")
+                   help=f"YAML config file or packaged preset name ({', '.join(preset_names())}); "
+                        "default: built-in defaults")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=200 objective.kind=infonce")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")

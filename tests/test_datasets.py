@@ -16,7 +16,7 @@ from medtrim_ext import MetaEntities
 from medtrim_ext.datasets import (Collator, ImageTransform, ManifestDataset, MimicCxrDataset,
                                   OpenIDataset, PhantomDataset, load_dataset, load_image,
                                   write_phantom_dataset)
-from medtrim_ext.datasets.openi import hash_split
+from medtrim_ext.datasets.base import hash_split
 
 ITEM_KEYS = {"image", "text", "entities", "index", "study_id"}
 
@@ -108,6 +108,14 @@ def test_load_dataset_factory():
         load_dataset("mimic", "train")
     with pytest.raises(ValueError, match="kind"):
         load_dataset("chexpert", "train", root="/tmp")
+
+
+def test_load_dataset_names_an_option_the_kind_does_not_take(tmp_path):
+    # before: TypeError "ManifestDataset.__init__() got an unexpected keyword argument 'n'"
+    with pytest.raises(ValueError, match=r"kind 'manifest' takes no option\(s\) \['n'\].*split_fractions"):
+        load_dataset("manifest", "train", root=tmp_path / "m.csv", n=10)
+    with pytest.raises(ValueError, match=r"\['reports_root'\]"):
+        load_dataset("phantoms", "train", reports_root="/tmp")
 
 
 def test_dataloader_to_batch(tokenizer):
@@ -219,6 +227,64 @@ def test_manifest_dataset(phantom_manifest, extractor):
     assert len(every) == 20 and every.records == ph.records
 
 
+def test_manifest_without_split_column_splits_by_patient(tmp_path, extractor):
+    # before: "manifest ... has no column 'split'" for any split
+    import pandas as pd
+
+    _png(tmp_path / "a.png")
+    # 60 patients with 3 studies each (the last 30 rows have no patient id: their study decides)
+    patients = [f"p{k // 3}" for k in range(180)] + [""] * 30
+    rows = [["a.png", "No acute process.", f"s{k}", patients[k]] for k in range(210)]
+    m = _write_csv(tmp_path / "m.csv", ["image_path", "report", "study_id", "Subject_ID"], rows)
+    ok = dict(extractor=extractor, progress=False)
+    parts = {s: ManifestDataset(m, s, image_size=8, **ok) for s in ("train", "validate", "test")}
+    assert sum(len(d) for d in parts.values()) == 210
+    ids = {s: set(d.study_ids) for s, d in parts.items()}
+    assert not (ids["train"] & ids["validate"] or ids["train"] & ids["test"] or ids["validate"] & ids["test"])
+    owner = dict(zip((f"s{k}" for k in range(210)), patients))
+    for s, d in parts.items():  # every study of a patient in one split; its split is the patient's
+        assert d.split_source == "hash" and d.split_fractions == (0.8, 0.1, 0.1)
+        for sid in d.study_ids:
+            assert hash_split(owner[sid] or sid) == s
+    # deterministic: the same rows in another order give the same splits
+    shuffled = _write_csv(tmp_path / "shuffled.csv", ["image_path", "report", "study_id", "Subject_ID"],
+                          rows[::-1])
+    assert set(ManifestDataset(shuffled, "test", image_size=8, **ok).study_ids) == ids["test"]
+    # configurable fractions; a Parquet manifest with missing patient ids (NaN) works the same
+    half = ManifestDataset(m, "test", image_size=8, split_fractions=[0.5, 0.0, 0.5], **ok)
+    assert 0.3 < len(half) / 210 < 0.7 and ids["test"] <= set(half.study_ids)
+    with pytest.raises(ValueError, match="no rows with split 'validate'"):
+        ManifestDataset(m, "validate", image_size=8, split_fractions=[0.5, 0.0, 0.5], **ok)
+    pd.DataFrame({"image_path": [r[0] for r in rows], "report": [r[1] for r in rows],
+                  "study_id": [r[2] for r in rows],
+                  "patient_id": [p or None for p in patients]}).to_parquet(tmp_path / "m.parquet")
+    assert set(ManifestDataset(tmp_path / "m.parquet", "validate", image_size=8, **ok).study_ids) == ids["validate"]
+
+
+def test_hash_split_fractions_and_the_iu_split():
+    import hashlib
+
+    def old_iu(report_id):  # the IU split of the earlier versions: a bucket out of 100
+        bucket = int.from_bytes(hashlib.sha256(str(report_id).encode()).digest()[:8], "little") % 100
+        return "train" if bucket < 80 else "validate" if bucket < 90 else "test"
+
+    assert all(hash_split(f"CXR{k}") == old_iu(f"CXR{k}") for k in range(3000))
+    shares = np.mean([[hash_split(f"x{k}", (0.333, 0.333, 0.334)) == s for s in ("train", "validate", "test")]
+                      for k in range(6000)], axis=0)
+    assert np.allclose(shares, [0.333, 0.333, 0.334], atol=0.025)
+    assert {hash_split(f"x{k}", (0.0, 0.0, 1.0)) for k in range(100)} == {"test"}
+
+
+def test_write_phantom_dataset_without_split_column(tmp_path):
+    import pandas as pd
+
+    m = write_phantom_dataset(tmp_path, n=12, image_size=16, fractions=None)
+    assert list(pd.read_csv(m).columns) == ["image_path", "report", "study_id"]
+    ds = ManifestDataset(m, "train", image_size=16, entities="ground_truth", progress=False)
+    want = [sid for sid in pd.read_csv(m, dtype=str)["study_id"] if hash_split(sid) == "train"]
+    assert ds.split_source == "hash" and ds.study_ids == want and len(want) > 0
+
+
 def _write_csv(path, header, rows):
     import csv
 
@@ -270,13 +336,20 @@ def test_manifest_errors(tmp_path, extractor):
     with pytest.raises(ValueError, match="missing.png"):
         ManifestDataset(m, **ok)
     m = _write_csv(tmp_path / "m4.csv", ["image_path", "report"], [["a.png", "x"]])
-    with pytest.raises(ValueError, match="'split'"):
-        ManifestDataset(m, "train", **ok)
+    # no split column: study "0" hashes into one split; the others are empty, with the reason
+    home = hash_split("0")
+    assert len(ManifestDataset(m, home, **ok)) == 1
+    with pytest.raises(ValueError, match="no split column: rows are split by a hash"):
+        ManifestDataset(m, next(s for s in ("train", "validate", "test") if s != home), **ok)
+    with pytest.raises(ValueError, match="split_fractions must be three shares"):
+        ManifestDataset(m, "train", split_fractions=[0.5, 0.6], **ok)
     with pytest.raises(ValueError, match="ground-truth"):
         ManifestDataset(m, entities="ground_truth")
     m = _write_csv(tmp_path / "m5.csv", ["image_path", "report", "split"], [["a.png", "x", "holdout"]])
     with pytest.raises(ValueError, match="split"):
         ManifestDataset(m, "train", **ok)
+    with pytest.raises(ValueError, match="has a split column"):
+        ManifestDataset(m, "train", split_fractions=[0.8, 0.1, 0.1], **ok)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     m = _write_csv(tmp_path / "m6.csv", ["image_path", "report"], [["bad.png", "x"]])
     ds = ManifestDataset(m, **ok)

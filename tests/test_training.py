@@ -30,6 +30,44 @@ def test_demo_preset_loads_and_overrides_apply():
     assert apply_overrides({"a": {"b": 1}}, ["a.c.d=x"]) == {"a": {"b": 1, "c": {"d": "x"}}}
 
 
+def test_changing_data_kind_drops_the_other_kinds_options():
+    # before: the demo's phantom counts carried over (ManifestDataset got n=...)
+    root = "data.root=m.csv"
+    assert load_config("demo", ["data.kind=manifest", root]).data.options == {}
+    # options given with the new kind are kept, before or after it
+    keep = "data.options.split_fractions=[0.7, 0.2, 0.1]"
+    for overrides in ([keep, "data.kind=manifest", root], ["data.kind=manifest", root, keep],
+                      ["data.options={split_fractions: [0.7, 0.2, 0.1]}", "data.kind=manifest", root]):
+        assert load_config("demo", overrides).data.options == {"split_fractions": [0.7, 0.2, 0.1]}
+    # the same kind keeps them; a kind changed and changed back keeps them too
+    demo = load_config("demo").data.options
+    assert load_config("demo", ["data.kind=phantoms"]).data.options == demo
+    assert load_config("demo", ["data.kind=manifest", "data.kind=phantoms"]).data.options == demo
+    # evaluation overrides on a checkpoint's config dict follow the same rule
+    data = load_config("demo").to_dict()
+    assert "options" not in apply_overrides(data, ["data.kind=manifest"])["data"]
+    assert data["data"]["options"] == demo  # the input is not modified
+
+
+def test_example_configs_are_packaged_presets(tmp_path, monkeypatch):
+    # before: load_config("mimic") -> "no such file, and not a preset"; configs/mimic.yaml only
+    # loaded from the repository root
+    from medtrim_ext.training.config import preset_names
+
+    assert {"demo", "paper", "mimic", "iu", "manifest", "phantoms-gpu"} <= set(preset_names())
+    monkeypatch.chdir(tmp_path)  # outside the repository
+    for name in preset_names():
+        assert load_config(name).to_dict() == load_config(f"configs/{name}.yaml").to_dict()
+    assert load_config("mimic").data.kind == "mimic" and load_config("iu").data.kind == "iu"
+    assert load_config("manifest").data.kind == "manifest"
+    # a file of that path, when it exists, is read instead
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mimic.yaml").write_text("train: {steps: 3}\n")
+    assert load_config("configs/mimic.yaml").train.steps == 3
+    with pytest.raises(ValueError, match="no such file, and not a preset"):
+        load_config("configs/nothing.yaml")
+
+
 @pytest.mark.parametrize("override, match", [
     ("train.stepz=3", r"unknown key\(s\) \['stepz'\]"),
     ("trian.steps=3", r"unknown section\(s\) \['trian'\]"),

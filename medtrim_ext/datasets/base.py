@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -26,6 +27,35 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validate": "validate",
                   "valid": "validate", "validation": "validate", "dev": "validate", "test": "test",
                   "testing": "test"}
 ENTITY_MODES = ("extracted", "ground_truth")
+
+
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+def hash_split(key: str, fractions=DEFAULT_SPLIT_FRACTIONS) -> str:
+    """train / validate / test of a group key (a report, study or patient id) by a hash of the key
+    alone, so a key keeps its split when other rows are added, removed or reordered.
+
+    The first 8 bytes of its SHA-256 (little-endian) give a bucket out of 100 and, from the
+    remaining bits, a place within the bucket; that position in [0, 100) is compared with the
+    cumulative ``fractions`` (train, validate, test) x 100. For whole-percent fractions the bucket
+    alone decides (the IU split of the earlier versions, which used only the bucket)."""
+    h = int.from_bytes(hashlib.sha256(str(key).encode("utf-8")).digest()[:8], "little")
+    position = h % 100 + (h // 100) / (2**64 // 100 + 1)
+    if position < 100 * fractions[0]:
+        return "train"
+    return "validate" if position < 100 * (fractions[0] + fractions[1]) else "test"
+
+
+def check_split_fractions(fractions, where: str = "split_fractions") -> tuple[float, float, float]:
+    """Three shares of train / validate / test in [0, 1] summing to 1, as floats."""
+    ok = (isinstance(fractions, (list, tuple)) and len(fractions) == 3
+          and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1 for f in fractions)
+          and abs(sum(fractions) - 1) <= 1e-6)
+    if not ok:
+        raise ValueError(f"{where} must be three shares of train / validate / test in [0, 1] summing "
+                         f"to 1, e.g. [0.8, 0.1, 0.1]; got {fractions!r}")
+    return tuple(float(f) for f in fractions)
 
 
 def normalize_split(split, where: str = "split") -> str:

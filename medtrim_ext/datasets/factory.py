@@ -20,30 +20,55 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
         entities: ``"extracted"`` (spaCy extractor, cached) or ``"ground_truth"`` (phantoms and
             manifests with an ``attributes.jsonl``).
         cache_dir: folder of the entity cache (``entities.parquet``); None: in memory only.
-        options: passed to the dataset class, e.g. ``n=``, ``seed=``, ``phantom_size=`` for
-            phantoms, ``reports_root=`` for MIMIC, ``aug_seed=``, ``transform=``.
+        options: passed to the dataset class (a config's ``data.options``), e.g. ``n=``,
+            ``seed=``, ``phantom_size=`` for phantoms, ``split_fractions=``, ``label_columns=``,
+            ``attributes=`` for manifests, ``reports_root=`` for MIMIC, ``aug_seed=``,
+            ``transform=``. An option the kind does not take raises ``ValueError`` naming it.
     """
     common = dict(image_size=image_size, in_chans=in_chans, train=train, normalize=normalize,
                   entities=entities, cache_dir=cache_dir, progress=progress)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "phantoms":
-        from .phantom_dataset import PhantomDataset
-
         if root is not None:
             raise ValueError("phantoms are generated: root must be None (use kind='manifest' for "
                              "phantoms written by write_phantom_dataset)")
-        return PhantomDataset(split, **common, **options)
-    if root is None:
+    elif root is None:
         raise ValueError(f"kind {kind!r} needs root=<path>")
-    if kind == "manifest":
-        from .manifest import ManifestDataset
+    cls = dataset_class(kind)
+    accepted = dataset_options(kind)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset kind {kind!r} takes no option(s) {unknown} (data.options of a "
+                         f"config); its options: {accepted}")
+    if kind == "phantoms":
+        return cls(split, **common, **options)
+    return cls(root, split, **common, **options)
 
-        return ManifestDataset(root, split, **common, **options)
-    if kind == "mimic":
-        from .mimic import MimicCxrDataset
 
-        return MimicCxrDataset(root, split, **common, **options)
-    if kind == "iu":
-        from .openi import OpenIDataset
+def dataset_class(kind: str):
+    """The dataset class of ``kind`` (imported on demand)."""
+    if kind == "phantoms":
+        from .phantom_dataset import PhantomDataset as cls
+    elif kind == "manifest":
+        from .manifest import ManifestDataset as cls
+    elif kind == "mimic":
+        from .mimic import MimicCxrDataset as cls
+    elif kind == "iu":
+        from .openi import OpenIDataset as cls
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return cls
 
-        return OpenIDataset(root, split, **common, **options)
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+_COMMON = ("self", "root", "path", "split", "image_size", "in_chans", "train", "normalize",
+           "entities", "cache_dir", "progress")
+
+
+def dataset_options(kind: str) -> list[str]:
+    """The keyword options of a dataset kind beyond :func:`load_dataset`'s own arguments."""
+    import inspect
+
+    params = inspect.signature(dataset_class(kind).__init__).parameters
+    return sorted(name for name, p in params.items() if name not in _COMMON
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))

@@ -6,21 +6,35 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .base import (ReportImageDataset, labels_tensor, load_image, normalize_split,
-                   resolve_records)
+from .base import (DEFAULT_SPLIT_FRACTIONS, ReportImageDataset, check_split_fractions, hash_split,
+                   labels_tensor, load_image, normalize_split, resolve_records)
 
 IMAGE_COLUMNS = ("image_path", "image", "path", "filename", "file")
 ID_COLUMNS = ("study_id", "id", "uid")
+PATIENT_COLUMNS = ("patient_id", "subject_id", "patient")
+
+
+def _cell(v) -> str:
+    """A table cell as stripped text; blank for None and NaN (Parquet's missing values)."""
+    return "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()
 
 
 class ManifestDataset(ReportImageDataset):
     """Rows of a table with an image path and a report.
 
     Columns (case-insensitive): the image path (``image_path``; also ``image``, ``path``,
-    ``filename``), relative to the manifest's folder or absolute; the report (``report``,
-    ``text``, ``report_text``, or ``findings`` and/or ``impression``, read by
-    :func:`medtrim_ext.extraction.read_reports`); optional ``study_id`` (default: the row
-    number) and ``split`` (train / validate / test; required when ``split`` is given).
+    ``filename``, ``file``), relative to the manifest's folder or absolute; the report
+    (``report``, ``text``, ``report_text``, or ``findings`` and/or ``impression``, read by
+    :func:`medtrim_ext.extraction.read_reports`); optional ``study_id`` (also ``id``, ``uid``;
+    default: the row number), ``patient_id`` (also ``subject_id``, ``patient``) and ``split``
+    (train / validate / test; also val, valid, validation, dev, training, testing).
+
+    Without a ``split`` column, ``split`` selects the rows whose patient id (else study id, for
+    rows without one) hashes into that split (:func:`~.base.hash_split`) by ``split_fractions``
+    (train, validate, test; default 0.8 / 0.1 / 0.1): deterministic, and every row of a patient
+    or study lands in the same split, so none leaks from training into evaluation. The shares
+    are of patients, not rows, and only close to the fractions for small sets.
+    ``split_fractions`` with a ``split`` column is an error (the column decides).
 
     ``label_columns``: columns holding 1 / 0 / -1 / blank labels (-> ``labels`` with NaN for
     -1 and blank). ``attributes``: a JSON-lines file of ``{"study_id", "attributes",
@@ -39,7 +53,7 @@ class ManifestDataset(ReportImageDataset):
                  entities: str = "extracted", cache_dir=None, progress: bool = True,
                  sections: bool = True, aug_seed: int | None = None, extractor=None,
                  image_column: str | None = None, label_columns: Sequence[str] | None = None,
-                 attributes="auto"):
+                 attributes="auto", split_fractions: Sequence[float] | None = None):
         import pandas as pd
 
         from ..extraction.readers import read_reports
@@ -75,13 +89,32 @@ class ManifestDataset(ReportImageDataset):
         id_col = next((cols[c] for c in ID_COLUMNS if c in cols), None)
         ids = [str(v) for v in df[id_col]] if id_col is not None else [str(k) for k in range(len(df))]
         rows = list(range(len(df)))
+        split_col = cols.get("split")
+        if split_fractions is not None:
+            if split_col is not None:
+                raise ValueError(f"manifest {str(path)!r} has a split column, which decides the splits: "
+                                 "split_fractions applies only to a manifest without one")
+            split_fractions = check_split_fractions(split_fractions)
+        #: where the splits come from: "column", or "hash" (of patient / study ids, by fractions)
+        self.split_source = "column" if split_col is not None else "hash"
+        self.split_fractions = None if split_col is not None else (split_fractions or DEFAULT_SPLIT_FRACTIONS)
         if split is not None:
             self.split = normalize_split(split)
-            split_col = column("split")
-            values = [normalize_split(v, f"manifest {str(path)!r} row {k} split") for k, v in enumerate(df[split_col])]
+            if split_col is not None:
+                values = [normalize_split(v, f"manifest {str(path)!r} row {k} split")
+                          for k, v in enumerate(df[split_col])]
+            else:
+                patient_col = next((cols[c] for c in PATIENT_COLUMNS if c in cols), None)
+                patients = ([_cell(v) for v in df[patient_col]] if patient_col is not None
+                            else [""] * len(df))
+                values = [hash_split(patients[k] or ids[k], self.split_fractions) for k in rows]
             rows = [k for k in rows if values[k] == self.split]
             if not rows:
-                raise ValueError(f"manifest {str(path)!r} has no rows with split {self.split!r}")
+                how = ("" if split_col is not None else
+                       f" (no split column: rows are split by a hash of their patient / study id with "
+                       f"split_fractions {list(self.split_fractions)}; add a split column or change "
+                       "data.options.split_fractions)")
+                raise ValueError(f"manifest {str(path)!r} has no rows with split {self.split!r}{how}")
         else:
             self.split = None
 

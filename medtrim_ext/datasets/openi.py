@@ -9,25 +9,16 @@ deterministic hash of the report id (80 / 10 / 10).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Callable
 
-from .base import (ReportImageDataset, load_image, normalize_split, resolve_records,
+from .base import (ReportImageDataset, hash_split, load_image, normalize_split, resolve_records,
                    warn_skipped)
 
-SPLIT_SHARES = (0.8, 0.1, 0.1)
+SPLIT_SHARES = (0.8, 0.1, 0.1)   # train / validate / test shares of the report-id hash split
 _REPORT_NAMES = ("ecgen-radiology", "NLMCXR_reports.tgz", "NLMCXR_reports.tar.gz", "reports")
 _IMAGE_NAMES = ("NLMCXR_png", "images", "png")
-
-
-def hash_split(report_id: str) -> str:
-    """train / validate / test of a report id: sha256 bucket out of 100 (80 / 10 / 10)."""
-    bucket = int.from_bytes(hashlib.sha256(str(report_id).encode()).digest()[:8], "little") % 100
-    if bucket < 100 * SPLIT_SHARES[0]:
-        return "train"
-    return "validate" if bucket < 100 * (SPLIT_SHARES[0] + SPLIT_SHARES[1]) else "test"
 
 
 def _natural_key(name: str):
@@ -88,7 +79,7 @@ class OpenIDataset(ReportImageDataset):
         order = sorted(range(len(collection.ids)), key=lambda k: _natural_key(collection.ids[k]))
         for k in order:
             rid, text = collection.ids[k], collection.texts[k]
-            if hash_split(rid) != self.split:
+            if hash_split(rid, SPLIT_SHARES) != self.split:
                 continue
             imgs = by_report.get(rid)
             if not imgs:

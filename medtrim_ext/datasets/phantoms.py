@@ -462,7 +462,8 @@ def write_phantom_dataset(out_dir, n: int, seed: int = 0, image_size: int = 64, 
 
     ``out_dir/images/<study_id>.png``, ``out_dir/manifest.csv`` (``image_path`` relative to
     ``out_dir``, ``report``, ``study_id``, ``split`` in train / validate / test by
-    ``fractions``) and ``out_dir/attributes.jsonl`` (``study_id``, ``attributes``, ``records``)
+    ``fractions``; ``fractions=None``: no split column, the manifest then splits by a hash of the
+    study id) and ``out_dir/attributes.jsonl`` (``study_id``, ``attributes``, ``records``)
     for :class:`~medtrim_ext.datasets.ManifestDataset` (``entities="ground_truth"``). Every file
     is written atomically; the manifest is written last, so a crash leaves no manifest that
     points at missing images.
@@ -473,29 +474,34 @@ def write_phantom_dataset(out_dir, n: int, seed: int = 0, image_size: int = 64, 
     from PIL import Image
 
     from ..io import atomic_write
+    from .base import check_split_fractions
 
     n = _check_int("n", n, 1)
-    if len(fractions) != 3 or any(not (0 <= f <= 1) for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three shares in [0, 1] summing to 1, got {fractions!r}")
+    if fractions is not None:
+        check_split_fractions(fractions, "fractions")
     ph = generate_phantoms(n, seed=seed, image_size=image_size, progress=progress)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    n_train = int(round(fractions[0] * n))
-    n_val = int(round(fractions[1] * n))
-    splits = ["train"] * n_train + ["validate"] * n_val + ["test"] * (n - n_train - n_val)
+    header = ["image_path", "report", "study_id"]
+    splits = [[]] * n
+    if fractions is not None:
+        header.append("split")
+        n_train = int(round(fractions[0] * n))
+        n_val = int(round(fractions[1] * n))
+        splits = [["train"]] * n_train + [["validate"]] * n_val + [["test"]] * (n - n_train - n_val)
     rows = []
     for i in range(n):
         rel = f"images/{ph.study_ids[i]}.png"
         with atomic_write(out / rel, "wb") as f:
             Image.fromarray(ph.images[i].numpy()).save(f, format="PNG")
-        rows.append((rel, ph.reports[i], ph.study_ids[i], splits[i]))
+        rows.append([rel, ph.reports[i], ph.study_ids[i], *splits[i]])
     with atomic_write(out / "attributes.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):
             f.write(json.dumps({"study_id": ph.study_ids[i], "attributes": ph.attributes[i],
                                 "records": ph.records[i]}) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["image_path", "report", "study_id", "split"])
+    w.writerow(header)
     w.writerows(rows)
     manifest = out / "manifest.csv"
     with atomic_write(manifest, "w", encoding="utf-8", newline="") as f:

@@ -39,10 +39,11 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
 
     d = cfg.data
     options = dict(d.options)
-    # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
-    sizes = {k[2:]: options.pop(k) for k in list(options) if k in ("n_train", "n_validate", "n_test")}
-    if split in sizes:
-        options["n"] = sizes[split]
+    if d.kind == "phantoms":
+        # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
+        sizes = {k[2:]: options.pop(k) for k in list(options) if k in ("n_train", "n_validate", "n_test")}
+        if split in sizes:
+            options["n"] = sizes[split]
     augment = train and d.augment
     if augment:
         options.setdefault("aug_seed", cfg.train.seed)

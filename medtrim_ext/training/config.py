@@ -1,11 +1,18 @@
 """Training configuration: nested dataclasses read from YAML, with ``section.key=value`` overrides.
 
-    cfg = load_config("configs/mimic.yaml", ["train.steps=2000", "objective.kind=infonce"])
+    cfg = load_config("mimic", ["train.steps=2000", "objective.kind=infonce"])
 
 Every key is checked: an unknown section or key raises ``ValueError`` naming it, and a value of
-the wrong type names the key and what it expected. ``load_config`` also accepts the name of a
-packaged preset instead of a path: ``demo`` (the CPU phantom demo) or ``paper`` (the published
-MedTrim training code, ``medtrim_ext/data/configs/paper.yaml``).
+the wrong type names the key and what it expected. ``load_config`` takes a YAML path or the name
+of a packaged preset (``medtrim_ext/data/configs/<name>.yaml``): ``demo`` (the CPU phantom demo),
+``paper`` (the published MedTrim training code), ``mimic``, ``iu``, ``manifest`` and
+``phantoms-gpu``. A path ``configs/<preset>.yaml`` that does not exist loads the preset (those
+files lived in the repository's ``configs/`` folder before they were packaged).
+
+``data.options`` holds the keyword arguments of the dataset kind (``n_train``/``n_validate``/
+``n_test``, ``seed`` for phantoms; ``split_fractions``, ``label_columns``, ... for manifests; see
+:func:`medtrim_ext.datasets.load_dataset`). An override that changes ``data.kind`` drops the
+options of the file's kind, keeping only ``data.options`` given in the same overrides.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ class DataConfig:
     max_length: int = 128             # report tokens
     augment: bool = True              # random affine + exposure jitter on training images (no flips)
     num_workers: int = 0
-    options: dict = field(default_factory=dict)  # kind-specific, e.g. {n_train: 4000, seed: 0} for phantoms
+    # keyword arguments of the kind's dataset, e.g. {n_train: 4000, seed: 0} for phantoms,
+    # {split_fractions: [0.8, 0.1, 0.1]} for manifests; dropped when an override changes data.kind
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -302,10 +311,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Set nested keys of a config mapping (``model.image.depth=4`` reaches into dict fields)."""
+    """Set nested keys of a config mapping (``model.image.depth=4`` reaches into dict fields).
+
+    Overrides that change ``data.kind`` drop the mapping's ``data.options`` (they belong to the
+    other dataset kind: phantom counts mean nothing to a manifest); ``data.options`` set by the
+    overrides themselves, before or after the kind, are kept."""
     data = dict(data)
-    for text in overrides:
-        path, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    kinds = [value for path, value in parsed if path == ["data", "kind"]]
+    section = data.get("data")
+    if kinds and isinstance(section, dict) and "options" in section \
+            and kinds[-1] != section.get("kind", DataConfig.kind):
+        data["data"] = {k: v for k, v in section.items() if k != "options"}
+    for path, value in parsed:
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -326,11 +344,16 @@ def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
     import yaml
 
     path = Path(path_or_preset)
+    presets = preset_names()
+    # configs/<name>.yaml: the repository folder these presets were packaged from
+    preset = (str(path_or_preset) if str(path_or_preset) in presets else
+              path.stem if path.parent.name == "configs" and path.suffix == ".yaml" and path.stem in presets
+              else None)
     if path.is_file():
         text, where = path.read_text(encoding="utf-8"), str(path)
-    elif str(path_or_preset) in preset_names():
-        res = resources.files("medtrim_ext") / "data" / "configs" / f"{path_or_preset}.yaml"
-        text, where = res.read_text(encoding="utf-8"), f"preset {path_or_preset!r}"
+    elif preset is not None:
+        res = resources.files("medtrim_ext") / "data" / "configs" / f"{preset}.yaml"
+        text, where = res.read_text(encoding="utf-8"), f"preset {preset!r}"
     else:
         raise ValueError(f"config {str(path_or_preset)!r}: no such file, and not a preset "
                          f"(presets: {', '.join(preset_names())})")
