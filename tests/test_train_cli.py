@@ -103,3 +103,55 @@ def test_paired_verdict_needs_every_seed_and_does_not_count_a_hub():
     assert not cmp["wins_every_seed"]  # the hub level is not a win
     cmp = paired_comparison(summary((0.5, 0.6), (0.4, 0.5), auc=(0.85, 0.88)), hub_level=0.2, a="a", b="b")
     assert cmp["wins_every_seed"] and not cmp["guard_ok"] and not cmp["goal_met"]
+
+
+def _readme_own_data_commands() -> list[list[str]]:
+    """The shell commands of the README's "Train on your own data" section, split into words."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Train on your own data\n", 1)[1].split("\n## ", 1)[0]
+    commands, fence = [], None
+    for line in section.splitlines():
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None  # opening (its language) or closing
+        elif fence == "" and line.startswith("medtrim "):      # a plain (shell) block
+            commands.append(shlex.split(line))
+    return commands
+
+
+# the demo's encoders at test size (no data.options: the manifest takes none of the phantoms')
+TINY_MANIFEST = ["data.image_size=32", "model.text.config.hidden_size=32",
+                 "model.text.config.num_attention_heads=2", "model.text.config.intermediate_size=64",
+                 "model.embed_dim=16", "train.batch_size=12", "train.steps=3", "train.progress=false"]
+
+
+def test_readme_own_data_recipe_trains_on_a_manifest_without_split_column(tmp_path, monkeypatch, capsys):
+    # before: "ManifestDataset.__init__() got an unexpected keyword argument 'n'" (the demo's
+    # phantom options carried over); with data.options={}: "has no column 'split'"
+    import pandas as pd
+
+    from medtrim_ext.datasets import write_phantom_dataset
+    from medtrim_ext.datasets.base import hash_split
+
+    commands = _readme_own_data_commands()
+    assert [c[:2] for c in commands] == [["medtrim", "train"], ["medtrim", "evaluate"]]
+    train_cmd, eval_cmd = commands
+    assert "data.kind=manifest" in train_cmd and "demo" in train_cmd
+    monkeypatch.chdir(tmp_path)
+    # the README writes 400 phantoms at 64 px; the same recipe at test size
+    manifest = write_phantom_dataset("mydata", 60, image_size=32, fractions=None)
+    assert "split" not in pd.read_csv(manifest).columns and f"data.root={manifest}" in train_cmd
+    assert main([*train_cmd[1:], *TINY_MANIFEST]) == 0
+    assert main([*eval_cmd[1:], "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "i2t/fine/precision@5" in out
+    config = json.loads((tmp_path / "runs" / "mydata" / "config.json").read_text())
+    assert config["data"]["kind"] == "manifest" and config["data"]["options"] == {}
+    # the test split is the studies whose id hashes there; fine-grained keys from attributes.jsonl
+    ids = pd.read_csv(manifest, dtype=str)["study_id"]
+    result = json.loads((tmp_path / "runs" / "mydata" / "eval" / "results.json").read_text())
+    run = result["runs"]["medtrim"][0]
+    assert run["split"] == "test" and run["num_samples"] == sum(hash_split(s) == "test" for s in ids) > 0
+    assert "side" in run["attributes"]["i2t"]
