@@ -79,10 +79,13 @@ def test_resume_force_continues_on_purpose_and_never_refuses_an_existing_run(tmp
                             "train.steps=8", "train.resume=force"))
     assert forced["resumed_from"] == 6
     assert json.loads((run / "config.json").read_text())["objective"]["margin"] == 0.2
-    # a checkpoint that cannot fit the new objective: a clear error, not one from deep inside torch
+    # a checkpoint that cannot fit the new objective: a clear error, not one from deep inside
+    # torch, and the run's files stay as they were
+    before = _snapshot(run)
     with pytest.raises(ValueError, match="does not fit this run's model, objective or optimizer"):
         with pytest.warns(UserWarning):
             train(_cfg(tmp_path, f"train.out_dir={run}", "objective.kind=infonce", "train.resume=force"))
+    assert _snapshot(run) == before
     with pytest.raises(ValueError, match="train.resume=never but train.out_dir=.* already holds a run"):
         train(_cfg(tmp_path, f"train.out_dir={run}", "train.resume=never"))
     with pytest.raises(ValueError, match="no checkpoint .* to continue"):

@@ -96,8 +96,8 @@ class Trainer:
                 self.cfg, self.out_dir = cfg, Path(name)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out_dir / CONFIG_NAME) as f:
-                json.dump(cfg.to_dict(), f, indent=1)
+            if self.state is None:  # a continued run's config.json changes once its state has loaded
+                self._write_config()
             if self.progress:
                 what = f"continuing from step {self.start_step}" if self.state is not None else "new run"
                 print(f"run folder {self.out_dir} ({what})", file=sys.stderr)
@@ -126,12 +126,18 @@ class Trainer:
                 msg = str(exc) if len(str(exc)) <= 1500 else str(exc)[:1500] + " ..."
                 raise ValueError(f"checkpoint {resume} does not fit this run's model, objective or "
                                  f"optimizer (did model.* or objective.* change?): {msg}") from None
+            if self.main:
+                self._write_config()
         self.model = model
         if self.ctx.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.loader = self._loader()
         self.timer = StepTimer(self.device, sync=cfg.train.sync_timing)
+
+    def _write_config(self) -> None:
+        with atomic_write(self.out_dir / CONFIG_NAME) as f:
+            json.dump(self.cfg.to_dict(), f, indent=1)
 
     # -- data ------------------------------------------------------------------------------------
     def _loader(self):
@@ -323,7 +329,9 @@ class Trainer:
 
 
 def train(cfg: Config) -> dict:
-    """Train one run as configured; returns a summary (also in ``<out_dir>/train_summary.json``).
+    """Train one run as configured; returns a summary (also in ``<out_dir>/train_summary.json``)
+    with ``out_dir`` (a new ``runs/<objective.kind>-<time>`` without ``train.out_dir``),
+    ``checkpoint`` and ``paths`` (what the run folder holds).
 
     Under torchrun every process calls this; the process group is set up from the environment.
     """
