@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="retrieval and linear-probe evaluation of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a training checkpoint (runs/x/last.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run folder (runs/x: its last.pt) or a training checkpoint (runs/x/last.pt)")
     p.add_argument("--data", help="dataset root or manifest (default: the run's own data)")
     p.add_argument("--kind", choices=["phantoms", "manifest", "mimic", "iu"],
                    help="dataset kind of --data (default: the run's)")

@@ -198,6 +198,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     out = Path(out)
     extra = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     base = load_config("demo", extra + [f"train.device={device}", f"train.progress={str(progress).lower()}"])
+    base = replace(base, data={"cache_dir": str(out / "entity-cache")})  # its test split: the runs' cache
     dev = resolve_device(device, DistContext())
     print(f"medtrim demo: {', '.join(arms)} x seeds {list(seeds)}, {base.train.steps} steps of "
           f"batch {base.train.batch_size} on {dev}; test split; output in {out}")

@@ -2,7 +2,9 @@
 
 Works as a plain process (one CPU or GPU) and under ``torchrun`` (one process per GPU, or gloo on
 CPUs): the process group comes from torchrun's environment. After training, the main process
-evaluates the final model unless ``--no-eval`` is given. ``medtrim train`` is the same command.
+evaluates the final model unless ``--no-eval`` is given, then prints the paths written. Without
+``train.out_dir`` every run writes into a new ``runs/<objective.kind>-<time>`` folder; see
+:mod:`medtrim_ext.training.rundir` for ``train.resume``. ``medtrim train`` is the same command.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ def run_train(args) -> int:
     if result["world_size"] == 1 or _is_main():
         print(json.dumps({k: result[k] for k in ("out_dir", "steps", "device", "wall_s", "step_time")},
                          indent=1))
+        written = list(result.get("paths", {}).values())
         if not args.no_eval:
             report = evaluate_run(result["checkpoint"])
             print(report["markdown"])
+            written += [str(p) for p in report["paths"].values()]
+        print("wrote:\n" + "\n".join(f"  {p}" for p in written))
     return 0
 
 

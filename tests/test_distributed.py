@@ -31,10 +31,13 @@ def test_two_gloo_processes_match_one_process(tmp_path, kind, extra):
                               # lr-sized steps that differ between the two runs
                               optim={"lr": 0.003, "warmup_steps": 0, "clip_grad": 0.0, "eps": 1e-4})
     args = ["-m", "medtrim_ext.train", "--config", str(config), "--no-eval"]
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args, f"train.out_dir={tmp_path / 'ddp'}",
+    # no train.out_dir: the main process names the new runs/<kind>-<time> folder for both
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args,
           "train.batch_size=6"], tmp_path)
     _run([sys.executable, *args, f"train.out_dir={tmp_path / 'single'}"], tmp_path)
-    ddp, single = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith(kind + "-")
+    ddp, single = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     for k, v in single["model"].items():
         torch.testing.assert_close(ddp["model"][k], v, rtol=2e-4, atol=2e-5, msg=lambda m: f"{k}: {m}")

@@ -232,11 +232,17 @@ def test_paper_preset_trains_end_to_end(tmp_path, local_weights, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from the straight run"
     assert (straight / "offline_triplets.csv").read_bytes() == before  # seeded by train.seed
 
-    # a triplets file of other data or other settings is a clear error
+    # a triplets file of other data or other settings is a clear error, even when the run is
+    # continued on purpose with the changed config (without force the run folder refuses it)
+    other_data = "data.options={n_train: 90, n_validate: 48, n_test: 48}"
+    with pytest.raises(ValueError, match="data.options.n_train: 96 -> 90"):
+        Trainer(paper_config(root, straight, 14, other_data))
     with pytest.raises(ValueError, match="mined with num_samples=96 but this run has num_samples=90"):
-        Trainer(paper_config(root, straight, 14, "data.options={n_train: 90, n_validate: 48, n_test: 48}"))
+        with pytest.warns(UserWarning, match="changed config"):
+            Trainer(paper_config(root, straight, 14, other_data, "train.resume=force"))
     with pytest.raises(ValueError, match="mined with upper=0.6 but this run has upper=0.5"):
-        Trainer(paper_config(root, straight, 14, "objective.upper=0.5"))
+        with pytest.warns(UserWarning, match="changed config"):
+            Trainer(paper_config(root, straight, 14, "objective.upper=0.5", "train.resume=force"))
 
 
 def _meta(trainer):

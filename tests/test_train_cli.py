@@ -20,13 +20,16 @@ def test_train_then_evaluate_on_other_data(tmp_path, capsys):
     assert main(["train", "--config", str(config), f"train.out_dir={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
     assert "i2t/fine/precision@5" in out and (tmp_path / "run" / "eval" / "results.json").exists()
+    written = out.split("wrote:\n")[1].split()  # the paths written, checkpoint to results
+    assert {str(tmp_path / "run" / n) for n in ("last.pt", "config.json", "metrics.csv")} <= set(written)
+    assert str(tmp_path / "run" / "eval" / "results.md") in written
 
-    # evaluate the checkpoint on phantoms written to disk, read back as a manifest with attributes
+    # evaluate the run (its folder: last.pt) on phantoms written to disk, read back as a manifest
     from medtrim_ext.datasets import write_phantom_dataset
 
     write_phantom_dataset(tmp_path / "written", 60, seed=5, image_size=32)
     manifest = tmp_path / "written" / "manifest.csv"
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--data", str(manifest),
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--data", str(manifest),
                  "--kind", "manifest", "--out", str(tmp_path / "ev"), "--no-progress",
                  "eval.probe_split=train"]) == 0
     result = json.loads((tmp_path / "ev" / "results.json").read_text())
@@ -41,6 +44,8 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert "unknown key(s) ['stepz']" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path)]) == 2  # a folder without a run
+    assert "has no checkpoint 'last.pt'" in capsys.readouterr().err
 
 
 def test_demo_trains_the_arms_and_compares_them_per_seed(tmp_path, capsys):

@@ -18,7 +18,7 @@ from medtrim_ext.training.checkpoint import load_checkpoint
 from medtrim_ext.training.config import apply_overrides, parse_override
 from medtrim_ext.training.optim import lr_factor
 from medtrim_ext.training.sampling import MinedTripletBatchSampler, StepBatchSampler
-from training_helpers import tiny_config_file
+from training_helpers import dropout_model, tiny_config_file
 
 
 # -- config --------------------------------------------------------------------------------------
@@ -206,10 +206,11 @@ def _model_state(path):
 
 def test_resume_after_kill_gives_the_uninterrupted_weights(tmp_path):
     """Kill a run (SIGKILL) after its first checkpoint, restart it: the final weights equal
-    those of a run that never stopped."""
-    config = tiny_config_file(tmp_path, train={**{"steps": 60, "batch_size": 12, "log_every": 5,
-                                                  "ckpt_every": 5, "progress": False,
-                                                  "tensorboard": True, "device": "cpu"}})
+    those of a run that never stopped, with dropout on and two data-loader workers."""
+    config = tiny_config_file(tmp_path, model=dropout_model(), data={"num_workers": 2},
+                              train={**{"steps": 60, "batch_size": 12, "log_every": 5,
+                                        "ckpt_every": 5, "progress": False,
+                                        "tensorboard": True, "device": "cpu"}})
     cmd = [sys.executable, "-m", "medtrim_ext.train", "--config", str(config), "--no-eval"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"

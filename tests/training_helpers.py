@@ -32,3 +32,11 @@ def tiny_config_file(tmp_path: Path, **sections) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def dropout_model() -> dict:
+    """TINY's model section with dropout on in both encoders (resume must restore its masks)."""
+    model = TINY["model"]
+    return {**model, "image": {**model["image"], "drop_rate": 0.2, "attn_drop_rate": 0.2},
+            "text": {"config": {**model["text"]["config"], "hidden_dropout_prob": 0.2,
+                                "attention_probs_dropout_prob": 0.2}}}

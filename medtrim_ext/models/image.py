@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -149,8 +150,10 @@ def _read_checkpoint(name: str, path: str) -> dict:
         raise ValueError(f"checkpoint file {path!r} does not exist")
     if not p.name.endswith(CHECKPOINT_SUFFIXES):
         raise ValueError(f"checkpoint file {path!r} must end with one of {CHECKPOINT_SUFFIXES}")
+    # a pickled (.pth/.pt/.bin/.ckpt) file is read with weights_only=True: it cannot run code
+    safe = {"weights_only": True} if "weights_only" in inspect.signature(load_state_dict).parameters else {}
     try:
-        state = load_state_dict(str(p), use_ema=True)
+        state = load_state_dict(str(p), use_ema=True, **safe)
     except Exception as exc:  # safetensors / pickle errors of all kinds
         raise ValueError(f"cannot read checkpoint file {path!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or not state or not all(

@@ -24,10 +24,16 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
 
 
 def entity_cache_dir(cfg: Config) -> str | None:
+    """``data.cache_dir``, else ``<train.out_dir>/entity-cache``, else (no run folder yet) the
+    cache shared by runs in default folders, ``runs/entity-cache``."""
     if cfg.data.entities != "extracted":
         return None
     if cfg.data.cache_dir:
         return cfg.data.cache_dir
+    if cfg.train.out_dir is None:
+        from .rundir import DEFAULT_RUNS_ROOT, SHARED_CACHE
+
+        return str(DEFAULT_RUNS_ROOT / SHARED_CACHE)
     return str(Path(cfg.train.out_dir) / "entity-cache")
 
 

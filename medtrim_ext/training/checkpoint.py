@@ -2,11 +2,22 @@
 
 A checkpoint is one ``torch.save`` file written to a temporary name and renamed over the old one
 (:func:`medtrim_ext.io.atomic_write`), so a crash while saving leaves the previous checkpoint intact.
+
+It holds only tensors and plain Python values (numbers, strings, None, lists, tuples, dicts): the
+step, the run's config and model config (dicts), the state dicts of the model, the objective, the
+optimizer, the LR schedule, the fp16 GradScaler and the memory bank, the random number generator
+states (Python's as a tuple of ints, NumPy's as an int64 tensor, torch's and CUDA's as byte
+tensors), the world size and the tokenizer's folder. :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``, so a file that holds anything else (a pickle that would import
+and call code) is refused before any of it runs. Checkpoints written before this format hold
+NumPy's RNG state as a NumPy array; the loader allows exactly that type besides the defaults.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +26,34 @@ import torch
 from ..io import atomic_write
 
 FORMAT = "medtrim_ext.train/1"
+CHECKPOINT_NAME = "last.pt"
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, NumPy's, torch's (and CUDA's, when in use) RNG states, as tensors and plain values."""
+    np_state = np.random.get_state(legacy=False)  # {"bit_generator", "state": {"key", "pos"}, ...}
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": np_state["bit_generator"],
+                       "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` (also the NumPy tuple of older checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        np.random.set_state({"bit_generator": np_state["bit_generator"],
+                             "state": {"key": np_state["key"].numpy().astype(np.uint32),
+                                       "pos": np_state["pos"]},
+                             "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]})
+    else:
+        np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -40,14 +67,57 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; a clear error for anything else."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``last.pt``); ``ValueError`` naming what is missing."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise ValueError(f"run folder {str(path)!r} has no checkpoint {CHECKPOINT_NAME!r}")
+        return path / CHECKPOINT_NAME
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    return path
+
+
+def _legacy_globals() -> list:
+    """What checkpoints written before the plain-value RNG state need besides torch's defaults:
+    the uint32 NumPy array of their NumPy RNG state, and nothing else."""
     try:
-        # weights_only=False: the state holds RNG states and config dicts written by this library
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        from numpy.core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - NumPy 2 moved it (the pickles keep the old name)
+        from numpy._core.multiarray import _reconstruct
+    return [(_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+            type(np.dtype(np.uint32))]
+
+
+def _safe_load(path: Path, map_location):
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # pragma: no cover - torch < 2.5: torch's defaults only
+        return torch.load(path, map_location=map_location, weights_only=True)
+    with safe_globals(_legacy_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (``path``: the file, or a run folder);
+    a clear ``ValueError`` for anything else.
+
+    Loads with ``torch.load(weights_only=True)``: a file holding objects other than tensors and
+    plain values is refused without running any of its code.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        state = _safe_load(path, map_location)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # a truncated or foreign pickle
+            raise ValueError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds objects other than tensors and plain values{what}; it "
+            "was not loaded, since unpickling them can run code. medtrim_ext checkpoints hold only "
+            "tensors, numbers, strings, lists and dicts: re-create it, or, only if you trust the "
+            "file, convert it yourself with torch.load(weights_only=False)") from None
     except Exception as exc:  # truncated or foreign files raise many exception types
         raise ValueError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -42,7 +42,8 @@ class DataConfig:
     in_chans: int = 1                 # channels the dataset yields (1: grayscale X-rays)
     normalize: str = "half"           # half: [0, 1] -> [-1, 1]; imagenet: RGB with ImageNet mean/std (in_chans 3)
     entities: str = "extracted"       # extracted (spaCy/medspacy, cached) | ground_truth (phantoms)
-    cache_dir: str | None = None      # entity cache folder (default: <root or out_dir>/entity-cache)
+    cache_dir: str | None = None      # entity cache folder (default: <out_dir>/entity-cache; runs
+    # in default folders (no train.out_dir) share runs/entity-cache)
     train_split: str = "train"
     eval_split: str = "test"
     max_length: int = 128             # report tokens
@@ -127,10 +128,13 @@ class RunConfig:
     amp: str = "none"                 # none | bf16 | fp16
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N (torchrun: the local rank's GPU)
-    out_dir: str = "runs/medtrim"
+    out_dir: str | None = None        # None: a new runs/<objective.kind>-<YYYYmmdd-HHMMSS> per run
     log_every: int = 10
     ckpt_every: int = 200
-    resume: str = "auto"              # auto (continue <out_dir>/last.pt if present) | never | a path
+    # auto: continue <out_dir>/last.pt if present and the config is the same (apart from steps,
+    # logging, device, eval, ...; else an error listing the keys) | force: continue it with a
+    # changed config | never: a new run only | a checkpoint path (medtrim_ext.training.rundir)
+    resume: str = "auto"
     progress: bool = True
     tensorboard: bool = True
     sync_timing: bool = True          # synchronise the device at phase ends: exact step breakdown

@@ -126,3 +126,12 @@ def ddp_count_reducer(ctx: DistContext):
         return all_reduce_sum(count, ctx).float() / ctx.world_size
 
     return reduce
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """The main process's ``obj`` (picklable) on every process."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -2,6 +2,7 @@
 
     from medtrim_ext.training.evaluate import evaluate_run
     report = evaluate_run("runs/x/last.pt")              # the run's own test split
+    report = evaluate_run("runs/x")                      # a run folder: its last.pt
     report = evaluate_run("runs/x/last.pt", overrides=["data.kind=manifest", "data.root=m.csv"])
 
 Relevance: by disease set (as in the paper) and fine-grained, by the ground-truth attributes where
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .builders import build_dataset, resolve_device
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import Config, apply_overrides
 from .distributed import DistContext
 from .loop import autocast_context
@@ -101,10 +102,12 @@ def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress
 
 
 def load_trained(checkpoint: str | Path, device: torch.device):
-    """Model (eval mode, on ``device``), tokenizer and config of a training checkpoint."""
+    """Model (eval mode, on ``device``), tokenizer and config of a training checkpoint (a
+    ``last.pt`` file or a run folder)."""
     from ..models import DualEncoder
     from ..tokenization import load_tokenizer
 
+    checkpoint = resolve_checkpoint(checkpoint)
     state = load_checkpoint(checkpoint)
     cfg = Config.from_dict(state["config"], f"checkpoint {checkpoint}")
     tok = Path(state["tokenizer"])
@@ -116,10 +119,12 @@ def load_trained(checkpoint: str | Path, device: torch.device):
 
 def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | None = None,
                  device: str = "auto", progress: bool = True) -> dict:
-    """Evaluate a checkpoint (config overrides may point at other data); write ``results.json``,
-    ``results.md`` into ``out_dir`` (default ``<run>/eval``). Returns {result, markdown, paths}."""
+    """Evaluate a checkpoint (a ``last.pt`` file or a run folder; config overrides may point at
+    other data); write ``results.json``, ``results.md`` into ``out_dir`` (default ``<run>/eval``).
+    Returns {result, markdown, paths}."""
     from ..evaluation import results_markdown, summarize_runs, write_results
 
+    checkpoint = resolve_checkpoint(checkpoint)
     dev = resolve_device(device, DistContext())
     model, tokenizer, cfg, state = load_trained(checkpoint, dev)
     cfg = Config.from_dict(apply_overrides(cfg.to_dict(), list(overrides)), "evaluation overrides")

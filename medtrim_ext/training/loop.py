@@ -10,14 +10,16 @@ train mode, or in eval mode with ``model.dropout=false`` (as the published code)
 ``objective.kind=medtrim_offline`` and ``objective.offline_triplets=N``, N triplets are mined once
 before the first step into ``<out_dir>/offline_triplets.csv``, which a resumed run reuses.
 ``<out_dir>/last.pt`` is written atomically every ``train.ckpt_every`` steps and at the end; with
-``train.resume=auto`` a restarted run continues from it and produces the same weights as an
-uninterrupted run (on the CPU with ``data.num_workers=0``; with workers the data order is the same
-but augmentation draws differ).
+``train.resume=auto`` a restarted run continues from it (only with the same config, see
+:mod:`~medtrim_ext.training.rundir`) and produces the same weights as an uninterrupted run, with
+dropout and with data-loader workers (on one device; tested on the CPU). Without ``train.out_dir``
+every run writes into a new ``runs/<objective.kind>-<time>`` folder.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -27,19 +29,16 @@ import torch
 
 from ..io import atomic_write
 from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config
-from .distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
+from .checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
+from .config import Config, replace
+from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
 from .logger import RunLogger
 from .objectives import build_objective, offline_triplets
 from .optim import build_optimizer, build_scheduler
+from .rundir import CONFIG_NAME, claim_new_dir, plan_resume, with_default_out_dir
 from .sampling import EpochKeyed, MinedTripletBatchSampler, OfflineStepBatchSampler, StepBatchSampler
 from .timing import StepTimer
 
-# keys whose change between a checkpoint and a resumed run is harmless
-RESUME_FREE_KEYS = {("train", "steps"), ("train", "resume"), ("train", "progress"),
-                    ("train", "log_every"), ("train", "ckpt_every"), ("train", "tensorboard"),
-                    ("train", "sync_timing"), ("data", "num_workers"), ("eval",)}
 OFFLINE_TRIPLETS_FILE = "offline_triplets.csv"
 
 
@@ -61,37 +60,10 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
-def _config_changes(old: dict, new: dict) -> list[str]:
-    defaults = Config().to_dict()  # keys a checkpoint of an older version lacks had their defaults
-    changes = []
-    for section, values in new.items():
-        if (section,) in RESUME_FREE_KEYS:
-            continue
-        before = {**defaults.get(section, {}), **old.get(section, {})}
-        for key, value in values.items():
-            if (section, key) not in RESUME_FREE_KEYS and before.get(key) != value:
-                changes.append(f"{section}.{key}: {before.get(key)!r} -> {value!r}")
-    return changes
-
-
-def _resume_path(cfg: Config, out_dir: Path) -> Path | None:
-    if cfg.train.resume == "never":
-        return None
-    if cfg.train.resume == "auto":
-        last = out_dir / "last.pt"
-        return last if last.exists() else None
-    path = Path(cfg.train.resume)
-    if not path.is_file():
-        raise ValueError(f"train.resume={cfg.train.resume!r}: no such checkpoint")
-    return path
-
-
 class Trainer:
     """Builds every part of a run from a :class:`Config` and trains it (see :func:`train`)."""
 
     def __init__(self, cfg: Config, ctx: DistContext | None = None):
-        self.cfg = cfg
-        self.out_dir = Path(cfg.train.out_dir)
         kind = "cuda" if cfg.train.device.startswith("cuda") or (
             cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.ctx = ctx if ctx is not None else init_distributed(kind)
@@ -99,24 +71,36 @@ class Trainer:
         self.main = self.ctx.is_main
         self.progress = cfg.train.progress and self.main
 
-        resume = _resume_path(cfg, self.out_dir)
-        self.state = load_checkpoint(resume) if resume is not None else None
-        if self.state is not None:
-            changes = _config_changes(self.state["config"], cfg.to_dict())
-            if changes and self.main:
-                warnings.warn(f"resuming {resume} with a changed config: {'; '.join(changes)}")
-            if self.state.get("world_size", 1) != self.ctx.world_size and self.main:
-                warnings.warn(f"resuming a run of {self.state.get('world_size')} processes on "
-                              f"{self.ctx.world_size}: the data order changes from here on")
+        # every check before anything is written: a run that cannot start leaves no trace
+        fresh_dir = cfg.train.out_dir is None  # a new runs/<kind>-<time>, claimed below
+        if fresh_dir:
+            cfg = with_default_out_dir(cfg)
+        self.cfg, self.out_dir = cfg, Path(cfg.train.out_dir)
+        resume, self.state = plan_resume(cfg, self.out_dir, fresh_dir=fresh_dir, warn=self.main)
+        if self.state is not None and self.state.get("world_size", 1) != self.ctx.world_size and self.main:
+            warnings.warn(f"resuming a run of {self.state.get('world_size')} processes on "
+                          f"{self.ctx.world_size}: the data order changes from here on")
         self.start_step = self.state["step"] if self.state is not None else 0
+        if cfg.train.steps <= cfg.optim.warmup_steps and self.main:
+            warnings.warn(f"train.steps={cfg.train.steps} <= optim.warmup_steps="
+                          f"{cfg.optim.warmup_steps}: the whole run is warm-up (the learning rate "
+                          f"rises towards optim.lr={cfg.optim.lr:g} and never decays)")
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every process
+        self.dataset = build_dataset(cfg, cfg.data.train_split, train=True, progress=self.progress)
 
+        if fresh_dir:  # the main process takes the folder (another run may have taken the name)
+            name = str(claim_new_dir(self.out_dir)) if self.main else None
+            name = broadcast_object(name, self.ctx)
+            if name != str(self.out_dir):
+                cfg = replace(cfg, train={"out_dir": name})
+                self.cfg, self.out_dir = cfg, Path(name)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.out_dir / "config.json") as f:
-                json.dump(cfg.to_dict(), f, indent=1)
-        torch.manual_seed(cfg.train.seed)  # same initial weights on every process
-
-        self.dataset = build_dataset(cfg, cfg.data.train_split, train=True, progress=self.progress)
+            if self.state is None:  # a continued run's config.json changes once its state has loaded
+                self._write_config()
+            if self.progress:
+                what = f"continuing from step {self.start_step}" if self.state is not None else "new run"
+                print(f"run folder {self.out_dir} ({what})", file=sys.stderr)
         self.tokenizer = build_tokenizer(cfg, self.dataset.texts, self.out_dir, self.ctx)
         model = build_model(cfg, len(self.tokenizer)).to(self.device)
         self.objective = build_objective(cfg.objective, cfg.model.embed_dim).to(self.device)
@@ -127,22 +111,33 @@ class Trainer:
         self.objective_params = [p for p in self.objective.parameters() if p.requires_grad]
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.state is not None:
-            model.load_state_dict(self.state["model"])
-            self.objective.load_state_dict(self.state["objective"], strict=False)
-            self.optimizer.load_state_dict(self.state["optimizer"])
-            self.scheduler.load_state_dict(self.state["scheduler"])
-            if self.scaler is not None and self.state.get("scaler"):
-                self.scaler.load_state_dict(self.state["scaler"])
-            bank = getattr(self.objective, "bank", None)
-            if bank is not None and self.state.get("memory_bank") is not None:
-                bank.load_state_dict(self.state["memory_bank"])
-            set_rng_state(self.state["rng"])
+            try:
+                model.load_state_dict(self.state["model"])
+                self.objective.load_state_dict(self.state["objective"], strict=False)
+                self.optimizer.load_state_dict(self.state["optimizer"])
+                self.scheduler.load_state_dict(self.state["scheduler"])
+                if self.scaler is not None and self.state.get("scaler"):
+                    self.scaler.load_state_dict(self.state["scaler"])
+                bank = getattr(self.objective, "bank", None)
+                if bank is not None and self.state.get("memory_bank") is not None:
+                    bank.load_state_dict(self.state["memory_bank"])
+                set_rng_state(self.state["rng"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # train.resume=force or a path
+                msg = str(exc) if len(str(exc)) <= 1500 else str(exc)[:1500] + " ..."
+                raise ValueError(f"checkpoint {resume} does not fit this run's model, objective or "
+                                 f"optimizer (did model.* or objective.* change?): {msg}") from None
+            if self.main:
+                self._write_config()
         self.model = model
         if self.ctx.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.loader = self._loader()
         self.timer = StepTimer(self.device, sync=cfg.train.sync_timing)
+
+    def _write_config(self) -> None:
+        with atomic_write(self.out_dir / CONFIG_NAME) as f:
+            json.dump(self.cfg.to_dict(), f, indent=1)
 
     # -- data ------------------------------------------------------------------------------------
     def _loader(self):
@@ -168,10 +163,13 @@ class Trainer:
             batches = StepBatchSampler(len(self.dataset), cfg.train.batch_size, steps=cfg.train.steps,
                                        start_step=self.start_step, seed=cfg.train.seed,
                                        rank=self.ctx.rank, world_size=self.ctx.world_size)
+        # its own generator: iter(loader) draws the workers' base seed from it, not from torch's
+        # global one, whose state (dropout masks) a resumed run has just restored from the checkpoint
         return torch.utils.data.DataLoader(
             EpochKeyed(self.dataset), batch_sampler=batches, num_workers=cfg.data.num_workers,
             collate_fn=Collator(self.tokenizer, max_length=cfg.data.max_length),
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.ctx.rank))
 
     def _mined_triplets(self) -> torch.Tensor:
         """The run's offline triplets, mined once: read from ``<out_dir>/offline_triplets.csv``
@@ -272,7 +270,7 @@ class Trainer:
         summary_path = self.out_dir / "train_summary.json"
         if self.start_step >= cfg.train.steps and summary_path.exists():
             # a finished run started again (e.g. a re-run demo): nothing to train
-            return json.loads(summary_path.read_text())
+            return {**json.loads(summary_path.read_text()), "paths": self.written_paths()}
         logger = RunLogger(self.out_dir, enabled=self.main, tensorboard=cfg.train.tensorboard,
                            resume_step=self.start_step)
         from tqdm import tqdm
@@ -296,12 +294,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{last_logs['loss']:.4f}", lr=f"{last_logs['lr']:.2e}")
                 if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
                     if self.main:
-                        save_checkpoint(self.out_dir / "last.pt", self.checkpoint_state(step))
+                        save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.checkpoint_state(step))
                 bar.update(1)
         finally:
             bar.close()
             logger.close()
-        result = {"out_dir": str(self.out_dir), "checkpoint": str(self.out_dir / "last.pt"),
+        result = {"out_dir": str(self.out_dir), "checkpoint": str(self.out_dir / CHECKPOINT_NAME),
                   "steps": step, "resumed_from": self.start_step, "world_size": self.ctx.world_size,
                   "device": str(self.device), "amp": cfg.train.amp, "objective": cfg.objective.kind,
                   "wall_s": time.perf_counter() - t0, "step_time": self.timer.mean(),
@@ -309,7 +307,14 @@ class Trainer:
         if self.main:
             with atomic_write(summary_path) as f:
                 json.dump(result, f, indent=1)
-        return result
+        return {**result, "paths": self.written_paths()}
+
+    def written_paths(self) -> dict[str, str]:
+        """What the run folder holds: name -> path, for the files and folders that exist."""
+        names = {"checkpoint": CHECKPOINT_NAME, "config": CONFIG_NAME, "metrics": "metrics.csv",
+                 "summary": "train_summary.json", "tensorboard": "tb", "tokenizer": "tokenizer",
+                 "offline_triplets": OFFLINE_TRIPLETS_FILE, "entity_cache": "entity-cache"}
+        return {k: str(self.out_dir / v) for k, v in names.items() if (self.out_dir / v).exists()}
 
     def _log(self, logger: RunLogger, step: int, logs: dict, times: dict) -> dict:
         names = list(logs)
@@ -324,7 +329,9 @@ class Trainer:
 
 
 def train(cfg: Config) -> dict:
-    """Train one run as configured; returns a summary (also in ``<out_dir>/train_summary.json``).
+    """Train one run as configured; returns a summary (also in ``<out_dir>/train_summary.json``)
+    with ``out_dir`` (a new ``runs/<objective.kind>-<time>`` without ``train.out_dir``),
+    ``checkpoint`` and ``paths`` (what the run folder holds).
 
     Under torchrun every process calls this; the process group is set up from the environment.
     """
