@@ -3,7 +3,8 @@
     cfg = load_config("configs/mimic.yaml", ["train.steps=2000", "objective.kind=infonce"])
 
 Every key is checked: an unknown section or key raises ``ValueError`` naming it, and a value of
-the wrong type names the key and what it expected. ``load_config`` also accepts the name of a
+the wrong type or out of range names the key and what it expected (:meth:`Config.validate`, run
+by ``load_config`` before any work). YAML is read with exponent floats (``1e-4``) as numbers. ``load_config`` also accepts the name of a
 packaged preset instead of a path: ``demo`` (the CPU phantom demo) or ``paper`` (the published
 MedTrim training code, ``medtrim_ext/data/configs/paper.yaml``).
 """
