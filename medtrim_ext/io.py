@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -57,7 +59,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path: str | Path) -> list[Path]:
+def remove_stale_temps(path: str | Path, *, _names: list[str] | None = None) -> list[Path]:
     """Remove the temporary files and folders a killed writer of ``path`` left next to it.
 
     Only leftovers of this machine whose writer process is gone are removed; a live writer's
@@ -67,17 +69,17 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     """
     path = Path(path)
     head = f".{path.name}."
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return []
+    if _names is None:
+        try:
+            _names = os.listdir(path.parent)
+        except OSError:
+            return []
     me, host = os.getpid(), _host_tag()
-    start = _process_start_time()
     removed = []
-    for entry in entries:
-        name = entry.name
+    for name in _names:
         if not name.startswith(head) or not name.endswith(_TMP_SUFFIXES):
             continue
+        entry = path.parent / name
         middle = name[len(head):-4]          # "<pid>-<host>.<random>" or "<random>"
         owned = _OWNED.fullmatch(middle)
         if owned:
@@ -88,23 +90,46 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
             continue   # another target's temporary (e.g. of "<name>.bak")
         else:   # no owner in the name: stale only when older than this process
             try:
-                if entry.stat(follow_symlinks=False).st_mtime >= start:
+                if entry.lstat().st_mtime >= _process_start_time():
                     continue
             except OSError:
                 continue
         try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
             else:
-                os.unlink(entry.path)
-        except FileNotFoundError:
-            continue
+                os.unlink(entry)
         except OSError:
-            continue   # not ours to remove (permissions): leave it
-        removed.append(Path(entry.path))
+            continue   # gone already, or not ours to remove (permissions): leave it
+        removed.append(entry)
     return removed
 
 
+# folder -> the temporary-looking names it held when this process first wrote into it; a folder
+# is listed once per process (not once per write: a folder of N outputs would cost N^2)
+_TEMP_NAMES: dict[str, list[str]] = {}
+_TEMP_NAMES_LOCK = threading.Lock()
+
+
+def _clean_before_write(path: Path) -> None:
+    folder = os.path.abspath(path.parent)
+    with _TEMP_NAMES_LOCK:
+        names = _TEMP_NAMES.get(folder)
+        if names is None:
+            try:
+                names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(_TMP_SUFFIXES)]
+            except OSError:
+                names = []
+            _TEMP_NAMES[folder] = names
+        mine = [n for n in names if n.startswith(f".{path.name}.")]
+        if not mine:
+            return
+        removed = {p.name for p in remove_stale_temps(path, _names=mine)}
+        # forget what is gone (removed, or finished by its live writer); keep live writers' names
+        names[:] = [n for n in names if n not in removed and os.path.lexists(os.path.join(folder, n))]
+
+
+@functools.lru_cache(maxsize=None)
 def _process_start_time() -> float:
     """Wall-clock start of this process (Linux: /proc; elsewhere: now, so nothing counts as older)."""
     try:
@@ -125,7 +150,7 @@ def make_temp_dir(path: str | Path, suffix: str = ".tmp") -> Path:
     leftovers of killed writers of ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    _clean_before_write(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=suffix))
     os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
@@ -161,11 +186,13 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
 
     A crash or an exception leaves the previous ``path`` (or nothing) in place, never a partial file.
     The file gets the permissions ``open`` would give (``0o666`` less the umask), and temporary
-    files that a killed writer of ``path`` left behind are removed (see :func:`remove_stale_temps`).
+    files that a killed writer of ``path`` left behind are removed (see :func:`remove_stale_temps`;
+    a folder is listed once per process: temporaries that appear in it later are left to the
+    next process).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
+    _clean_before_write(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:

@@ -108,6 +108,16 @@ def test_a_killed_writer_leaves_a_temp_the_next_write_removes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]   # before: the .tmp stayed
 
 
+def test_a_folder_is_listed_once_per_process(tmp_path, monkeypatch):
+    calls = []
+    real = os.listdir
+    monkeypatch.setattr(mio.os, "listdir", lambda p: calls.append(p) or real(p))
+    for i in range(50):   # e.g. write_phantom_dataset's images: not 50 listings of a growing folder
+        with atomic_write(tmp_path / f"{i}.png", "wb") as f:
+            f.write(b"x")
+    assert calls == [str(tmp_path)]
+
+
 def test_check_writable(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
     assert check_writable(tmp_path / "new" / "deeper" / "x.parquet", "output") == \
