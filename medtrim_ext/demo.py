@@ -197,8 +197,10 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     from .training.distributed import DistContext
     from .training.evaluate import evaluate_model, load_trained
 
+    from .io import check_writable
+
     arms = resolve_arms(arms)
-    out = Path(out)
+    out = check_writable(Path(out), "demo output folder", folder=True)   # before any training
     extra = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     base = load_config("demo", extra + [f"train.device={device}", f"train.progress={str(progress).lower()}"])
     dev = resolve_device(device, DistContext())

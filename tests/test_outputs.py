@@ -51,6 +51,8 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
     assert "cannot write train.out_dir" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(blocker / "ev")]) == 2
     assert "cannot write evaluation output folder" in capsys.readouterr().err
+    assert main(["demo", "--out", str(blocker), "--steps", "1", "--seeds", "0"]) == 2
+    assert "cannot write demo output folder" in capsys.readouterr().err
 
 
 def _log(path, text):
