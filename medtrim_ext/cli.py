@@ -56,9 +56,10 @@ def cmd_mine(args) -> int:
     from tqdm import tqdm
 
     from .entities import MetaEntities
-    from .io import atomic_write, read_records
+    from .io import atomic_write, check_writable, read_records
     from .mining import Triplets
 
+    check_writable(args.output, "output")   # before any work
     miner = _miner(args)
     device = _device(args.device)
     records, ids = read_records(args.records)
@@ -133,7 +134,7 @@ def cmd_evaluate(args) -> int:
     report = evaluate_run(args.checkpoint, overrides, out_dir=args.out, device=args.device,
                           progress=not args.no_progress)
     print(report["markdown"])
-    print(f"wrote {report['paths']['markdown']} and {report['paths']['json']}")
+    print("wrote " + ", ".join(map(str, report["paths"].values())))
     return 0
 
 
@@ -141,8 +142,11 @@ def cmd_extract(args) -> int:
     from .extraction import EntityExtractor, read_reports
     from .extraction.output import summarize, write_entities
 
+    from .io import check_writable
+
     if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
         raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")
+    check_writable(args.output, "output")   # before reading and extracting every report
     reports = read_reports(args.reports)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
@@ -225,9 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``section.key=value`` overrides may come anywhere among
+    the flags (``train --config demo --no-eval train.steps=5``): argparse takes the positional
+    overrides only as one run, so later ones come back unrecognised and join them here."""
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if not a.startswith("-") and "=" in a]
+    rest = [a for a in extra if a not in late]
+    if late and hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + late
+    elif late:
+        rest = extra
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if getattr(args, "chunk_size", 1) < 1:
         parser.error("--chunk-size must be >= 1")
     try:

@@ -159,11 +159,14 @@ def attribute_table(summary: dict, arms) -> str:
 
 
 def _breakdown_table(step_times: dict[str, dict]) -> str:
-    phases = sorted({k for t in step_times.values() for k in t if k != "total"})
+    from .evaluation.plots import step_breakdown_bars
+
+    phases = [p for p in step_breakdown_bars(step_times)[1] if p != "other"]   # in the order a step runs them
     head = "| phase | " + " | ".join(step_times) + " |"
     rows = [head, "|" + "---|" * (len(step_times) + 1)]
     for p in phases + ["total"]:
-        rows.append(f"| {p} | " + " | ".join(f"{t.get(p, float('nan')) * 1e3:.1f} ms" for t in step_times.values()) + " |")
+        rows.append(f"| {p} | " + " | ".join(f"{t[p] * 1e3:.1f} ms" if p in t else "-"
+                                              for t in step_times.values()) + " |")
     for name, t in step_times.items():
         if t.get("total"):
             share = sum(t.get(k, 0.0) for k in ("mining", "loss_forward", "loss_backward")) / t["total"]
@@ -194,8 +197,10 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     from .training.distributed import DistContext
     from .training.evaluate import evaluate_model, load_trained
 
+    from .io import check_writable
+
     arms = resolve_arms(arms)
-    out = Path(out)
+    out = check_writable(Path(out), "demo output folder", folder=True)   # before any training
     extra = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     base = load_config("demo", extra + [f"train.device={device}", f"train.progress={str(progress).lower()}"])
     base = replace(base, data={"cache_dir": str(out / "entity-cache")})  # its test split: the runs' cache
@@ -235,8 +240,8 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     plot_attributes(summary, out / "attributes.png")
     plot_training_curves(curves, out / "training_loss.png", metric="loss")
     times = {a: _mean_times(t) for a, t in step_times.items() if t}
-    if times:
-        plot_step_breakdown(next(iter(times.values())), out / "step_breakdown.png")
+    if times:   # every arm side by side
+        plot_step_breakdown(times, out / "step_breakdown.png")
     print("\n" + results_markdown(summary))
     attributes = attribute_table(summary, arms)
     print("\nper attribute (top 5):\n" + attributes)

@@ -3,11 +3,181 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+# a temporary file or folder next to a target is named ".<target name>.<owner>.<random>.tmp",
+# where <owner> is "<pid>-<host hash>", so a later writer can tell a dead writer's leftover
+# (removed) from a live one's (kept)
+_TMP_SUFFIXES = (".tmp", ".old")
+_OWNED = re.compile(r"(\d+)-([0-9a-f]{6})\.[a-z0-9_]+")   # what follows ".<target name>."
+_LEGACY = re.compile(r"[a-z0-9_]{8}")                      # older versions: mkstemp's random part
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)   # no other way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def temp_prefix(path: str | Path) -> str:
+    """Prefix of this process's temporary names for ``path`` (for ``tempfile.mkstemp``/``mkdtemp``
+    with ``dir=path.parent``); :func:`remove_stale_temps` recognises the owner in it."""
+    return f".{Path(path).name}.{os.getpid()}-{_host_tag()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, owned by another user
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path, *, _names: list[str] | None = None) -> list[Path]:
+    """Remove the temporary files and folders a killed writer of ``path`` left next to it.
+
+    Only leftovers of this machine whose writer process is gone are removed; a live writer's
+    temporary (another process, or another thread of this one) and one written on another machine
+    (a shared file system) are kept. Leftovers of older versions (no owner in the name) are removed
+    when they are older than this process. Returns what was removed.
+    """
+    path = Path(path)
+    head = f".{path.name}."
+    if _names is None:
+        try:
+            _names = os.listdir(path.parent)
+        except OSError:
+            return []
+    me, host = os.getpid(), _host_tag()
+    removed = []
+    for name in _names:
+        if not name.startswith(head) or not name.endswith(_TMP_SUFFIXES):
+            continue
+        entry = path.parent / name
+        middle = name[len(head):-4]          # "<pid>-<host>.<random>" or "<random>"
+        owned = _OWNED.fullmatch(middle)
+        if owned:
+            pid = int(owned.group(1))
+            if owned.group(2) != host or pid == me or _pid_alive(pid):
+                continue
+        elif not _LEGACY.fullmatch(middle):
+            continue   # another target's temporary (e.g. of "<name>.bak")
+        else:   # no owner in the name: stale only when older than this process
+            try:
+                if entry.lstat().st_mtime >= _process_start_time():
+                    continue
+            except OSError:
+                continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                os.unlink(entry)
+        except OSError:
+            continue   # gone already, or not ours to remove (permissions): leave it
+        removed.append(entry)
+    return removed
+
+
+# folder -> the temporary-looking names it held when this process first wrote into it; a folder
+# is listed once per process (not once per write: a folder of N outputs would cost N^2)
+_TEMP_NAMES: dict[str, list[str]] = {}
+_TEMP_NAMES_LOCK = threading.Lock()
+
+
+def _clean_before_write(path: Path) -> None:
+    folder = os.path.abspath(path.parent)
+    with _TEMP_NAMES_LOCK:
+        names = _TEMP_NAMES.get(folder)
+        if names is None:
+            try:
+                names = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(_TMP_SUFFIXES)]
+            except OSError:
+                names = []
+            _TEMP_NAMES[folder] = names
+        mine = [n for n in names if n.startswith(f".{path.name}.")]
+        if not mine:
+            return
+        removed = {p.name for p in remove_stale_temps(path, _names=mine)}
+        # forget what is gone (removed, or finished by its live writer); keep live writers' names
+        names[:] = [n for n in names if n not in removed and os.path.lexists(os.path.join(folder, n))]
+
+
+@functools.lru_cache(maxsize=None)
+def _process_start_time() -> float:
+    """Wall-clock start of this process (Linux: /proc; elsewhere: now, so nothing counts as older)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        import time
+
+        return time.time()
+
+
+def make_temp_dir(path: str | Path, suffix: str = ".tmp") -> Path:
+    """A new empty folder next to ``path`` for building it before a rename, with the permissions
+    a plain ``mkdir`` would give (``0o777`` less the umask, not ``mkdtemp``'s 0700); stale
+    leftovers of killed writers of ``path`` are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_before_write(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temp_prefix(path), suffix=suffix))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> Path:
+    """Fail fast, before any work, when ``path`` could not be written: ``ValueError`` naming
+    ``what`` (e.g. ``"output"``, ``"train.out_dir"``) and the reason.
+
+    ``folder``: ``path`` is an output folder (it may exist, as a folder); else an output file (it
+    may exist, not as a folder). Folders that do not exist yet must be creatable: the nearest
+    existing one above must be a writable folder. Nothing is created.
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        if folder and not path.is_dir():
+            raise ValueError(f"cannot write {what} {str(path)!r}: it exists and is not a folder")
+        if not folder and path.is_dir():
+            raise ValueError(f"cannot write {what} {str(path)!r}: it is a folder, expected a file name")
+    holder = path if folder and path.is_dir() else path.parent
+    while not os.path.lexists(holder) and holder != holder.parent:
+        holder = holder.parent
+    if not holder.is_dir():
+        raise ValueError(f"cannot write {what} {str(path)!r}: {str(holder)!r} is not a folder")
+    if not os.access(holder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {str(path)!r}: folder {str(holder)!r} is not writable")
+    return path
 
 
 @contextlib.contextmanager
@@ -15,12 +185,18 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
 
     A crash or an exception leaves the previous ``path`` (or nothing) in place, never a partial file.
+    The file gets the permissions ``open`` would give (``0o666`` less the umask), and temporary
+    files that a killed writer of ``path`` left behind are removed (see :func:`remove_stale_temps`;
+    a folder is listed once per process: temporaries that appear in it later are left to the
+    next process).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _clean_before_write(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())   # mkstemp creates 0600
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import string
-import tempfile
 from pathlib import Path
 from collections import Counter
 from typing import Iterable
@@ -104,16 +103,17 @@ def _vocabulary(corpus, normalizer, pre_tokenizer, vocab_size: int, min_frequenc
 def save_tokenizer(tokenizer, out_dir) -> Path:
     """``tokenizer.save_pretrained`` into a temporary sibling folder, then rename it to
     ``out_dir`` (replacing an existing one), so no reader ever sees a half-written tokenizer."""
+    from .io import make_temp_dir
+
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(out)   # 0777 less the umask, not mkdtemp's 0700
     old = None
     try:
         tokenizer.save_pretrained(str(tmp))
         if out.exists():
             if not out.is_dir():
                 raise ValueError(f"tokenizer out_dir {str(out)!r} exists and is not a folder")
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            old = make_temp_dir(out, suffix=".old")
             os.rmdir(old)
             os.replace(out, old)
         os.replace(tmp, out)

@@ -29,7 +29,12 @@ def run_train(args) -> int:
     from .training import load_config, train
     from .training.evaluate import evaluate_run
 
+    from .io import check_writable
+
     cfg = load_config(args.config, args.overrides)
+    # before any work; without train.out_dir the run gets a new folder under runs/
+    check_writable(cfg.train.out_dir if cfg.train.out_dir is not None else "runs",
+                   "train.out_dir", folder=True)
     result = train(cfg)
     if result["world_size"] == 1 or _is_main():
         print(json.dumps({k: result[k] for k in ("out_dir", "steps", "device", "wall_s", "step_time")},
@@ -52,7 +57,7 @@ def _is_main() -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medtrim_ext.train", description=__doc__.split("\n")[0])
     add_train_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # overrides before and after the flags
     try:
         return run_train(args)
     except ValueError as exc:

@@ -139,11 +139,48 @@ def test_plots_write_pngs(tmp_path):
     single = summarize_runs({"only": [RUNS["medtrim"][0]]})
     assert _is_png(plot_retrieval(single, tmp_path / "single.png"))
     assert _is_png(plot_probe_auc(single, tmp_path / "single_probe.png"))
-    assert _is_png(plot_step_breakdown({"data": 0.01, "encoders": 0.05, "mining": 0.002, "loss": 0.001,
-                                        "backward": 0.08, "optimizer": 0.004, "other": 0.0},
+    assert _is_png(plot_step_breakdown({"data": 0.01, "encoders_forward": 0.05, "mining": 0.002,
+                                        "loss_forward": 0.001, "loss_backward": 0.001,
+                                        "encoders_backward": 0.08, "optimizer": 0.004, "total": 0.148},
                                        tmp_path / "steps.png"))
-    assert _is_png(plot_step_breakdown({"medtrim": {"encoders": 0.05, "mining": 0.01},
-                                        "infonce": {"encoders": 0.05, "loss": 0.001}}, tmp_path / "steps2.png"))
+    assert _is_png(plot_step_breakdown({"medtrim": {"encoders_forward": 0.05, "mining": 0.01},
+                                        "infonce": {"encoders_forward": 0.05, "loss_forward": 0.001}},
+                                       tmp_path / "steps2.png"))
+
+
+def test_step_breakdown_bars_every_arm_in_pipeline_order_total_not_stacked():
+    from medtrim_ext.evaluation import step_breakdown_bars
+    from medtrim_ext.training.timing import PHASES
+
+    # a StepTimer.mean() per arm (its "total" is the sum of the phases), keys in arbitrary order
+    timer = {"optimizer": 0.010, "loss_backward": 0.002, "data": 0.100, "encoders_backward": 0.450,
+             "mining": 0.005, "encoders_forward": 0.390, "loss_forward": 0.005}
+    timer["total"] = sum(timer.values())   # 0.962 s
+    infonce = {**{k: v for k, v in timer.items() if k != "mining"}, "total": timer["total"] - 0.005}
+    bars, parts = step_breakdown_bars({"medtrim": timer, "infonce": infonce})
+    assert list(bars) == ["medtrim", "infonce"]            # before: the first arm only (demo)
+    assert parts == list(PHASES)                           # before: alphabetical, "total" among them
+    assert "total" not in bars["medtrim"]                  # before: drawn as a segment (1.924 s)
+    assert sum(bars["medtrim"].values()) == pytest.approx(0.962)
+    assert "mining" not in bars["infonce"] and sum(bars["infonce"].values()) == pytest.approx(0.957)
+    # a total above the timed phases shows the gap as "other", drawn last; unknown parts keep order
+    bars, parts = step_breakdown_bars({"zeta": 0.1, "data": 0.2, "alpha": 0.1, "total": 0.5})
+    assert parts == ["data", "zeta", "alpha", "other"]
+    assert bars["step"]["other"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="no parts besides 'total'"):
+        step_breakdown_bars({"total": 1.0})
+    from medtrim_ext.evaluation.plots import STEP_PARTS
+    assert STEP_PARTS == PHASES
+
+
+def test_plot_results_writes_the_figures_the_summary_has(tmp_path):
+    from medtrim_ext.evaluation import plot_results
+
+    written = plot_results(summarize_runs(RUNS), tmp_path / "eval")
+    assert sorted(written) == ["probe_auc", "retrieval"]   # no ground-truth attributes: no figure
+    assert all(_is_png(p) and p.parent == tmp_path / "eval" for p in written.values())
+    with pytest.raises(ValueError, match="summarize_runs"):
+        plot_results({"methods": {}}, tmp_path / "x")
 
 
 def test_plot_attributes(tmp_path):

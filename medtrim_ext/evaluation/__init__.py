@@ -16,8 +16,8 @@ from .probe import linear_probe, roc_auc
 from .report import flatten_metrics, key_metrics, results_markdown, summarize_runs, write_results
 from .retrieval import evaluate_retrieval, retrieval_metrics
 
-_PLOTS = {"plot_attributes", "plot_probe_auc", "plot_retrieval", "plot_step_breakdown",
-          "plot_training_curves"}
+_PLOTS = {"plot_attributes", "plot_probe_auc", "plot_results", "plot_retrieval",
+          "plot_step_breakdown", "plot_training_curves", "step_breakdown_bars"}
 
 __all__ = ["attribute_agreement", "attribute_disease_keys", "attribute_keys", "disease_set_keys",
            "entity_keys", "evaluate_attributes", "evaluate_retrieval", "flatten_metrics",

@@ -17,12 +17,16 @@ from matplotlib.figure import Figure
 
 from ..io import atomic_write
 
-__all__ = ["plot_attributes", "plot_probe_auc", "plot_retrieval", "plot_step_breakdown",
-           "plot_training_curves"]
+__all__ = ["plot_attributes", "plot_probe_auc", "plot_results", "plot_retrieval",
+           "plot_step_breakdown", "plot_training_curves", "step_breakdown_bars"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
-STEP_PARTS = ("data", "encoders", "mining", "loss", "backward", "optimizer")
+# the phases of a training step in the order it runs them (medtrim_ext.training.timing.PHASES,
+# not imported: this module loads without the training package)
+STEP_PARTS = ("data", "encoders_forward", "mining", "loss_forward", "loss_backward",
+              "encoders_backward", "optimizer")
+TOTAL, OTHER = "total", "other"
 
 
 def _color(i: int) -> str:
@@ -181,6 +185,28 @@ def plot_probe_auc(summary: Mapping, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+RESULT_PLOTS = {"retrieval": "retrieval.png", "probe_auc": "probe_auc.png",
+                "attributes": "attributes.png"}
+
+
+def plot_results(summary: Mapping, out_dir: str | Path) -> dict[str, Path]:
+    """The figures of an evaluation summary (:func:`~medtrim_ext.evaluation.summarize_runs`) in
+    ``out_dir``: ``retrieval.png`` (:func:`plot_retrieval`), ``probe_auc.png``
+    (:func:`plot_probe_auc`) and ``attributes.png`` (:func:`plot_attributes`). A figure whose
+    metrics the summary does not have (no probe, no ground-truth attributes) is left out.
+    Returns ``{name: path}`` of the figures written."""
+    _methods(summary)   # a malformed summary is an error, not a figure to skip
+    out = Path(out_dir)
+    drawers = {"retrieval": plot_retrieval, "probe_auc": plot_probe_auc, "attributes": plot_attributes}
+    written = {}
+    for name, draw in drawers.items():
+        try:
+            written[name] = draw(summary, out / RESULT_PLOTS[name])
+        except ValueError:   # the summary has nothing to draw in this figure
+            continue
+    return written
+
+
 def _read_curve(path: Path, metric: str, step_column: str) -> tuple[list[float], list[float]]:
     """(steps, values) of one training CSV; rows with an empty or non-finite value are skipped
     (e.g. evaluation-only rows)."""
@@ -268,18 +294,26 @@ def _check_breakdown(name: str, parts) -> dict[str, float]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}[{k!r}] must be a finite number of seconds >= 0, got {v!r}")
         out[str(k)] = float(v)
+    total = out.pop(TOTAL, None)   # the whole step, not a part of it
+    if not out:
+        raise ValueError(f"{name} has no parts besides {TOTAL!r}")
+    covered = sum(out.values())
+    if total is not None and total > covered * (1 + 1e-3) + 1e-9:
+        out[OTHER] = total - covered   # time outside the timed phases
     if sum(out.values()) <= 0:
         raise ValueError(f"{name} has no time in it (all parts are 0)")
     return out
 
 
-def plot_step_breakdown(breakdown: Mapping[str, float] | Mapping[str, Mapping[str, float]],
-                        path: str | Path) -> Path:
-    """Seconds per training step split into parts (data, encoders, mining, loss, backward,
-    optimizer, ...) as a horizontal stacked bar, labelled with seconds and shares.
+def step_breakdown_bars(breakdown: Mapping[str, float] | Mapping[str, Mapping[str, float]]
+                        ) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The data of :func:`plot_step_breakdown`: ``({bar: {part: seconds}}, parts in drawing
+    order)``.
 
-    ``breakdown`` is ``{part: seconds}`` for one run, or ``{method: {part: seconds}}`` for one
-    bar per method. Known parts come first in pipeline order, others after.
+    One bar per method (or ``"step"`` for a single ``{part: seconds}``). A ``"total"`` entry is
+    not a part: when it exceeds the sum of the parts, the difference becomes an ``"other"`` part,
+    so a bar is never longer than the step. Parts are ordered as the training step runs them
+    (:data:`STEP_PARTS`), then unknown parts in the order first seen, then ``"other"``.
     """
     if not isinstance(breakdown, Mapping) or not breakdown:
         raise ValueError("breakdown must be a non-empty dict {part: seconds} or {method: {part: seconds}}")
@@ -289,8 +323,25 @@ def plot_step_breakdown(breakdown: Mapping[str, float] | Mapping[str, Mapping[st
         raise ValueError("breakdown mixes seconds and per-method dicts")
     else:
         bars = {"step": _check_breakdown("breakdown", breakdown)}
-    parts: list[str] = [p for p in STEP_PARTS if any(p in b for b in bars.values())]
-    parts += sorted({p for b in bars.values() for p in b} - set(parts))
+    seen = list(dict.fromkeys(p for b in bars.values() for p in b))
+    parts = [p for p in STEP_PARTS if p in seen]
+    parts += [p for p in seen if p not in STEP_PARTS and p != OTHER]
+    parts += [OTHER] if OTHER in seen else []
+    return bars, parts
+
+
+def plot_step_breakdown(breakdown: Mapping[str, float] | Mapping[str, Mapping[str, float]],
+                        path: str | Path) -> Path:
+    """Seconds per training step split into parts (the phases of
+    :class:`~medtrim_ext.training.timing.StepTimer`: data, encoders_forward, mining, loss_forward,
+    loss_backward, encoders_backward, optimizer) as horizontal stacked bars, labelled with
+    milliseconds and shares.
+
+    ``breakdown`` is ``{part: seconds}`` for one run, or ``{method: {part: seconds}}`` for one
+    bar per method, e.g. the ``step_time`` of each run's ``train_summary.json``. See
+    :func:`step_breakdown_bars` for the order of the parts and how ``"total"`` is treated.
+    """
+    bars, parts = step_breakdown_bars(breakdown)
     fig = Figure(figsize=(8.0, 1.3 + 0.6 * len(bars)))
     ax = fig.subplots()
     names = list(bars)
@@ -298,7 +349,8 @@ def plot_step_breakdown(breakdown: Mapping[str, float] | Mapping[str, Mapping[st
     for p_i, part in enumerate(parts):
         lefts = [sum(ms[n].get(q, 0.0) for q in parts[:p_i]) for n in names]
         widths = [ms[n].get(part, 0.0) for n in names]
-        ax.barh(range(len(names)), widths, left=lefts, color=_color(p_i), label=part)
+        color = "#bbbbbb" if part == OTHER else _color(p_i)
+        ax.barh(range(len(names)), widths, left=lefts, color=color, label=part)
         for y, (left, w, n) in enumerate(zip(lefts, widths, names)):
             total = sum(ms[n].values())
             if w / total >= 0.06:   # label only segments wide enough to hold text

@@ -3,11 +3,13 @@
     cfg = load_config("mimic", ["train.steps=2000", "objective.kind=infonce"])
 
 Every key is checked: an unknown section or key raises ``ValueError`` naming it, and a value of
-the wrong type names the key and what it expected. ``load_config`` takes a YAML path or the name
-of a packaged preset (``medtrim_ext/data/configs/<name>.yaml``): ``demo`` (the CPU phantom demo),
-``paper`` (the published MedTrim training code), ``mimic``, ``iu``, ``manifest`` and
-``phantoms-gpu``. A path ``configs/<preset>.yaml`` that does not exist loads the preset (those
-files lived in the repository's ``configs/`` folder before they were packaged).
+the wrong type or out of range names the key and what it expected (:meth:`Config.validate`, run
+by ``load_config`` before any work). YAML is read with exponent floats (``1e-4``) as numbers.
+``load_config`` takes a YAML path or the name of a packaged preset
+(``medtrim_ext/data/configs/<name>.yaml``): ``demo`` (the CPU phantom demo), ``paper`` (the
+published MedTrim training code), ``mimic``, ``iu``, ``manifest`` and ``phantoms-gpu``. A path
+``configs/<preset>.yaml`` that does not exist loads the preset (those files lived in the
+repository's ``configs/`` folder before they were packaged).
 
 ``data.options`` holds the keyword arguments of the dataset kind (``n_train``/``n_validate``/
 ``n_test``, ``seed`` for phantoms; ``split_fractions``, ``label_columns``, ... for manifests; see
@@ -30,6 +32,9 @@ AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 PROJECTIONS = ("linear", "mlp", "none")   # medtrim_ext.models.dual.PROJECTIONS (not imported: light)
 NORMALIZATIONS = ("half", "imagenet")     # medtrim_ext.datasets.transforms.NORMALIZATIONS
+DATA_KINDS = ("phantoms", "manifest", "mimic", "iu")   # medtrim_ext.datasets.factory.KINDS
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+MAX_LOGIT_SCALE = 100.0   # InfoNCELoss's default: 1 / temperature may not exceed it
 
 
 @dataclass
@@ -179,9 +184,59 @@ class Config:
         return cfg
 
     def validate(self) -> None:
+        """Check every value, so that a bad config fails here, before any data is read or any
+        file written: ``ValueError`` naming the key. Numbers given as strings (``"1e-4"``) in
+        numeric lists and maps are converted."""
         def need(cond, key, msg):
             if not cond:
                 raise ValueError(f"{key} {msg}")
+
+        import math
+        import re
+
+        for section in fields(self):   # every float field is a finite number
+            values = getattr(self, section.name)
+            hints = typing.get_type_hints(type(values))
+            for f in fields(values):
+                v = getattr(values, f.name)
+                if float in (hints[f.name], *typing.get_args(hints[f.name])) and v is not None:
+                    need(math.isfinite(v), f"{section.name}.{f.name}", f"must be a finite number, got {v!r}")
+        self.optim.betas = _numbers(self.optim.betas, "optim.betas")
+        self.objective.soft_weights = _numbers(self.objective.soft_weights, "objective.soft_weights")
+        self.objective.weights = _numbers(self.objective.weights, "objective.weights")
+        opt, obj, run = self.optim, self.objective, self.train
+        need(len(opt.betas) == 2 and all(isinstance(b, float) and 0 <= b < 1 for b in opt.betas),
+             "optim.betas", f"must be two numbers in [0, 1) [beta1, beta2], got {opt.betas!r}")
+        need(0 <= opt.min_lr_ratio <= 1, "optim.min_lr_ratio",
+             f"must be in [0, 1] (a share of optim.lr), got {opt.min_lr_ratio!r}")
+        need(opt.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        need(opt.text_lr is None or opt.text_lr > 0, "optim.text_lr", "must be > 0 (or null: optim.lr)")
+        need(isinstance(run.device, str) and re.fullmatch(DEVICE_PATTERN, run.device) is not None,
+             "train.device", f"must be auto, cpu, mps, cuda or cuda:N, got {run.device!r}")
+        need(0 <= run.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
+        need(bool(run.out_dir.strip()), "train.out_dir", "must name a folder")
+        need(bool(run.resume.strip()), "train.resume", "must be auto, never or a checkpoint path")
+        for key in ("w_dis", "w_adj", "w_dir"):
+            need(getattr(obj, key) >= 0, f"objective.{key}", "must be >= 0")
+        need(0 <= obj.threshold <= obj.upper, "objective.threshold",
+             f"must be in [0, objective.upper] (the miner needs 0 <= threshold <= upper), got "
+             f"threshold={obj.threshold!r}, upper={obj.upper!r}")
+        need(0 <= obj.semi_hard_prob <= 1, "objective.semi_hard_prob",
+             f"must be in [0, 1] (a probability), got {obj.semi_hard_prob!r}")
+        need(obj.temperature <= 0 or 1 / obj.temperature <= MAX_LOGIT_SCALE, "objective.temperature",
+             f"must be >= {1 / MAX_LOGIT_SCALE} (1 / temperature is capped at {MAX_LOGIT_SCALE:g})")
+        need(self.data.kind in DATA_KINDS, "data.kind", f"must be one of {DATA_KINDS}, got {self.data.kind!r}")
+        need(self.data.image_size >= 1, "data.image_size", "must be >= 1")
+        need(self.data.in_chans >= 1, "data.in_chans", "must be >= 1")
+        need(self.data.max_length >= 2, "data.max_length", "must be >= 2 (the special tokens)")
+        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        for key in ("train_split", "eval_split"):
+            need(bool(getattr(self.data, key).strip()), f"data.{key}", "must name a split")
+        need(bool(self.eval.probe_split.strip()), "eval.probe_split", "must name a split")
+        need(self.model.tokenizer_vocab_size >= 1, "model.tokenizer_vocab_size", "must be >= 1")
+        need(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        need(self.eval.max_samples is None or self.eval.max_samples >= 1, "eval.max_samples",
+             "must be >= 1 (or null: every sample)")
 
         parts = objective_parts(self.objective.kind)  # raises on unknown or repeated parts
         unknown = sorted(set(self.objective.weights) - set(parts))
@@ -283,9 +338,14 @@ def _coerce(value: Any, hint, key: str):
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():   # e.g. train.steps=1e3
+            return int(value)
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        number = _number_text(value)
+        if number is not None:   # "1e-4": YAML 1.1 reads exponents without a dot as text
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -295,6 +355,48 @@ def _coerce(value: Any, hint, key: str):
     else:  # pragma: no cover - every field uses one of the hints above
         return value
     raise ValueError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _number_text(value: Any) -> float | None:
+    """The float a numeric string spells (``"1e-4"``, ``" 3 "``), else None."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _numbers(values, key: str):
+    """A list or map of numbers with numeric strings converted to floats (ints too); ``ValueError``
+    naming ``key`` for anything else."""
+    def one(v, where):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        number = _number_text(v)
+        if number is None:
+            raise ValueError(f"{where} must be a number, got {v!r}")
+        return number
+    if isinstance(values, dict):
+        return {k: one(v, f"{key}.{k}") for k, v in values.items()}
+    return [one(v, f"{key}[{i}]") for i, v in enumerate(values)]
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, plus YAML 1.2's floats without a dot (``1e-4``, ``5E3``), which
+    YAML 1.1 reads as strings: the most common way to write a learning rate."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+    return Loader
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -308,7 +410,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(path) < 2:
         raise ValueError(f"override {text!r} must name a section and a key, e.g. train.steps=100")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_yaml_loader()) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ValueError(f"override {text!r}: value is not valid YAML ({exc})") from None
     return path, value
@@ -362,7 +464,7 @@ def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
         raise ValueError(f"config {str(path_or_preset)!r}: no such file, and not a preset "
                          f"(presets: {', '.join(preset_names())})")
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_yaml_loader()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"config {where}: not valid YAML ({exc})") from None
     return data, where

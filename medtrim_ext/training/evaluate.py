@@ -120,11 +120,17 @@ def load_trained(checkpoint: str | Path, device: torch.device):
 def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | None = None,
                  device: str = "auto", progress: bool = True) -> dict:
     """Evaluate a checkpoint (a ``last.pt`` file or a run folder; config overrides may point at
-    other data); write ``results.json``, ``results.md`` into ``out_dir`` (default ``<run>/eval``).
+    other data); write ``results.json``, ``results.md`` and the figures (``retrieval.png``,
+    ``probe_auc.png``, ``attributes.png``; see :func:`~medtrim_ext.evaluation.plots.plot_results`)
+    into ``out_dir`` (default ``<run>/eval``), which is checked before any work.
     Returns {result, markdown, paths}."""
     from ..evaluation import results_markdown, summarize_runs, write_results
+    from ..evaluation.plots import plot_results
+    from ..io import check_writable
 
     checkpoint = resolve_checkpoint(checkpoint)
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
+    check_writable(out, "evaluation output folder", folder=True)
     dev = resolve_device(device, DistContext())
     model, tokenizer, cfg, state = load_trained(checkpoint, dev)
     cfg = Config.from_dict(apply_overrides(cfg.to_dict(), list(overrides)), "evaluation overrides")
@@ -132,6 +138,6 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     result["step"] = state["step"]
     runs = {cfg.objective.kind: [result]}
     summary = summarize_runs(runs)
-    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
     paths = write_results(out, runs, summary)
+    paths.update(plot_results(summary, out))
     return {"result": result, "markdown": results_markdown(summary), "paths": paths}

@@ -35,13 +35,48 @@ class RunLogger:
             else:
                 self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step or None)
 
+    def _read(self) -> tuple[list[str], list[dict], list[int]]:
+        """Header, rows and their steps of the existing CSV. A last row cut short (the process
+        was killed while appending it; its step is after the last checkpoint) is dropped; any
+        other damage is a ``ValueError`` naming the file and line."""
+        def bad(why: str) -> ValueError:
+            return ValueError(f"training log {str(self.path)!r} is damaged: {why}; move it away (a "
+                              f"new log starts) or repair it")
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                fields = list(reader.fieldnames or [])
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise bad(f"not a CSV text file ({exc})") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read training log {str(self.path)!r}: {exc}") from None
+        if "step" not in fields:
+            raise bad(f"no 'step' column (header: {fields})")
+        if rows and any(v is None for v in rows[-1].values()):
+            rows.pop()   # torn by a kill mid-append
+        steps = []
+        for lineno, row in enumerate(rows, 2):
+            if None in row or any(v is None for v in row.values()):
+                raise bad(f"line {lineno} has {'more' if None in row else 'fewer'} values than "
+                          f"the header's {len(fields)}")
+            try:
+                step = float(row["step"])
+            except ValueError:
+                step = float("nan")
+            if not step.is_integer():
+                raise bad(f"line {lineno}: step {row['step']!r} is not a whole number")
+            steps.append(int(step))
+        return fields, rows, steps
+
     def _truncate(self, resume_step: int) -> None:
         if not self.path.exists():
             return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-            fields = list(rows[0].keys()) if rows else None
-        keep = [r for r in rows if resume_step and int(float(r["step"])) <= resume_step]
+        if not resume_step:   # a new run: the old log goes, whatever state it is in
+            self.path.unlink()
+            return
+        fields, rows, steps = self._read()
+        keep = [r for r, s in zip(rows, steps) if s <= resume_step]
         if not keep:
             self.path.unlink()
             return
@@ -68,10 +103,7 @@ class RunLogger:
                 self._tb.add_scalar(k, v, step)
 
     def _rewrite_with(self, fields: list[str]) -> None:
-        rows = []
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = list(csv.DictReader(f))
+        rows = self._read()[1] if self.path.exists() else []
         self._write(fields, rows)
 
     def _write(self, fields: list[str], rows: list[dict]) -> None:

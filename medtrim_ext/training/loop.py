@@ -303,7 +303,7 @@ class Trainer:
                   "steps": step, "resumed_from": self.start_step, "world_size": self.ctx.world_size,
                   "device": str(self.device), "amp": cfg.train.amp, "objective": cfg.objective.kind,
                   "wall_s": time.perf_counter() - t0, "step_time": self.timer.mean(),
-                  "final": last_logs}
+                  "final": last_logs, "plots": self._plot_curves() if self.main else {}}
         if self.main:
             with atomic_write(summary_path) as f:
                 json.dump(result, f, indent=1)
@@ -315,6 +315,19 @@ class Trainer:
                  "summary": "train_summary.json", "tensorboard": "tb", "tokenizer": "tokenizer",
                  "offline_triplets": OFFLINE_TRIPLETS_FILE, "entity_cache": "entity-cache"}
         return {k: str(self.out_dir / v) for k, v in names.items() if (self.out_dir / v).exists()}
+
+    def _plot_curves(self) -> dict[str, str]:
+        """``<out_dir>/training_loss.png`` from ``metrics.csv``: the loss over the steps (a run
+        whose log has no finite loss gets a warning, not a failed run)."""
+        from ..evaluation.plots import plot_training_curves
+
+        try:
+            path = plot_training_curves({self.cfg.objective.kind: [self.out_dir / "metrics.csv"]},
+                                        self.out_dir / "training_loss.png", metric="loss")
+        except ValueError as exc:
+            warnings.warn(f"no training curve plotted: {exc}")
+            return {}
+        return {"training_loss": str(path)}
 
     def _log(self, logger: RunLogger, step: int, logs: dict, times: dict) -> dict:
         names = list(logs)
