@@ -33,11 +33,24 @@ struct SharedQuotient {
   }
 };
 
-__device__ void fill_quotient_table(double* table) {
+// The table is computed once per launch by one block (1,089 divisions in all), and every block of
+// the scoring kernels copies it (8.7 KB, an L2 hit) instead of dividing again.
+__global__ void quotient_table_kernel(double* __restrict__ table) {
   for (int k = threadIdx.x; k < kTableStride * kTableStride; k += blockDim.x) {
     const int u = k / kTableStride, i = k % kTableStride;
     table[k] = u == 0 ? 1.0 : (i > u ? 0.0 : __ddiv_rn(static_cast<double>(i), static_cast<double>(u)));
   }
+}
+
+__device__ void load_quotient_table(const double* __restrict__ global_table, double* table) {
+  for (int k = threadIdx.x; k < kTableStride * kTableStride; k += blockDim.x) table[k] = global_table[k];
+}
+
+at::Tensor quotient_table(const at::Tensor& like, cudaStream_t stream) {
+  auto table = at::empty({kTableStride * kTableStride}, like.options().dtype(at::kDouble));
+  quotient_table_kernel<<<1, 512, 0, stream>>>(table.data_ptr<double>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return table;
 }
 
 struct DeviceEntities {
@@ -71,7 +84,8 @@ __device__ void stage_samples(const DeviceEntities& e, int64_t first, int count,
 // kThreads candidates (one per thread, read from global memory, cached across the rows). Threads
 // write consecutive columns, so every row write is coalesced.
 __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows, int wa, int wr,
-                                    uint32_t classes_mask, ScoreWeights w, float* __restrict__ out) {
+                                    uint32_t classes_mask, ScoreWeights w,
+                                    const double* __restrict__ g_table, float* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* s_table = reinterpret_cast<double*>(smem);
   uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem + kTableBytes);
@@ -80,7 +94,7 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
 
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * rows;
   const int count = static_cast<int>(min(static_cast<int64_t>(rows), A.n - row0));
-  fill_quotient_table(s_table);
+  load_quotient_table(g_table, s_table);
   stage_samples(A, row0, count, s_dis, s_adj, s_dir, classes_mask);
   __syncthreads();
 
@@ -101,13 +115,20 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
 // score structure; `b_index` maps a sorted candidate back to its index, which keys and breaks
 // ties (after the tie key with random ties: meta_entity.h). Partial selections go to `partial`
 // (splits x N), merged by mine_finalize_kernel.
+//
+// A candidate that shares no disease with the anchor scores 0 whatever its descriptors, and so
+// does the rest of its run (equal masks are consecutive): the run is skipped as soon as no key of
+// score 0 could change the anchor's result (MineState::could_take, the CPU kernel's group test),
+// and otherwise pushed with its known score, without the scoring path.
 __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
                                     const int64_t* __restrict__ a_ids,
                                     const int64_t* __restrict__ b_ids,
-                                    const int64_t* __restrict__ b_index, int tile,
+                                    const int64_t* __restrict__ b_index,
+                                    const bool* __restrict__ a_semi_hard, int tile,
                                     int64_t split_len, int wa, int wr, uint32_t classes_mask,
                                     ScoreWeights w, float threshold, float upper,
                                     bool random_ties, uint64_t tie_seed,
+                                    const double* __restrict__ g_table,
                                     MineState* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem[];
   double* s_table = reinterpret_cast<double*>(smem);
@@ -118,17 +139,19 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
   uint32_t* s_adj = s_dis + tile;
   uint32_t* s_dir = s_adj + tile * B.adj_stride;
 
-  fill_quotient_table(s_table);
+  load_quotient_table(g_table, s_table);
   const SharedQuotient q{s_table};
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool active = i < A.n;
   SampleView anchor{0u, nullptr, nullptr};
   int64_t self = 0;
   uint32_t anchor_key = 0;
+  bool semi = false;
   if (active) {
     anchor = SampleView{__ldg(A.dis + i) & classes_mask, A.adj + i * A.adj_stride,
                         A.dir + i * A.dir_stride};
     self = a_ids[i];
+    semi = a_semi_hard[i];
     if (random_ties) anchor_key = sample_tie_hash(tie_seed, self);
   }
 
@@ -147,10 +170,20 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
     __syncthreads();  // also publishes the quotient table on the first tile
     if (active) {
       for (int t = 0; t < count; ++t) {
+        const uint32_t cd = s_dis[t];
+        const bool zero = anchor.dis != 0 ? (anchor.dis & cd) == 0 : cd != 0;  // pair_score == 0
+        if (zero && !state.could_take(0.0f, semi, threshold, upper)) {
+          while (t + 1 < count && s_dis[t + 1] == cd) ++t;  // the run's rest scores 0 too
+          continue;
+        }
         if (s_ids[t] == self) continue;
-        const SampleView cand{s_dis[t], s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
         const uint32_t tie = random_ties ? tie_key(anchor_key, s_tie[t]) : 0u;
-        state.push(pair_score(anchor, cand, wa, wr, w, q), tie, s_index[t], threshold, upper);
+        float score = 0.0f;
+        if (!zero) {
+          const SampleView cand{cd, s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
+          score = pair_score(anchor, cand, wa, wr, w, q);
+        }
+        state.push(score, tie, s_index[t], threshold, upper);
       }
     }
     __syncthreads();
@@ -232,9 +265,12 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
   const dim3 grid(static_cast<unsigned>((B.n + kThreads - 1) / kThreads),
                   static_cast<unsigned>((A.n + rows - 1) / rows));
   TORCH_CHECK((A.n + rows - 1) / rows <= 65535, "too many anchors for one score matrix launch: ", A.n);
-  score_matrix_kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor table = quotient_table(a_dis, stream);
+  score_matrix_kernel<<<grid, kThreads, smem, stream>>>(
       A, B, rows, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
-      class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir}, out.data_ptr<float>());
+      class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir}, table.data_ptr<double>(),
+      out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -264,6 +300,7 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const auto bd = b_dis.index_select(0, b_index), ba = b_adj.index_select(0, b_index).contiguous(),
              br = b_dir.index_select(0, b_index).contiguous(), bid = b_ids.index_select(0, b_index);
   const auto semi = semi_hard.contiguous();
+  const auto semi_sorted = semi.index_select(0, a_index);
   const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
 
   const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
@@ -285,12 +322,13 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   auto* partial_ptr = reinterpret_cast<MineState*>(partial.data_ptr<uint8_t>());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>(used_splits));
+  const at::Tensor table = quotient_table(a_dis, stream);
   mine_partial_kernel<<<grid, kThreads, smem, stream>>>(
-      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(), tile,
-      split_len, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
-      class_mask(classes), ScoreWeights{w_dis, w_adj, w_dir}, static_cast<float>(threshold),
-      static_cast<float>(upper), tie_seed.has_value(), tie_seed.value_or(0),
-      partial_ptr);
+      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(),
+      semi_sorted.data_ptr<bool>(), tile, split_len, static_cast<int>(a_adj.size(2)),
+      static_cast<int>(a_dir.size(2)), class_mask(classes), ScoreWeights{w_dis, w_adj, w_dir},
+      static_cast<float>(threshold), static_cast<float>(upper), tie_seed.has_value(),
+      tie_seed.value_or(0), table.data_ptr<double>(), partial_ptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   mine_finalize_kernel<<<static_cast<unsigned>(anchor_blocks), kThreads, 0, stream>>>(
       partial_ptr, static_cast<int>(used_splits), n, a_index.data_ptr<int64_t>(),
