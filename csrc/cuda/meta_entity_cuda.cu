@@ -157,6 +157,8 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
 
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * split_len;
   const int64_t end = min(B.n, begin + split_len);
+  // bit k of s_run_ends[k / 32]: candidate k of the tile is the last of its run of equal masks
+  __shared__ uint32_t s_run_ends[kThreads / 32];
   MineState state;
   for (int64_t t0 = begin; t0 < end; t0 += tile) {
     const int count = static_cast<int>(min(static_cast<int64_t>(tile), end - t0));
@@ -167,13 +169,23 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
       s_tie[k] = random_ties ? sample_tie_hash(tie_seed, id) : 0u;
     }
     stage_samples(B, t0, count, s_dis, s_adj, s_dir, classes_mask);
+    {  // tile <= kThreads == blockDim.x: one candidate per thread
+      const int k = threadIdx.x;
+      const bool last = k < count && (k == count - 1 || ((B.dis[t0 + k] ^ B.dis[t0 + k + 1]) & classes_mask) != 0);
+      const uint32_t ends = __ballot_sync(0xffffffffu, last);
+      if (k % 32 == 0) s_run_ends[k / 32] = ends;
+    }
     __syncthreads();  // also publishes the quotient table on the first tile
     if (active) {
       for (int t = 0; t < count; ++t) {
         const uint32_t cd = s_dis[t];
         const bool zero = anchor.dis != 0 ? (anchor.dis & cd) == 0 : cd != 0;  // pair_score == 0
         if (zero && !state.could_take(0.0f, semi, threshold, upper)) {
-          while (t + 1 < count && s_dis[t + 1] == cd) ++t;  // the run's rest scores 0 too
+          // the run's rest scores 0 too: jump to its last candidate (count - 1 ends every run)
+          int word = t / 32;
+          uint32_t ends = s_run_ends[word] & (~0u << (t % 32));
+          while (ends == 0) ends = s_run_ends[++word];
+          t = word * 32 + lowest_bit(ends);
           continue;
         }
         if (s_ids[t] == self) continue;
@@ -221,11 +233,20 @@ __global__ void pair_scores_kernel(DeviceEntities A, DeviceEntities B,
   out[k] = pair_score(a, b, wa, wr, w, DivideQuotient{});
 }
 
-// Largest power-of-two tile (<= kThreads) whose shared memory fits the default 48 KiB.
-int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes) {
+// Dynamic shared memory a launch of `kernel` may use without an opt-in: 48 KiB minus the kernel's
+// static shared memory (read from the compiled kernel, so that the two cannot drift apart).
+int64_t dynamic_shared_limit(const void* kernel) {
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return std::min<int64_t>(kDefaultSharedLimit - static_cast<int64_t>(attr.sharedSizeBytes),
+                           attr.maxDynamicSharedSizeBytes);
+}
+
+// Largest power-of-two tile (<= kThreads) whose shared memory fits `limit` bytes.
+int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes, int64_t limit) {
   int tile = kThreads;
-  while (tile > 1 && fixed_bytes + tile * bytes_per_sample > kDefaultSharedLimit) tile /= 2;
-  TORCH_CHECK(fixed_bytes + tile * bytes_per_sample <= kDefaultSharedLimit,
+  while (tile > 1 && fixed_bytes + tile * bytes_per_sample > limit) tile /= 2;
+  TORCH_CHECK(fixed_bytes + tile * bytes_per_sample <= limit,
               "the vocabulary is too large for the CUDA kernels (", bytes_per_sample,
               " bytes of masks per sample)");
   return tile;
@@ -260,7 +281,8 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
   if (A.n == 0 || B.n == 0) return out;
 
   const int64_t per_sample = 4 * (1 + A.adj_stride + A.dir_stride);
-  const int rows = std::min(pick_tile(per_sample, kTableBytes), 16);
+  const int rows = std::min(
+      pick_tile(per_sample, kTableBytes, dynamic_shared_limit(reinterpret_cast<const void*>(&score_matrix_kernel))), 16);
   const size_t smem = static_cast<size_t>(kTableBytes + rows * per_sample);
   const dim3 grid(static_cast<unsigned>((B.n + kThreads - 1) / kThreads),
                   static_cast<unsigned>((A.n + rows - 1) / rows));
@@ -304,7 +326,8 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
 
   const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
-  const int tile = pick_tile(per_sample, kTableBytes);
+  const int tile = pick_tile(per_sample, kTableBytes,  // <= kThreads, which the run ends rely on
+                             dynamic_shared_limit(reinterpret_cast<const void*>(&mine_partial_kernel)));
   const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
 
   // Split the candidates so that even a small N keeps every SM busy; each split adds O(N) state.
