@@ -17,6 +17,7 @@ namespace medtrim {
 namespace {
 
 constexpr int kThreads = 128;                   // threads per block in both kernels
+constexpr int kMineTile = 64;                   // candidates per shared-memory tile when mining
 constexpr int kDefaultSharedLimit = 48 * 1024;  // usable without an opt-in on every GPU
 constexpr int kSmallCount = 32;                 // quotients i / u with u <= 32 come from a table
 constexpr int kTableStride = kSmallCount + 1;
@@ -109,6 +110,21 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
   }
 }
 
+// MineState::push of a score-0 key (< upper) once the positive scores above 0, so that the key
+// cannot become the positive: only the lists this anchor's rule reads are updated (negative_index
+// reads the semi-hard pair or the hard list, never both). About a third of push's instructions;
+// the anchors without findings, whose kept candidates all score 0 (w_dis >= upper), take it for
+// every candidate with a finding.
+__device__ __forceinline__ void push_zero_score(MineState& state, bool semi, uint32_t tie,
+                                                uint32_t j, float threshold) {
+  if (semi) {
+    state.below_upper_max.push(max_key(0.0f, tie, j));
+    if (0.0f >= threshold) state.semi_hard_min.push(min_key(0.0f, tie, j));
+  } else {
+    state.below_upper_min.push(min_key(0.0f, tie, j));
+  }
+}
+
 // Each thread owns one anchor and walks one split of the candidates, tile by tile; candidates are
 // staged in shared memory and read by all threads at once. Anchors and candidates arrive sorted by
 // disease mask, so neighbouring threads take the same branches and candidate runs share their
@@ -119,7 +135,7 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
 // A candidate that shares no disease with the anchor scores 0 whatever its descriptors, and so
 // does the rest of its run (equal masks are consecutive): the run is skipped as soon as no key of
 // score 0 could change the anchor's result (MineState::could_take, the CPU kernel's group test),
-// and otherwise pushed with its known score, without the scoring path.
+// and otherwise pushed with its known score, without the scoring path (push_zero_score).
 __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
                                     const int64_t* __restrict__ a_ids,
                                     const int64_t* __restrict__ b_ids,
@@ -190,6 +206,10 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
         }
         if (s_ids[t] == self) continue;
         const uint32_t tie = random_ties ? tie_key(anchor_key, s_tie[t]) : 0u;
+        if (zero && (state.positive.hi >> 32) != 0u && 0.0f < upper) {
+          push_zero_score(state, semi, tie, s_index[t], threshold);
+          continue;
+        }
         float score = 0.0f;
         if (!zero) {
           const SampleView cand{cd, s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
@@ -326,8 +346,11 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
 
   const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
-  const int tile = pick_tile(per_sample, kTableBytes,  // <= kThreads, which the run ends rely on
-                             dynamic_shared_limit(reinterpret_cast<const void*>(&mine_partial_kernel)));
+  // At most 64 candidates per tile (<= kThreads, which the run ends rely on): 26 KB of shared
+  // memory with the default vocabulary, so shared memory no longer caps the blocks per SM at 5;
+  // registers (80) cap them at 6 (csrc/cuda/PERFORMANCE.md)
+  const int tile = std::min(kMineTile, pick_tile(per_sample, kTableBytes,
+                            dynamic_shared_limit(reinterpret_cast<const void*>(&mine_partial_kernel))));
   const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
 
   // Split the candidates so that even a small N keeps every SM busy; each split adds O(N) state.
