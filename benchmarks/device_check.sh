@@ -17,7 +17,8 @@
 #   train      phantoms, batch 256, bf16, ViT-S/16 at 128 px (TRAIN_STEPS,
 #              default 300), with the step-time breakdown ................... 150-350 s  [540 s]
 #   suite      the rest of the test suite (not part of `all`) .............. 150-300 s  [540 s]
-# One call per stage: `build` first (the others use what it installed), then `tests`, and so on.
+# One call per stage, `build` first, then `tests`, and so on. A stage that finds no CUDA build
+# installed (the machine was handed back and a fresh one started) builds first, within its budget.
 # Logs go to $OUT/<stage>.log ($OUT: the device tool's folder that comes back; default
 # benchmarks/out/device). Exit status: 0 when every stage passed, else 1 (2: bad arguments).
 set -uo pipefail
@@ -89,7 +90,21 @@ PYEOF
 assert 'cuda' in i['backends'], 'built without the CUDA kernels'")
 }
 
+# A device machine that sat idle is handed back, and the next call gets a fresh one without the
+# build: every stage after `build` builds first when the installed package lacks the CUDA kernels
+# (1-2 min of its budget).
+ensure_built() {
+  if (cd /tmp && "$PY" -c "import medtrim_ext, sys; sys.exit(0 if 'cuda' in medtrim_ext.build_info()['backends'] else 1)") 2>/dev/null; then
+    return 0
+  fi
+  echo "--- medtrim_ext with CUDA kernels is not installed here (a fresh machine?): building first"
+  local t0=$SECONDS
+  body_build || { echo "build failed: cannot run this stage"; return 1; }
+  echo "--- build took $((SECONDS - t0)) s"
+}
+
 body_tests() {
+  ensure_built || return 1
   cd /tmp || return 1
   "$PY" -m pytest "$REPO/tests/test_cuda.py" "$REPO/tests/test_memory_bank.py::test_bank_follows_the_device" \
       "$REPO/tests/test_ops.py" -q -p no:cacheprovider -o addopts="-ra --import-mode=importlib" \
@@ -106,13 +121,14 @@ body_sanitizer() {
     echo "SANITIZER SKIPPED: compute-sanitizer not found on this machine"
     return 0
   fi
+  ensure_built || return 1
   compute-sanitizer --version | tail -1
   # without the caching allocator every tensor is its own cudaMalloc, so an access past a tensor's
   # end is outside any allocation and memcheck sees it
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
   cd /tmp || return 1
   # does the sanitizer accept this device and driver at all? (a tiny CUDA program under it)
-  if ! timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -c \
+  if ! timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" -c \
       "import torch; x = torch.ones(8, device='cuda'); torch.cuda.synchronize(); print('probe ok', x.sum().item())" \
       >"$OUT/sanitizer_probe.log" 2>&1; then
     echo "SANITIZER REFUSES THIS DEVICE (or driver): the probe failed; its output:"
@@ -122,7 +138,7 @@ body_sanitizer() {
   fi
   local rc=0 tool limit
   for tool in memcheck racecheck synccheck; do
-    case $tool in memcheck) limit=200 ;; racecheck) limit=200 ;; synccheck) limit=120 ;; esac
+    case $tool in memcheck) limit=150 ;; racecheck) limit=180 ;; synccheck) limit=100 ;; esac
     echo "--- $tool (at most $limit s)"
     local extra=()
     [ "$tool" = memcheck ] && extra=(--leak-check no)
@@ -142,12 +158,14 @@ body_sanitizer() {
 }
 
 body_bench() {
+  ensure_built || return 1
   cd /tmp || return 1
   # the references materialize N x N float64 matrices and take seconds each beyond N = 16384
   "$PY" "$REPO/benchmarks/bench_kernels.py" --device cuda --max-reference-n 16384 --out "$OUT"
 }
 
 body_train() {
+  ensure_built || return 1
   local dir=/tmp/medtrim-train-gpu rc=0
   rm -rf "$dir"
   # the run folder (checkpoints: hundreds of MB) stays on the machine; its logs come back
@@ -168,6 +186,7 @@ PYEOF
 }
 
 body_suite() {
+  ensure_built || return 1
   # the GPU machines have no spaCy/medspacy (and maybe no pandas): the tests of entity extraction,
   # of the datasets' extraction path and of the demo (CPU-only, covered by CI) are skipped there
   local skip=(--ignore="$REPO/tests/test_cuda.py")

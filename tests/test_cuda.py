@@ -326,3 +326,23 @@ def test_cuda_soft_infonce_and_composite_equal_cpu():
     gpu = obj.cuda()(img.cuda(), txt.cuda(), ents.cuda(), generator=torch.Generator().manual_seed(1))
     assert torch.equal(gpu.triplets.positive.cpu(), cpu.triplets.positive)
     assert gpu.loss.item() == pytest.approx(cpu.loss.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("threshold,upper", [(0.25, 0.6), (0.0, 0.6), (0.0, 0.0), (0.3, 1.0)])
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("tie_break", ["random", "first"])
+def test_cuda_zero_score_runs_equal_cpu(threshold, upper, prob, tie_break):
+    """The mining kernel's zero-score shortcuts (skipped runs, score-0 keys into the rule's own
+    list only) against the CPU: many no-finding records (their kept candidates all score 0 when
+    w_dis >= upper), threshold 0 (score 0 counts as semi-hard), upper 0 (nothing kept), both rules,
+    runs longer than a tile and split across tiles and candidate splits."""
+    g = torch.Generator().manual_seed(int(100 * threshold + 10 * upper) + int(prob * 2))
+    vocab = Vocabulary.default()
+    ents = random_entities(3000, vocab, p_disease=0.05, p_desc=0.1, generator=g, pool=8)
+    cands = synthetic_entities(2100, seed=7)  # realistic: 32% without findings, 428 masks per 8k
+    miner = TripletMiner(threshold=threshold, upper=upper, semi_hard_prob=prob, tie_break=tie_break)
+    for a, b in [(ents, None), (ents, cands), (cands, ents)]:
+        draw = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        got = miner(a.cuda(), None if b is None else b.cuda(), generator=draw())
+        want = miner(a, b, generator=draw())
+        assert all(torch.equal(x.cpu(), y) for x, y in zip(got, want))

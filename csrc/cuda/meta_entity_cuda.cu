@@ -110,6 +110,15 @@ __global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows
   }
 }
 
+// The last candidate of the run of equal masks that holds tile candidate t (bit k of ends[k / 32]
+// marks the last of a run; the tile's last candidate always ends one).
+__device__ __forceinline__ int run_last(const uint32_t* ends, int t) {
+  int word = t / 32;
+  uint32_t bits = ends[word] & (~0u << (t % 32));
+  while (bits == 0) bits = ends[++word];
+  return word * 32 + lowest_bit(bits);
+}
+
 // MineState::push of a score-0 key (< upper) once the positive scores above 0, so that the key
 // cannot become the positive: only the lists this anchor's rule reads are updated (negative_index
 // reads the semi-hard pair or the hard list, never both). About a third of push's instructions;
@@ -193,16 +202,17 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
     }
     __syncthreads();  // also publishes the quotient table on the first tile
     if (active) {
+      int pushing_until = -1;  // last candidate of the zero-score run being pushed
       for (int t = 0; t < count; ++t) {
         const uint32_t cd = s_dis[t];
         const bool zero = anchor.dis != 0 ? (anchor.dis & cd) == 0 : cd != 0;  // pair_score == 0
-        if (zero && !state.could_take(0.0f, semi, threshold, upper)) {
-          // the run's rest scores 0 too: jump to its last candidate (count - 1 ends every run)
-          int word = t / 32;
-          uint32_t ends = s_run_ends[word] & (~0u << (t % 32));
-          while (ends == 0) ends = s_run_ends[++word];
-          t = word * 32 + lowest_bit(ends);
-          continue;
+        if (zero && t > pushing_until) {  // the first of a zero-score run: test it once
+          const int last = run_last(s_run_ends, t);
+          if (!state.could_take(0.0f, semi, threshold, upper)) {
+            t = last;  // the run's rest scores 0 too
+            continue;
+          }
+          pushing_until = last;  // push its members (a push that cannot enter changes nothing)
         }
         if (s_ids[t] == self) continue;
         const uint32_t tie = random_ties ? tie_key(anchor_key, s_tie[t]) : 0u;
@@ -347,8 +357,8 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
 
   const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
   // At most 64 candidates per tile (<= kThreads, which the run ends rely on): 26 KB of shared
-  // memory with the default vocabulary, so shared memory no longer caps the blocks per SM at 5;
-  // registers (80) cap them at 6 (csrc/cuda/PERFORMANCE.md)
+  // memory with the default vocabulary, so 8 blocks fit an SM (128 candidates: 42 KB, 5 blocks);
+  // with 64 registers the registers allow 8 too (csrc/cuda/PERFORMANCE.md)
   const int tile = std::min(kMineTile, pick_tile(per_sample, kTableBytes,
                             dynamic_shared_limit(reinterpret_cast<const void*>(&mine_partial_kernel))));
   const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
