@@ -81,32 +81,72 @@ __device__ void stage_samples(const DeviceEntities& e, int64_t first, int count,
   for (int k = threadIdx.x; k < count * e.dir_stride; k += blockDim.x) s_dir[k] = g_dir[k];
 }
 
-// Each block scores `rows` anchors (staged in shared memory, read by all threads at once) against
-// kThreads candidates (one per thread, read from global memory, cached across the rows). Threads
-// write consecutive columns, so every row write is coalesced.
-__global__ void score_matrix_kernel(DeviceEntities A, DeviceEntities B, int rows, int wa, int wr,
+// The score matrix: each thread owns one anchor (anchors sorted by disease mask, so the lanes of
+// a warp mostly take the same branches) and walks a split of the candidates in output order; the
+// candidate of a step is the same for the whole warp (broadcast loads, streamed in order), the
+// anchors' masks sit in shared memory (per-sample stride padded to an odd number of words, so the
+// lanes' reads fall in distinct banks). Scores go through a shared tile of kCols columns and leave
+// as row segments at each anchor's original row, so the writes stay coalesced.
+constexpr int kCols = 32;        // candidates per output tile
+constexpr int kScoreRows = 64;   // anchors (threads) per block at most
+
+__host__ __device__ constexpr int odd_stride(int words) { return words % 2 == 0 ? words + 1 : words; }
+
+__global__ void score_matrix_kernel(DeviceEntities A, const int64_t* __restrict__ a_index,
+                                    DeviceEntities B, int64_t col_split, int wa, int wr,
                                     uint32_t classes_mask, ScoreWeights w,
                                     const double* __restrict__ g_table, float* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
+  const int rows = blockDim.x;
+  const int adj_pad = odd_stride(A.adj_stride), dir_pad = odd_stride(A.dir_stride);
   double* s_table = reinterpret_cast<double*>(smem);
-  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem + kTableBytes);
-  uint32_t* s_adj = s_dis + rows;
-  uint32_t* s_dir = s_adj + rows * A.adj_stride;
+  int64_t* s_rows = reinterpret_cast<int64_t*>(smem + kTableBytes);  // original row of each anchor
+  float* s_out = reinterpret_cast<float*>(s_rows + rows);            // [rows][kCols + 1]
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(s_out + rows * (kCols + 1));
+  uint32_t* s_adj = s_dis + rows;             // [rows][adj_pad]
+  uint32_t* s_dir = s_adj + rows * adj_pad;   // [rows][dir_pad]
 
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * rows;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
   const int count = static_cast<int>(min(static_cast<int64_t>(rows), A.n - row0));
   load_quotient_table(g_table, s_table);
-  stage_samples(A, row0, count, s_dis, s_adj, s_dir, classes_mask);
+  for (int k = threadIdx.x; k < count; k += rows) {
+    s_rows[k] = a_index[row0 + k];
+    s_dis[k] = A.dis[row0 + k] & classes_mask;
+  }
+  const uint32_t* g_adj = A.adj + row0 * A.adj_stride;
+  for (int k = threadIdx.x; k < count * A.adj_stride; k += rows)
+    s_adj[(k / A.adj_stride) * adj_pad + k % A.adj_stride] = g_adj[k];
+  const uint32_t* g_dir = A.dir + row0 * A.dir_stride;
+  for (int k = threadIdx.x; k < count * A.dir_stride; k += rows)
+    s_dir[(k / A.dir_stride) * dir_pad + k % A.dir_stride] = g_dir[k];
   __syncthreads();
 
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= B.n) return;
   const SharedQuotient q{s_table};
-  const SampleView cand{__ldg(B.dis + j) & classes_mask, B.adj + j * B.adj_stride,
-                        B.dir + j * B.dir_stride};
-  for (int r = 0; r < count; ++r) {
-    const SampleView anchor{s_dis[r], s_adj + r * A.adj_stride, s_dir + r * A.dir_stride};
-    out[(row0 + r) * B.n + j] = pair_score(anchor, cand, wa, wr, w, q);
+  const int r = threadIdx.x;
+  const bool active = r < count;
+  // the write-out: warps of `width` lanes (blocks smaller than a warp for very large vocabularies)
+  const int lane = r % 32, warp = r / 32, warps = (rows + 31) / 32, width = min(32, rows);
+  const SampleView anchor{active ? s_dis[r] : 0u, s_adj + r * adj_pad, s_dir + r * dir_pad};
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * col_split;
+  const int64_t end = min(B.n, begin + col_split);
+  for (int64_t c0 = begin; c0 < end; c0 += kCols) {
+    const int cols = static_cast<int>(min(static_cast<int64_t>(kCols), end - c0));
+    if (active) {
+      const uint32_t* c_dis = B.dis + c0;
+      const uint32_t* c_adj = B.adj + c0 * B.adj_stride;
+      const uint32_t* c_dir = B.dir + c0 * B.dir_stride;
+      float* row = s_out + r * (kCols + 1);
+      for (int c = 0; c < cols; ++c, c_adj += B.adj_stride, c_dir += B.dir_stride) {
+        const SampleView cand{__ldg(c_dis + c) & classes_mask, c_adj, c_dir};
+        row[c] = pair_score(anchor, cand, wa, wr, w, q);
+      }
+    }
+    __syncthreads();
+    for (int rr = warp; rr < count; rr += warps) {  // one row segment per warp: coalesced
+      float* dst = out + s_rows[rr] * B.n + c0;
+      for (int c = lane; c < cols; c += width) dst[c] = s_out[rr * (kCols + 1) + c];
+    }
+    __syncthreads();  // s_out is refilled by the next tile
   }
 }
 
@@ -310,19 +350,30 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
   auto out = at::empty({A.n, B.n}, a_dis.options().dtype(at::kFloat));
   if (A.n == 0 || B.n == 0) return out;
 
-  const int64_t per_sample = 4 * (1 + A.adj_stride + A.dir_stride);
-  const int rows = std::min(
-      pick_tile(per_sample, kTableBytes, dynamic_shared_limit(reinterpret_cast<const void*>(&score_matrix_kernel))), 16);
-  const size_t smem = static_cast<size_t>(kTableBytes + rows * per_sample);
-  const dim3 grid(static_cast<unsigned>((B.n + kThreads - 1) / kThreads),
-                  static_cast<unsigned>((A.n + rows - 1) / rows));
-  TORCH_CHECK((A.n + rows - 1) / rows <= 65535, "too many anchors for one score matrix launch: ", A.n);
+  // anchors sorted by disease mask (gathered copies, O(N) memory); candidates in output order
+  const auto a_index = order_by_disease_mask(a_dis, a_adj.size(1));
+  const auto sad = ad.index_select(0, a_index), saa = aa.index_select(0, a_index).contiguous(),
+             sar = ar.index_select(0, a_index).contiguous();
+  const DeviceEntities SA = device_entities(sad, saa, sar);
+  const int64_t per_row = 8 + 4 * (kCols + 1) + 4 * (1 + odd_stride(SA.adj_stride) + odd_stride(SA.dir_stride));
+  const int rows = std::min(kScoreRows, pick_tile(per_row, kTableBytes, dynamic_shared_limit(
+                                                      reinterpret_cast<const void*>(&score_matrix_kernel))));
+  const size_t smem = static_cast<size_t>(kTableBytes + rows * per_row);
+  const int64_t anchor_blocks = (A.n + rows - 1) / rows;
+  TORCH_CHECK(anchor_blocks <= 0x7FFFFFFF, "too many anchors: ", A.n);
+  // split the columns so that even a small N fills the GPU (each split restages its anchors)
+  const int64_t target_blocks = 16LL * multiprocessor_count(a_dis.get_device());
+  const int64_t col_tiles = (B.n + kCols - 1) / kCols;
+  const int64_t splits = std::clamp<int64_t>((target_blocks + anchor_blocks - 1) / anchor_blocks, 1,
+                                             std::min<int64_t>(col_tiles, 65535));
+  const int64_t col_split = ((B.n + splits - 1) / splits + kCols - 1) / kCols * kCols;
+  const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>((B.n + col_split - 1) / col_split));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor table = quotient_table(a_dis, stream);
-  score_matrix_kernel<<<grid, kThreads, smem, stream>>>(
-      A, B, rows, static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)),
-      class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir}, table.data_ptr<double>(),
-      out.data_ptr<float>());
+  score_matrix_kernel<<<grid, rows, smem, stream>>>(
+      SA, a_index.data_ptr<int64_t>(), B, col_split, static_cast<int>(a_adj.size(2)),
+      static_cast<int>(a_dir.size(2)), class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir},
+      table.data_ptr<double>(), out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
