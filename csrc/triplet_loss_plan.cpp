@@ -141,8 +141,11 @@ void check_backward_inputs(const LossInputs& in, const at::Tensor& grad_img,
 
 GradientPlan build_gradient_plan(const LossInputs& in) {
   const auto& b = in.base;
-  const at::Tensor valid =
-      at::logical_and(at::logical_and(in.anchor.ge(0), in.positive.ge(0)), in.negative.ge(0));
+  // -1 marks no triplet; an index out of range (only possible when the backward op is called
+  // directly with indices its forward never saw) is dropped here too, on the device
+  auto in_range = [](const at::Tensor& idx, int64_t rows) { return at::logical_and(idx.ge(0), idx.lt(rows)); };
+  const at::Tensor valid = at::logical_and(
+      at::logical_and(in_range(in.anchor, in.n), in_range(in.positive, in.m)), in_range(in.negative, in.m));
   // (T, 6) global row of every (triplet, role); flattening gives code = triplet * 6 + role
   at::Tensor keys = at::stack({in.anchor + b[kImg], in.positive + b[kCandImg],
                                in.negative + b[kCandImg], in.anchor + b[kTxt],
@@ -210,7 +213,10 @@ BackwardSetup prepare_backward(const at::Tensor& grad_loss_img, const at::Tensor
   s.in = prepare_inputs(img, txt, cand_img, cand_txt, anchor, positive, negative);
   const LossInputs& in = s.in;
   check_backward_inputs(in, grad_loss_img, grad_loss_txt, active, inv_norms);
-  check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
+  // The forward checked these indices (one sync). On the CPU checking again is free; on a GPU it
+  // would cost a second sync per step, so there the plan itself keeps out-of-range triplets out
+  // (build_gradient_plan), and the backward cannot read out of bounds even when called directly.
+  if (in.anchor.device().is_cpu()) check_indices_and_rows(in, at::zeros({}, in.anchor.options()));
   s.plan = counting_plan ? build_gradient_plan_counting(in) : build_gradient_plan(in);
   s.grad_img = grad_loss_img.contiguous();
   s.grad_txt = grad_loss_txt.contiguous();

@@ -57,7 +57,8 @@ void check_backward_inputs(const LossInputs& in, const at::Tensor& grad_img,
 
 // CSR over global rows: entries offsets[r] .. offsets[r + 1] of `codes` (triplet * kRoles + role,
 // ascending) touch row r. Invalid triplets (any index -1) contribute nothing (the sort-based plan
-// keeps their entries after offsets[total_rows], where nothing reads them).
+// keeps their entries after offsets[total_rows], where nothing reads them; it treats an index out
+// of range the same way, so a plan never points outside the embeddings).
 struct GradientPlan {
   at::Tensor offsets;  // int64 (total_rows + 1,)
   at::Tensor codes;    // int64 (entries,)
@@ -75,6 +76,8 @@ std::tuple<at::Tensor, at::Tensor> gradient_plan_op(
 // Everything the backward kernels need, checked and allocated the same way on both backends:
 // the inputs, the plan (counting sort on the CPU, stable sort elsewhere), contiguous per-triplet
 // gradients, and the four outputs (the candidate ones empty (0, dim) when candidates are shared).
+// Index ranges are checked again on the CPU only: on a GPU that would be a second host sync per
+// step (the forward, which autograd always runs first on the same indices, raises for them).
 struct BackwardSetup {
   LossInputs in;
   GradientPlan plan;

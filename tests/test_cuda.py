@@ -1,5 +1,7 @@
 """CUDA kernels: identical to the CPU kernels and the reference. Skipped without a CUDA device."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -177,8 +179,123 @@ def test_cuda_objective_autocast_bf16():
 def test_cuda_loss_too_wide_is_an_error():
     img = torch.randn(4, 20000, device="cuda")
     a = torch.arange(4, device="cuda")
-    with pytest.raises(RuntimeError, match="at most 12288 dimensions"):
+    with pytest.raises(RuntimeError, match=r"at most \d+ dimensions"):
         MultimodalTripletLoss()(img, img, (a, a.flip(0), (a + 1) % 4))
+
+
+# The widest embedding: 48 KiB minus the backward kernels' static shared memory, in accumulator
+# elements (README): 32 B (64 B in float64) in the sm_80 build, 1 KiB more in nvcc 13's sm_90 build.
+DOCUMENTED_MAX_DIM = {torch.float32: (12280, 12024), torch.float16: (12280, 12024),
+                      torch.bfloat16: (12280, 12024), torch.float64: (6136, 6008)}
+
+
+@pytest.mark.parametrize("dtype", list(DOCUMENTED_MAX_DIM))
+def test_cuda_loss_dim_boundary(dtype):
+    """The forward refuses exactly the dims whose backward would not launch (static + dynamic
+    shared memory), and the widest accepted dim runs forward and backward, matching the CPU."""
+    a = torch.arange(4, device="cuda")
+    trip = (a, a.flip(0), (a + 1) % 4)
+    wide = torch.randn(4, 20000, device="cuda", dtype=dtype)
+    with pytest.raises(RuntimeError, match=r"at most \d+ dimensions") as err:
+        MultimodalTripletLoss()(wide, wide, trip)
+    limit = int(re.search(r"at most (\d+) dimensions", str(err.value)).group(1))
+    assert limit in DOCUMENTED_MAX_DIM[dtype]
+    g = torch.Generator().manual_seed(limit)
+    img, txt = torch.randn(4, limit + 1, generator=g), torch.randn(4, limit + 1, generator=g)
+    with pytest.raises(RuntimeError, match=f"at most {limit} dimensions"):
+        MultimodalTripletLoss()(img.to("cuda", dtype), txt.to("cuda", dtype), trip)
+    problem = (img[:, :limit], txt[:, :limit], None, None, a.cpu(), a.flip(0).cpu(), (a.cpu() + 1) % 4, 1.0)
+    gi, gt, gg = _loss_and_grads(problem, dtype, "cuda")
+    ci, ct, cg = _loss_and_grads(problem, dtype, "cpu")
+    torch.cuda.synchronize()  # a failed launch would surface here at the latest
+    torch.testing.assert_close(gi, ci, atol=1e-5, rtol=0)
+    for x, y in zip(gg[:2], cg[:2]):
+        torch.testing.assert_close(x.double(), y.double(), atol=1e-6, rtol=1e-2)
+
+
+def _quantized(problem, dtype):
+    """The problem with its embeddings rounded to `dtype` and back: the inputs a half-precision run
+    really sees, so that a float64 run on them is the exact answer for the same inputs."""
+    img, txt, cand_img, cand_txt, *rest = problem
+    q = [None if x is None else x.to(dtype).to(torch.float64) for x in (img, txt, cand_img, cand_txt)]
+    return (*q, *rest)
+
+
+@settings(max_examples=30, deadline=None)
+@given(loss_problems(max_rows=60, max_dim=300), st.sampled_from([torch.float16, torch.bfloat16]))
+def test_cuda_half_precision_against_float64(problem, dtype):
+    """fp16/bf16 on CUDA against float64 on the same (rounded) inputs: the losses to float32
+    accuracy, the gradients to the dtype's own rounding (they come back in the input dtype)."""
+    problem = _quantized(problem, dtype)
+    hi, ht, hg = _loss_and_grads(problem, dtype, "cuda")
+    ri, rt, rg = _loss_and_grads(problem, torch.float64, "cpu")
+    assert hi.dtype == torch.float32 and hg[0].dtype == dtype
+    torch.testing.assert_close(hi.double(), ri, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(ht.double(), rt, atol=2e-5, rtol=1e-5)
+    eps = torch.finfo(dtype).eps
+    for h, r in zip(hg, rg):
+        if r is None:
+            continue
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(h.double(), r, rtol=eps, atol=1e-5 * scale)
+
+
+def _hot_row_problem(n, dim, hot_count, with_cand, seed):
+    """`hot_count` triplets share positive 0 (a batch of identical normal reports with
+    lowest-index ties); among them are the chunk boundaries of the backward's split."""
+    g = torch.Generator().manual_seed(seed)
+    img, txt = torch.randn(n, dim, generator=g, dtype=torch.float64), torch.randn(n, dim, generator=g, dtype=torch.float64)
+    m = n + 7 if with_cand else n
+    cand = (torch.randn(m, dim, generator=g, dtype=torch.float64),
+            torch.randn(m, dim, generator=g, dtype=torch.float64)) if with_cand else (None, None)
+    t = hot_count + n // 2
+    anchor = torch.randint(0, n, (t,), generator=g)
+    positive = torch.randint(0, m, (t,), generator=g)
+    positive[:hot_count] = 0
+    negative = torch.randint(0, m, (t,), generator=g)
+    negative[: hot_count // 2] = 1  # a second hot row, at another size
+    return img, txt, *cand, anchor, positive, negative, 0.5
+
+
+@pytest.mark.parametrize("hot_count", [127, 128, 129, 257, 5280])
+@pytest.mark.parametrize("with_cand", [False, True])
+def test_cuda_loss_hot_rows(hot_count, with_cand):
+    """Rows touched by thousands of triplets are split over blocks and summed in a fixed order:
+    the gradient matches the CPU and is bitwise the same on every run."""
+    problem = _hot_row_problem(1024, 96, hot_count, with_cand, seed=hot_count)
+    ri, rt, rg = _loss_and_grads(problem, torch.float64, "cpu")
+    gi, gt, gg = _loss_and_grads(problem, torch.float64, "cuda")
+    torch.testing.assert_close(gi, ri, atol=1e-10, rtol=0)
+    for g, r in zip(gg, rg):
+        if r is not None:
+            torch.testing.assert_close(g, r, atol=1e-9, rtol=1e-9)
+    c32 = _loss_and_grads(problem, torch.float32, "cpu")[2]
+    runs = [_loss_and_grads(problem, torch.float32, "cuda")[2] for _ in range(2)]
+    for g0, g1, c in zip(*runs, c32):
+        if c is not None:
+            assert torch.equal(g0, g1)  # deterministic
+            torch.testing.assert_close(g0, c, atol=1e-5, rtol=1e-4)
+
+
+def test_cuda_backward_op_drops_out_of_range_triplets_without_a_sync():
+    """The raw backward op (indices its forward never saw): an out-of-range triplet is left out of
+    the plan on the device, never read out of bounds; the forward is where it raises."""
+    g = torch.Generator().manual_seed(3)
+    img, txt = torch.randn(16, 32, generator=g).cuda(), torch.randn(16, 32, generator=g).cuda()
+    a = torch.arange(16, device="cuda")
+    p, n = (a + 1) % 16, (a + 5) % 16
+    _, _, active, inv = torch.ops.medtrim.triplet_loss_forward(img, txt, None, None, a, p, n, 1.0)
+    ones = torch.ones(16, device="cuda")
+    bad_p = p.clone()
+    bad_p[3] = 10**6
+    got = torch.ops.medtrim.triplet_loss_backward(ones, ones, img, txt, None, None, a, bad_p, n, active, inv)
+    skip_p = p.clone()
+    skip_p[3] = -1
+    want = torch.ops.medtrim.triplet_loss_backward(ones, ones, img, txt, None, None, a, skip_p, n, active, inv)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+    with pytest.raises(RuntimeError, match="positive has an index outside"):
+        torch.ops.medtrim.triplet_loss_forward(img, txt, None, None, a, bad_p, n, 1.0)
 
 
 def test_cuda_random_ties_equal_the_reference_on_tie_heavy_sets():
@@ -209,3 +326,23 @@ def test_cuda_soft_infonce_and_composite_equal_cpu():
     gpu = obj.cuda()(img.cuda(), txt.cuda(), ents.cuda(), generator=torch.Generator().manual_seed(1))
     assert torch.equal(gpu.triplets.positive.cpu(), cpu.triplets.positive)
     assert gpu.loss.item() == pytest.approx(cpu.loss.item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("threshold,upper", [(0.25, 0.6), (0.0, 0.6), (0.0, 0.0), (0.3, 1.0)])
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("tie_break", ["random", "first"])
+def test_cuda_zero_score_runs_equal_cpu(threshold, upper, prob, tie_break):
+    """The mining kernel's zero-score shortcuts (skipped runs, score-0 keys into the rule's own
+    list only) against the CPU: many no-finding records (their kept candidates all score 0 when
+    w_dis >= upper), threshold 0 (score 0 counts as semi-hard), upper 0 (nothing kept), both rules,
+    runs longer than a tile and split across tiles and candidate splits."""
+    g = torch.Generator().manual_seed(int(100 * threshold + 10 * upper) + int(prob * 2))
+    vocab = Vocabulary.default()
+    ents = random_entities(3000, vocab, p_disease=0.05, p_desc=0.1, generator=g, pool=8)
+    cands = synthetic_entities(2100, seed=7)  # realistic: 32% without findings, 428 masks per 8k
+    miner = TripletMiner(threshold=threshold, upper=upper, semi_hard_prob=prob, tie_break=tie_break)
+    for a, b in [(ents, None), (ents, cands), (cands, ents)]:
+        draw = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+        got = miner(a.cuda(), None if b is None else b.cuda(), generator=draw())
+        want = miner(a, b, generator=draw())
+        assert all(torch.equal(x.cpu(), y) for x, y in zip(got, want))
