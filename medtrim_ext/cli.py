@@ -150,7 +150,8 @@ def cmd_extract(args) -> int:
     reports = read_reports(args.reports)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
-    records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress)
+    records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress,
+                                ids=reports.ids)
     write_entities(args.output, reports, records, extractor.ontology.classes)
     print(summarize(records, extractor.ontology.classes, empty=sum(not t.strip() for t in reports.texts)))
     print(f"wrote {args.output}")

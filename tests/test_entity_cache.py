@@ -120,3 +120,78 @@ def test_bad_arguments(real):
         cache.records_for("a", "x", extractor=real)
     assert cache.records_for([], [], extractor=real) == []
     assert text_hash("a") != text_hash("b") and len(text_hash("")) == 16
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from medtrim_ext.datasets import EntityCache
+from medtrim_ext.extraction import ExtractionOntology
+
+
+class Instant:  # an extractor without spaCy: every report has no finding
+    ontology, uncertain, use_sections = ExtractionOntology.default(), "negative", True
+
+    def extract(self, texts, **kwargs):
+        return [{} for _ in texts]
+
+
+path, name, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+(go.parent / f"ready-{name}").touch()
+while not go.exists():
+    time.sleep(0.005)
+cache = EntityCache(path)
+for rnd in range(15):
+    ids = [f"{name}-{rnd}-{i}" for i in range(20)]
+    cache.records_for(ids, ids, extractor=Instant(), progress=False)
+print(len(cache))
+"""
+
+
+def test_two_processes_writing_one_cache_lose_nothing(tmp_path):
+    """Before: the read-merge-write was not locked, and two processes kept ~80% of the entries."""
+    import subprocess
+    import sys
+
+    path, go = tmp_path / "entities.parquet", tmp_path / "go"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), name, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    import time
+
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in "ab") and time.monotonic() < deadline:
+        time.sleep(0.01)  # both imported (torch takes seconds): start them together
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
+    cache = EntityCache(path)
+    assert len(cache) == 2 * 15 * 20
+    assert (tmp_path / "entities.parquet.lock").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_corrupt_entries_name_the_file(tmp_path, real):
+    import pandas as pd
+
+    from medtrim_ext.extraction.output import read_parquet_columns
+
+    path = tmp_path / "entities.parquet"
+    EntityCache(path).records_for(IDS, TEXTS, extractor=real, progress=False)
+    df = pd.DataFrame(read_parquet_columns(path))
+    df.loc[df["study_id"] == "s2", "record"] = '{"cardiomegaly": {"adjs": ['
+    df.to_parquet(path, index=False)
+    cache = EntityCache(path)
+    assert cache.records_for(IDS[:1], TEXTS[:1], extractor=real) == real.extract(TEXTS[:1])
+    # before: json.JSONDecodeError "Expecting value: line 1 column 28", no file, no study
+    with pytest.raises(ValueError, match=r"entity cache '.*entities.parquet': the record of study 's2' is not valid JSON"):
+        cache.records_for(IDS, TEXTS, extractor=real)
+    df.loc[df["study_id"] == "s2", "record"] = "[1, 2]"
+    df.to_parquet(path, index=False)
+    with pytest.raises(ValueError, match=r"entities.parquet': the record of study 's2' is a list, not an object"):
+        EntityCache(path).records_for(IDS, TEXTS, extractor=real)
+    df.loc[df["study_id"] == "s2", "record"] = None
+    df.to_parquet(path, index=False)
+    with pytest.raises(ValueError, match=r"entity cache '.*entities.parquet' row \d: 'record' is NoneType, not text"):
+        EntityCache(path)

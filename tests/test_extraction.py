@@ -4,13 +4,14 @@ laterality, synonyms, sections, de-id tokens), the ontology loader's errors, and
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from medtrim_ext import MetaEntities, Vocabulary
-from medtrim_ext.extraction import EntityExtractor, ExtractionOntology, SectionFilter
+from medtrim_ext.extraction import EntityExtractor, ExtractionOntology, ExtractionWarning, SectionFilter
 
 
 @pytest.fixture(scope="module")
@@ -367,3 +368,156 @@ def test_importing_medtrim_ext_does_not_import_spacy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# -- long reports: linear time, spaCy's max_length, sentence cap -----------------------------------
+_LONG_UNIT = ("FINDINGS: Small left pleural effusion with adjacent atelectasis. No pneumothorax. "
+              "Heart size is mildly enlarged. There is no focal consolidation, effusion or edema. "
+              "Possible right lower lobe opacity may represent pneumonia. ")
+
+
+def _context_ops(ex, text, monkeypatch):
+    """How many modifier/target and modifier/modifier comparisons ConText makes on ``text``."""
+    from medspacy.context.context_modifier import ConTextModifier
+
+    calls = {"n": 0}
+    for name in ("modifies", "limit_scope"):
+        orig = getattr(ConTextModifier, name)
+
+        def counted(self, other, _orig=orig):
+            calls["n"] += 1
+            return _orig(self, other)
+
+        monkeypatch.setattr(ConTextModifier, name, counted)
+    record = ex(text)
+    monkeypatch.undo()
+    return calls["n"], record
+
+
+@pytest.mark.parametrize("unit", [_LONG_UNIT, "no effusion, small left effusion and no pneumothorax "])
+def test_context_work_grows_linearly_with_report_length(ex, monkeypatch, unit):
+    # before: ConText compared every pair of modifiers and every (mention, modifier) pair of the
+    # report, so 8x the text made ~64x the comparisons (160 KB took 8 s, 1 MiB never ended)
+    short, _ = _context_ops(ex, unit * 40, monkeypatch)
+    long, record = _context_ops(ex, unit * 320, monkeypatch)
+    assert short > 0 and long / short < 12, (short, long)
+    if unit is _LONG_UNIT:
+        assert record == ex(unit)  # the same findings as one copy of the report
+
+
+def test_context_per_sentence_gives_medspacy_marks():
+    """ConText once per sentence marks exactly what medspacy's ConText marks on the whole doc."""
+    import random
+
+    ex = EntityExtractor(uncertain="positive")
+    whole = EntityExtractor(uncertain="positive")
+
+    def on_whole_doc(doc, sent):  # medspacy's ConText on the whole document
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"\[W036\]")
+            whole._context(doc)
+
+    whole._apply_context = on_whole_doc
+    words = ["no", "No", "not", "without", "effusion", "pneumothorax", "opacity", "left", "small", "heart",
+             "enlarged", "may", "represent", "possible", "history", "of", "evaluate", "for", "but", "there",
+             "is", "no evidence of", "cannot exclude", "is not seen", "resolved", ",", ";", ".", "and", "with"]
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))) for _ in range(300)]
+    assert ex.extract(texts) == whole.extract(texts)
+
+
+def test_report_longer_than_spacy_max_length_is_analysed_in_pieces(monkeypatch):
+    ex = EntityExtractor()
+    texts = [_LONG_UNIT * 3 + "Right pleural effusion too.", "Mild cardiomegaly."]
+    expected = ex.extract(texts)
+    ex.nlp.max_length = 150  # before: spaCy raised E088 and the whole batch was lost
+    with pytest.warns(UserWarning, match=r"report 'big': .* more than spaCy's nlp.max_length \(150\)"):
+        got = ex.extract(texts, ids=["big", "small"])
+    assert got == expected
+    assert expected[0]["pleural effusion"]["dirs"] == ["bilateral"]  # left + right across pieces
+
+
+def test_report_over_a_million_characters(ex):
+    text = _LONG_UNIT * (1_050_000 // len(_LONG_UNIT))
+    assert len(text) > ex.nlp.max_length
+    with pytest.warns(UserWarning, match=r"texts\[1\]: 1,0\d\d,\d\d\d characters"):
+        out = ex.extract(["Mild cardiomegaly.", text])
+    assert out == [{"cardiomegaly": E(["mild"])}, ex(_LONG_UNIT)]
+
+
+def test_run_without_full_stops_is_cut_into_sentences(ex):
+    from medtrim_ext.extraction.pipeline import MAX_SENTENCE_TOKENS
+
+    doc = ex._doc("no effusion , " * 500)
+    lengths = [len(s) for s in doc.sents]
+    assert max(lengths) <= MAX_SENTENCE_TOKENS and sum(lengths) == len(doc)
+    # real sentences are never cut
+    assert [len(s) for s in ex._doc(_LONG_UNIT).sents] == [len(s) for s in ex.nlp(_LONG_UNIT).sents]
+
+
+# -- text normalization, one bad report ----------------------------------------------------------
+@pytest.mark.parametrize("text", [
+    "Small pleural effusion.\x00",  # before: {}
+    "Small pleural\x00effusion.",
+    "Small pleural effusion\u200f.",  # right-to-left mark
+    "Small \u202apleural effusion\u202c.",  # bidi embedding
+    "Small pleural effu\u200bsion.",  # zero-width space
+    "Small pleural effu\u00adsion.",  # soft hyphen
+    "Small pleural effusion\u0301.",  # combining accent
+    "Small pleural effusio\u0301n.",
+    "Small pleural effusio\u0301n.".replace("o\u0301", "\u00f3"),  # precomposed accent
+    "Small ｐleural effusion.",  # full-width letter
+    "<p><b>Small</b> pleural effusion</p>",
+    "Small<br/>pleural effusion.",
+    "Small&nbsp;pleural&#160;effusion&#46;",
+    "Small pleural effusion.\ud800",  # before: UnicodeEncodeError stopped the batch
+    "Small pleural effusion.\udcff\ud83d",
+    "FINDINGS:\x0cSmall pleural effusion.\x1b",
+])
+def test_findings_next_to_odd_characters_are_found(ex, text):
+    assert ex(text) == {"pleural effusion": E(["small"])}
+
+
+def test_normalize_text_leaves_plain_reports_alone():
+    from medtrim_ext.extraction import normalize_text
+
+    for text in ["FINDINGS: Heart size < 10 cm & lungs clear.", "Dr. XXXX<XXXX>technologist",
+                 "[<Heart size and pulmonary vascularity is normal.", "R&D, A&P\nIMPRESSION:\tnone"]:
+        assert normalize_text(text) == text
+    assert normalize_text("a&gt;b &amp; c&#x41;") == "a>b & cA"
+    assert normalize_text("x<!-- note -->y<DIV class='a'>z") == "x y\nz"
+    assert normalize_text("\ud83d\ude00") == "\U0001f600"  # a surrogate pair is one character
+
+
+def test_one_failing_report_does_not_stop_the_batch(monkeypatch):
+    ex = EntityExtractor()
+    real = EntityExtractor._analyse
+
+    def fragile(self, doc):
+        if "boom" in doc.text:
+            raise RuntimeError("kaboom")
+        return real(self, doc)
+
+    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)
+    texts = ["Small left pleural effusion.", "boom effusion.", "Mild cardiomegaly."]
+    with pytest.warns(UserWarning, match=r"report 's2': extraction failed \(RuntimeError: kaboom\)"):
+        out = ex.extract(texts, ids=["s1", "s2", "s3"])
+    assert out == [{"pleural effusion": E(["small"], ["left"])}, {}, {"cardiomegaly": E(["mild"])}]
+    # the same through worker processes: the parent names the report
+    many = texts * 40
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ex.extract(many, n_process=2, batch_size=16) == out * 40
+    named = [str(w.message).split(":")[0] for w in caught if issubclass(w.category, ExtractionWarning)]
+    assert named == [f"texts[{i}]" for i in range(1, 120, 3)]
+    with pytest.raises(ValueError, match="ids"):
+        ex.extract(texts, ids=["a"])
+
+
+def test_building_an_extractor_keeps_warnings_visible():
+    # medspacy's import runs warnings.filterwarnings("ignore"): every later warning was hidden
+    code = ("import warnings; from medtrim_ext.extraction import EntityExtractor; EntityExtractor(); "
+            "warnings.warn('still shown')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "UserWarning: still shown" in out.stderr

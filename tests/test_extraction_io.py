@@ -11,6 +11,7 @@ import pytest
 from medtrim_ext import MetaEntities
 from medtrim_ext.cli import main
 from medtrim_ext.extraction import read_reports
+from medtrim_ext.extraction.output import read_parquet_columns
 from medtrim_ext.io import read_records
 
 IU_XML = """<?xml version="1.0" encoding="utf-8"?>
@@ -134,7 +135,7 @@ def test_cli_extract_csv_to_parquet(tmp_path, capsys):
                   "impression": ["Mild cardiomegaly.", "", "No acute disease."]}).to_csv(p, index=False)
     out = tmp_path / "entities.parquet"
     assert main(["extract", str(p), "-o", str(out), "--no-progress"]) == 0
-    df = pd.read_parquet(out)
+    df = pd.DataFrame(read_parquet_columns(out))  # pd.read_parquet may abort pytest at exit
     assert list(df["study_id"]) == ["a", "b", "c"]
     assert list(df["no_finding"]) == [False, True, True]
     assert list(df["pleural effusion"]) == [True, False, False]
@@ -166,7 +167,7 @@ def test_cli_extract_mimic_tree_has_subject_ids(tmp_path):
     (d / "s1.txt").write_text("FINDINGS: Moderate right pneumothorax.")
     out = tmp_path / "e.parquet"
     assert main(["extract", str(tmp_path / "files"), "-o", str(out), "--no-progress"]) == 0
-    df = pd.read_parquet(out)
+    df = pd.DataFrame(read_parquet_columns(out))
     assert list(df["subject_id"]) == ["p10000032"] and bool(df["pneumothorax"][0])
 
 
@@ -196,3 +197,157 @@ def test_iu_collection_from_torchxrayvision_if_installed():
         pytest.skip("NLMCXR_reports.tgz not shipped")
     r = read_reports(path)
     assert len(r) == 3955 and len(set(r.ids)) == 3955
+
+
+# -- awkward inputs ----------------------------------------------------------------------------------
+@pytest.fixture
+def no_hang():
+    """Turn a hang (reading a FIFO blocks forever) into a test failure."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError("read_reports hung")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_fifo_in_a_report_tree_is_skipped(tmp_path, no_hang):
+    import os
+
+    d = tmp_path / "files" / "p10" / "p10000032"
+    d.mkdir(parents=True)
+    (d / "s1.txt").write_text("FINDINGS: Moderate right pneumothorax.")
+    os.mkfifo(d / "s2.txt")  # before: read_reports blocked forever on it
+    with pytest.warns(UserWarning, match=r"skipped 1 \*.txt entry that are not regular files.*s2.txt"):
+        r = read_reports(tmp_path / "files")
+    assert r.ids == ["s1"]
+    with pytest.raises(ValueError, match="s2.txt' is not a regular file"):
+        read_reports(d / "s2.txt")
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    (xml / "1.xml").write_bytes(iu_xml(1, findings="Mild cardiomegaly."))
+    os.mkfifo(xml / "2.xml")
+    with pytest.warns(UserWarning, match="2.xml"):
+        assert read_reports(xml).ids == ["CXR1"]
+
+
+def test_folder_with_txt_and_xml_reports_is_refused(tmp_path):
+    (tmp_path / "1.xml").write_bytes(iu_xml(1, findings="Mild cardiomegaly."))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "s2.txt").write_text("FINDINGS: Small left pleural effusion.")
+    # before: the .txt report was silently left out
+    with pytest.raises(ValueError, match=r"both IU/OpenI .xml reports \(1, .*1.xml'\) and "
+                                         r".txt reports \(1, .*s2.txt'\)"):
+        read_reports(tmp_path)
+    (tmp_path / "notes.txt").mkdir()  # a folder named like a report is no report
+    (tmp_path / "sub" / "s2.txt").unlink()
+    assert read_reports(tmp_path).ids == ["CXR1"]
+
+
+def test_list_valued_parquet_cells(tmp_path):
+    p = tmp_path / "r.parquet"
+    pd.DataFrame({"study_id": ["a", "b"],
+                  "findings": [["Small left pleural effusion.", "No pneumothorax."], None],
+                  "impression": [["Mild cardiomegaly."], ["No acute disease.", None]]}).to_parquet(p)
+    r = read_reports(p)
+    # before: "FINDINGS: ['Small left pleural effusion.' 'No pneumothorax.']"
+    assert r.texts == ["FINDINGS: Small left pleural effusion.\nNo pneumothorax.\nIMPRESSION: Mild cardiomegaly.",
+                       "IMPRESSION: No acute disease."]
+    from medtrim_ext.extraction import EntityExtractor
+
+    assert EntityExtractor().extract(r.texts)[0] == {
+        "cardiomegaly": {"adjs": ["mild"], "dirs": []},
+        "pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}
+    nested = tmp_path / "nested.parquet"
+    pd.DataFrame({"report": [{"text": "Effusion."}]}).to_parquet(nested)
+    with pytest.raises(ValueError, match=r"nested.parquet' column 'report' row 0: expected a text or a list of texts, got dict"):
+        read_reports(nested)
+    ids = tmp_path / "ids.parquet"
+    pd.DataFrame({"id": [["a", "b"]], "report": ["Effusion."]}).to_parquet(ids)
+    with pytest.raises(ValueError, match=r"column 'id' row 0: expected a single value, got list"):
+        read_reports(ids)
+
+
+def test_report_size_limit(tmp_path):
+    big = b"<eCitation><uId id='CXR9'/>" + b" " * 5000 + b"</eCitation>"
+    write_iu_tgz(tmp_path / "r.tgz", [("1.xml", iu_xml(1, findings="Mild cardiomegaly.")), ("9.xml", big)])
+    # before: every member was read whole, whatever its size
+    with pytest.raises(ValueError, match=r"r.tgz': member 'ecgen-radiology/9.xml' has 5,039 bytes, "
+                                         r"more than max_report_bytes \(4,096\)"):
+        read_reports(tmp_path / "r.tgz", max_report_bytes=4096)
+    assert len(read_reports(tmp_path / "r.tgz")) == 2  # the default limit is far above a report
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "s1.txt").write_text("x" * 5000)
+    with pytest.raises(ValueError, match=r"s1.txt' is larger than max_report_bytes \(4,096 bytes\)"):
+        read_reports(tmp_path / "t", max_report_bytes=4096)
+    with pytest.raises(ValueError, match="max_report_bytes must be a positive int"):
+        read_reports(tmp_path / "t", max_report_bytes=0)
+
+
+def test_text_tree_keeps_universal_newlines(tmp_path):
+    (tmp_path / "s1.txt").write_bytes(b"INDICATION: r/o pneumonia\r\n\r\nThere is mild cardiomegaly.\r\n")
+    r = read_reports(tmp_path)
+    assert r.texts == ["INDICATION: r/o pneumonia\n\nThere is mild cardiomegaly.\n"]
+
+
+def test_cli_extract_names_a_report_that_fails(tmp_path, monkeypatch):
+    from medtrim_ext.extraction import EntityExtractor
+
+    real = EntityExtractor._analyse
+
+    def fragile(self, doc):
+        if "boom" in doc.text:
+            raise RuntimeError("kaboom")
+        return real(self, doc)
+
+    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)
+    p = tmp_path / "r.csv"
+    pd.DataFrame({"study_id": ["a", "b"], "report": ["Small left pleural effusion.", "boom effusion"]}).to_csv(p, index=False)
+    with pytest.warns(UserWarning, match=r"report 'b': extraction failed \(RuntimeError: kaboom\)"):
+        assert main(["extract", str(p), "-o", str(tmp_path / "e.jsonl"), "--no-progress"]) == 0
+    records, ids = read_records(tmp_path / "e.jsonl")
+    assert ids == ["a", "b"] and records[1] == {} and "pleural effusion" in records[0]
+
+
+_READ_BACK = """
+import pyarrow as pa
+pa.set_cpu_count(16); pa.set_io_thread_count(16)  # many Arrow threads, as on a large machine
+from medtrim_ext.extraction.output import read_parquet_columns
+cols = read_parquet_columns({path!r})
+assert len(cols["study_id"]) == 5000 and cols["study_id"][4999] == "s4999", len(cols["study_id"])
+print("ok")
+"""
+
+
+def test_extract_parquet_read_back_in_fresh_processes(tmp_path):
+    """pandas.read_parquet of such a file aborted at interpreter exit ("terminate called without
+    an active exception", status 134) in 3 to 10 of 20 processes that import torch with 16 Arrow
+    threads (1 of 20 with the default 2 of this test machine); read_parquet_columns reads by path
+    on the calling thread."""
+    import subprocess
+    import sys
+
+    from medtrim_ext.extraction import EntityExtractor, Reports
+    from medtrim_ext.extraction.output import write_entities
+
+    ex = EntityExtractor()
+    texts = ["Small left pleural effusion. No pneumothorax.", "Mild cardiomegaly.", "No acute disease.",
+             "Right lower lobe opacity may represent pneumonia.", "Moderate pulmonary edema."]
+    records = ex.extract(texts) * 1000
+    reports = Reports(ids=[f"s{i}" for i in range(5000)], texts=texts * 1000, source="t", kind="table",
+                      meta=[{"subject_id": f"p{i // 3}"} for i in range(5000)])
+    out = tmp_path / "entities.parquet"
+    write_entities(out, reports, records, ex.ontology.classes)
+    cols = read_parquet_columns(out)
+    assert [json.loads(e) for e in cols["entities"][:5]] == records[:5]
+    # one after the other: run side by side on few cores, the old read path hardly ever aborted
+    runs = [subprocess.run([sys.executable, "-c", _READ_BACK.format(path=str(out))], capture_output=True,
+                           text=True, timeout=300) for _ in range(10)]
+    assert [r.returncode for r in runs] == [0] * 10, [r.stderr[-300:] for r in runs if r.returncode]
+    assert all(r.stdout.strip() == "ok" for r in runs)
+    with pytest.raises(ValueError, match=r"cannot read Parquet file '.*nope.parquet'"):
+        read_parquet_columns(tmp_path / "nope.parquet")

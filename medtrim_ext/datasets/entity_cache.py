@@ -5,18 +5,29 @@ full configuration, the vocabulary, and the extractor's uncertainty / section se
 hash of the report text, so that an edited ontology or an edited report is extracted again
 while everything else is read back.
 
-A corrupt or foreign cache file raises ``ValueError`` naming it (delete it to rebuild): the
-cache is never silently dropped or overwritten.
+A corrupt or foreign cache file, or a corrupt entry in it, raises ``ValueError`` naming the file
+(delete it to rebuild): the cache is never silently dropped or overwritten.
+
+Several processes may share one cache file (e.g. data-loading jobs started together): each write
+re-reads the file, merges its entries and replaces the file while holding an exclusive lock on
+``<file>.lock`` (``fcntl.flock``; the lock file stays next to the cache), so no process loses
+another's entries. Where ``fcntl`` is missing (Windows) writes are not locked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 from pathlib import Path
 from typing import Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; see the module docstring
+    fcntl = None
 
 COLUMNS = ("study_id", "ontology", "text_hash", "record")
 
@@ -62,7 +73,8 @@ class EntityCache:
     """Meta-entity records by (study id, ontology, report text), stored in a Parquet file.
 
     ``EntityCache(None)`` keeps the entries in memory only. Writes are atomic (temporary file +
-    rename); entries another process wrote to the file meanwhile are merged, not lost.
+    rename) and made under a file lock; entries another process wrote to the file meanwhile are
+    merged, not lost.
     """
 
     def __init__(self, path=None):
@@ -89,38 +101,78 @@ class EntityCache:
         self._loaded_stamp = stamp
         if stamp is None:
             return {}
-        import pandas as pd
+        from ..extraction.output import read_parquet_columns
 
+        # not pandas.read_parquet: see read_parquet_columns (aborts at exit in torch processes)
         try:
-            df = pd.read_parquet(self.path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-            raise ValueError(f"entity cache {str(self.path)!r} is unreadable ({exc}); delete it to "
-                             "rebuild the cache") from None
-        missing = [c for c in COLUMNS if c not in df.columns]
+            data = read_parquet_columns(self.path, what="entity cache")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; delete it to rebuild the cache") from None
+        missing = [c for c in COLUMNS if c not in data]
         if missing:
             raise ValueError(f"entity cache {str(self.path)!r} lacks columns {missing}; is it an "
                              "entity cache? Delete it to rebuild")
-        cols = [df[c].astype(str).tolist() for c in COLUMNS]
+        cols = [data[c] for c in COLUMNS]
+        for c, values in zip(COLUMNS, cols):
+            bad = next((k for k, v in enumerate(values) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise ValueError(f"entity cache {str(self.path)!r} row {bad}: {c!r} is "
+                                 f"{type(values[bad]).__name__}, not text; delete the file to rebuild "
+                                 "the cache")
         return {(s, o, h): r for s, o, h, r in zip(*cols)}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold an exclusive lock on ``<cache>.lock`` (a separate file: the cache itself is
+        replaced by rename on every write, so a lock on it would not be shared)."""
+        if fcntl is None:
+            yield
+            return
+        lock = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ValueError(f"cannot create the lock file {str(lock)!r} of entity cache "
+                             f"{str(self.path)!r}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _write(self) -> None:
         import pandas as pd
 
         from ..io import atomic_write
 
-        if self._stamp() != self._loaded_stamp:
-            # someone else wrote the file since we read it: keep their entries too
-            theirs = self._read()
-            theirs.update(self._entries)
-            self._entries = theirs
-        keys = list(self._entries)
-        df = pd.DataFrame({
-            "study_id": [k[0] for k in keys], "ontology": [k[1] for k in keys],
-            "text_hash": [k[2] for k in keys], "record": [self._entries[k] for k in keys],
-        })
-        with atomic_write(self.path, "wb") as f:
-            df.to_parquet(f, index=False)
-        self._loaded_stamp = self._stamp()
+        with self._locked():
+            if self._stamp() != self._loaded_stamp:
+                # someone else wrote the file since we read it: keep their entries too
+                theirs = self._read()
+                theirs.update(self._entries)
+                self._entries = theirs
+            keys = list(self._entries)
+            df = pd.DataFrame({
+                "study_id": [k[0] for k in keys], "ontology": [k[1] for k in keys],
+                "text_hash": [k[2] for k in keys], "record": [self._entries[k] for k in keys],
+            })
+            with atomic_write(self.path, "wb") as f:
+                df.to_parquet(f, index=False)
+            self._loaded_stamp = self._stamp()
+
+    def _record(self, key) -> dict:
+        """The entry's record, parsed; a corrupt one names the cache file and the study."""
+        where = "entity cache (in memory)" if self.path is None else f"entity cache {str(self.path)!r}"
+        try:
+            record = json.loads(self._entries[key])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: the record of study {key[0]!r} is not valid JSON ({exc}); "
+                             "delete the file to rebuild the cache") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: the record of study {key[0]!r} is a {type(record).__name__}, "
+                             "not an object; delete the file to rebuild the cache")
+        return record
 
     def records_for(self, study_ids: Sequence, texts: Sequence[str], extractor=None,
                     progress: bool = True, n_process: int = 1) -> list[dict]:
@@ -144,11 +196,13 @@ class EntityCache:
             if k not in self._entries and k not in missing:
                 missing[k] = t
         if missing:
-            if extractor is None:
-                from ..extraction.pipeline import EntityExtractor
+            from ..extraction.pipeline import EntityExtractor
 
+            if extractor is None:
                 extractor = EntityExtractor()
             kwargs = {"progress": progress}
+            if isinstance(extractor, EntityExtractor):  # its warnings then name the study
+                kwargs["ids"] = [k[0] for k in missing]
             if n_process != 1:
                 kwargs["n_process"] = n_process
             found = extractor.extract(list(missing.values()), **kwargs)
@@ -158,4 +212,4 @@ class EntityCache:
                 self._entries[k] = json.dumps(record, sort_keys=False)
             if self.path is not None:
                 self._write()
-        return [json.loads(self._entries[k]) for k in keys]
+        return [self._record(k) for k in keys]

@@ -7,10 +7,11 @@
 Importing this package is cheap; spaCy and medspacy load when an extractor is built.
 """
 
+from .normalize import normalize_text
 from .ontology import ExtractionOntology
-from .pipeline import UNCERTAIN_POLICIES, EntityExtractor
+from .pipeline import UNCERTAIN_POLICIES, EntityExtractor, ExtractionWarning
 from .readers import Reports, read_reports
 from .sections import SectionFilter
 
-__all__ = ["EntityExtractor", "ExtractionOntology", "Reports", "SectionFilter",
-           "UNCERTAIN_POLICIES", "read_reports"]
+__all__ = ["EntityExtractor", "ExtractionOntology", "ExtractionWarning", "Reports", "SectionFilter",
+           "UNCERTAIN_POLICIES", "normalize_text", "read_reports"]

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 import tarfile
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 _ID_COLUMNS = ("study_id", "id", "uid", "report_id", "filename", "path")
 _TEXT_COLUMNS = ("report", "text", "report_text")
+# Largest report file / archive member read (a report is a few KB; this guards memory against a
+# mislabelled or malicious member, which would otherwise be read whole)
+MAX_REPORT_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -32,32 +36,40 @@ class Reports:
         return len(self.texts)
 
 
-def read_reports(path) -> Reports:
+def read_reports(path, *, max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
     """Read reports from ``path``, by its kind:
 
     - ``.csv`` / ``.parquet``: a ``findings`` and/or ``impression`` column, or a ``report``
-      (``text``) column; ids from ``study_id`` / ``id`` (else the row number);
+      (``text``) column; ids from ``study_id`` / ``id`` (else the row number). A list-valued
+      Parquet cell (a report stored as its sentences) is joined with line breaks;
     - a folder of ``.txt`` files (the MIMIC-CXR ``files/p10/p10000032/s5....txt`` tree); ids are
       the file stems (``s50414267``);
     - a folder of ``.xml`` files or a ``.tgz`` / ``.tar.gz`` / ``.tar`` of them (IU / OpenI).
+
+    In a folder, entries that are not regular files (FIFOs, sockets, broken links) are skipped
+    with a warning; a folder holding both ``.txt`` and ``.xml`` reports is refused (say which
+    kind is meant by pointing at a folder of one kind). A report file or archive member larger
+    than ``max_report_bytes`` raises ``ValueError`` naming it.
     """
+    if not isinstance(max_report_bytes, int) or isinstance(max_report_bytes, bool) or max_report_bytes < 1:
+        raise ValueError(f"max_report_bytes must be a positive int, got {max_report_bytes!r}")
     p = Path(path)
     if not p.exists():
         raise ValueError(f"reports path {str(p)!r} does not exist")
     name = p.name.lower()
     if p.is_dir():
-        if next(p.rglob("*.xml"), None) is not None:
-            reports = _read_iu_dir(p)
-        else:
-            reports = _read_text_tree(p)
+        reports = _read_dir(p, max_report_bytes)
+    elif not p.is_file():
+        raise ValueError(f"reports path {str(p)!r} is not a regular file or a folder (a FIFO, socket "
+                         "or device would block or never end)")
     elif name.endswith((".tgz", ".tar.gz", ".tar")):
-        reports = _read_iu_tar(p)
+        reports = _read_iu_tar(p, max_report_bytes)
     elif name.endswith(".xml"):
-        reports = _collect([_parse_iu(_read_bytes(p), str(p))], str(p), "iu-xml")
+        reports = _collect([_parse_iu(_read_bytes(p, max_report_bytes), str(p))], str(p), "iu-xml")
     elif name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
         reports = _read_table(p)
     elif name.endswith(".txt"):
-        reports = _collect([(p.stem, _read_text(p), {"path": str(p)})], str(p), "text")
+        reports = _collect([(p.stem, _read_text(p, max_report_bytes), {"path": str(p)})], str(p), "text")
     else:
         raise ValueError(f"reports path {str(p)!r}: unknown kind (expected .csv, .parquet, "
                          ".tgz/.tar of IU XML, or a folder of .txt / .xml reports)")
@@ -66,88 +78,134 @@ def read_reports(path) -> Reports:
     return reports
 
 
+def _regular_files(root: Path, pattern: str) -> list[Path]:
+    """Regular files under ``root`` matching ``pattern``, sorted; other entries are skipped with
+    a warning (reading a FIFO blocks forever)."""
+    files, skipped = [], []
+    for f in root.rglob(pattern):
+        (files if f.is_file() else skipped).append(f)
+    odd = [f for f in skipped if not f.is_dir()]  # a folder named "x.txt" is just a folder
+    if odd:
+        warnings.warn(f"reports folder {str(root)!r}: skipped {len(odd)} {pattern} entr"
+                      f"{'y' if len(odd) == 1 else 'ies'} that are not regular files "
+                      f"(FIFOs, sockets, broken links), e.g. {[str(f) for f in odd[:3]]}", stacklevel=4)
+    return sorted(files)
+
+
+def _read_dir(root: Path, max_bytes: int) -> Reports:
+    xml, txt = _regular_files(root, "*.xml"), _regular_files(root, "*.txt")
+    if xml and txt:
+        raise ValueError(f"reports folder {str(root)!r} holds both IU/OpenI .xml reports ({len(xml)}, "
+                         f"e.g. {str(xml[0])!r}) and .txt reports ({len(txt)}, e.g. {str(txt[0])!r}); "
+                         "which ones are meant is unclear: point at a folder of one kind")
+    if xml:
+        return _read_iu_dir(root, xml, max_bytes)
+    return _read_text_tree(root, txt, max_bytes)
+
+
 # -- tables --------------------------------------------------------------------------------------
 def _read_table(p: Path) -> Reports:
-    import pandas as pd
+    if p.name.lower().endswith((".parquet", ".pq")):
+        from .output import read_parquet_columns
 
-    try:
-        if p.name.lower().endswith((".parquet", ".pq")):
-            df = pd.read_parquet(p)
-        else:
+        data = read_parquet_columns(p, what="table")
+    else:
+        import pandas as pd
+
+        try:
             df = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types (ParserError, ArrowInvalid, OSError ...)
-        raise ValueError(f"cannot read table {str(p)!r}: {exc}") from None
-    cols = {str(c).strip().lower(): c for c in df.columns}
+        except Exception as exc:  # pandas raises many types (ParserError, UnicodeDecodeError ...)
+            raise ValueError(f"cannot read table {str(p)!r}: {exc}") from None
+        data = {c: df[c].tolist() for c in df.columns}
+    n = len(next(iter(data.values()))) if data else 0
+    cols = {str(c).strip().lower(): c for c in data}
     findings, impression = cols.get("findings"), cols.get("impression")
     text_col = next((cols[c] for c in _TEXT_COLUMNS if c in cols), None)
     if findings is None and impression is None and text_col is None:
         raise ValueError(f"table {str(p)!r} needs a 'findings' and/or 'impression' column, or a "
-                         f"'report' / 'text' column; it has {list(df.columns)}")
+                         f"'report' / 'text' column; it has {list(data)}")
     id_col = next((cols[c] for c in _ID_COLUMNS if c in cols), None)
 
-    def cell(row, col) -> str:
-        v = row[col] if col is not None else ""
-        return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+    def cell(k: int, col, lists: bool = True) -> str:
+        """Row ``k`` of ``col`` as text: missing is "", a list of texts (a report stored as its
+        sentences or lines) is joined with line breaks; anything else nested is refused."""
+        v = data[col][k] if col is not None else None
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        if isinstance(v, str):
+            return v
+        if lists and isinstance(v, (list, tuple)) and all(x is None or isinstance(x, str) for x in v):
+            return "\n".join(x for x in v if x)
+        if isinstance(v, (list, tuple, dict, bytes, bytearray)):
+            want = "a text or a list of texts" if lists else "a single value"
+            raise ValueError(f"table {str(p)!r} column {col!r} row {k}: expected {want}, got "
+                             f"{type(v).__name__} {str(v)[:60]!r}")
+        return str(v)
 
     items = []
-    for k, row in enumerate(df.to_dict("records")):
+    for k in range(n):
         if findings is not None or impression is not None:
             parts = []
-            if findings is not None and cell(row, findings).strip():
-                parts.append(f"FINDINGS: {cell(row, findings)}")
-            if impression is not None and cell(row, impression).strip():
-                parts.append(f"IMPRESSION: {cell(row, impression)}")
+            if findings is not None and cell(k, findings).strip():
+                parts.append(f"FINDINGS: {cell(k, findings)}")
+            if impression is not None and cell(k, impression).strip():
+                parts.append(f"IMPRESSION: {cell(k, impression)}")
             text = "\n".join(parts)
             if not text and text_col is not None:
-                text = cell(row, text_col)
+                text = cell(k, text_col)
         else:
-            text = cell(row, text_col)
-        sid = cell(row, id_col) if id_col is not None else str(k)
+            text = cell(k, text_col)
+        sid = cell(k, id_col, lists=False) if id_col is not None else str(k)
         items.append((sid or str(k), text, {}))
     return _collect(items, str(p), "table")
 
 
 # -- MIMIC-CXR tree ------------------------------------------------------------------------------
-def _read_text_tree(root: Path) -> Reports:
-    files = sorted(root.rglob("*.txt"))
+def _read_text_tree(root: Path, files: list[Path], max_bytes: int) -> Reports:
     items = []
     for f in files:
         meta = {"path": str(f.relative_to(root))}
         if f.parent.name.startswith("p") and f.parent.name[1:].isdigit():
             meta["subject_id"] = f.parent.name  # files/p10/p10000032/s50414267.txt
-        items.append((f.stem, _read_text(f), meta))
+        items.append((f.stem, _read_text(f, max_bytes), meta))
     return _collect(items, str(root), "text-tree")
 
 
-def _read_text(p: Path) -> str:
-    try:
-        return p.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise ValueError(f"cannot read report {str(p)!r}: {exc}") from None
+def _read_text(p: Path, max_bytes: int = MAX_REPORT_BYTES) -> str:
+    text = _read_bytes(p, max_bytes).decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() in text mode
 
 
-def _read_bytes(p: Path) -> bytes:
+def _read_bytes(p: Path, max_bytes: int = MAX_REPORT_BYTES) -> bytes:
     try:
-        return p.read_bytes()
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as exc:
         raise ValueError(f"cannot read report {str(p)!r}: {exc}") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"report {str(p)!r} is larger than max_report_bytes ({max_bytes:,} bytes); "
+                         "is it a report?")
+    return data
 
 
 # -- IU / OpenI XML ------------------------------------------------------------------------------
-def _read_iu_dir(root: Path) -> Reports:
-    items = [_parse_iu(_read_bytes(f), str(f)) for f in sorted(root.rglob("*.xml"))]
+def _read_iu_dir(root: Path, files: list[Path], max_bytes: int) -> Reports:
+    items = [_parse_iu(_read_bytes(f, max_bytes), str(f)) for f in files]
     return _collect(items, str(root), "iu-xml")
 
 
-def _read_iu_tar(p: Path) -> Reports:
+def _read_iu_tar(p: Path, max_bytes: int) -> Reports:
     items = []
     try:
         with tarfile.open(p) as tar:
             members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".xml")),
                              key=lambda m: _natural_key(m.name))
             for m in members:
+                if m.size > max_bytes:
+                    raise ValueError(f"archive {str(p)!r}: member {m.name!r} has {m.size:,} bytes, more "
+                                     f"than max_report_bytes ({max_bytes:,}); is it a report?")
                 f = tar.extractfile(m)
-                items.append(_parse_iu(f.read(), f"{p}:{m.name}"))
+                items.append(_parse_iu(f.read(max_bytes), f"{p}:{m.name}"))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ValueError(f"cannot read archive {str(p)!r}: {exc}") from None
     return _collect(items, str(p), "iu-xml")
