@@ -225,13 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="medtrim-mine-demo", help="output folder")
     p.set_defaults(func=cmd_mine_demo)
 
-    p = sub.add_parser("mine", help="mine one triplet per record of a records file (what `extract` writes)")
+    p = sub.add_parser("mine", help="mine one triplet per record of a records file "
+                                    "(what `extract` writes)")
     p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
                                    "of records or of {'id', 'entities'} objects")
     p.add_argument("-o", "--output", required=True, help="CSV of (anchor, positive, negative) ids")
-    p.add_argument("--candidates", help="records to draw positives/negatives from (default: the records); "
-                                        "equal given ids never pair across the two files, records "
-                                        "without ids are distinct samples")
+    p.add_argument("--candidates", help="records to draw positives/negatives from (default: the "
+                                        "records); equal given ids never pair across the two files, "
+                                        "records without ids are distinct samples")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
     _add_miner_args(p)

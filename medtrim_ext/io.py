@@ -72,9 +72,9 @@ def load_records(path: str | Path) -> RecordsFile:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"records file {str(path)!r} is neither UTF-8 text (byte {exc.start} is not) "
-                         "nor Parquet: expected JSON lines, a JSON list or Parquet, as written by "
-                         "`medtrim extract`") from None
+        raise ValueError(f"records file {str(path)!r} is neither UTF-8 text (byte {exc.start} is "
+                         "not) nor Parquet: expected JSON lines, a JSON list or Parquet, as written "
+                         "by `medtrim extract`") from None
     if not text.strip():
         raise ValueError(f"records file {str(path)!r} is empty")
     suffix = path.suffix.lower()

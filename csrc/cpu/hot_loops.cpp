@@ -81,8 +81,8 @@ void with_layout(const Anchors& a, const GroupedCandidates& c, const Params& p, 
 }
 
 template <class Quotient, class WordsA, class WordsR>
-void score_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end, float* out, WordsA wa,
-                     WordsR wr) {
+void score_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end, float* out,
+                     WordsA wa, WordsR wr) {
   const GroupedCandidates& c = ctx.c;
   for (int64_t i = begin; i < end; ++i) {
     float* row = out + i * c.m;
@@ -134,8 +134,8 @@ inline GroupBest group_best_two(const GroupedCandidates& c, int64_t g, int64_t s
 }
 
 template <class Quotient, class WordsA, class WordsR>
-void mine_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end, int64_t* positive,
-                    int64_t* negative, WordsA wa, WordsR wr) {
+void mine_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end,
+                    int64_t* positive, int64_t* negative, WordsA wa, WordsR wr) {
   const Anchors& a = ctx.a;
   const GroupedCandidates& c = ctx.c;
   const Params& p = ctx.p;
