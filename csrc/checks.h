@@ -12,6 +12,9 @@
 namespace medtrim {
 
 constexpr int64_t kMaxClasses = 32;  // one 32-bit disease mask per sample
+// Words per class of an adjective or direction mask: keeps every bit count and every offset of a
+// class inside a sample (class * words, 32 * words) well within `int` (32M descriptors per class).
+constexpr int64_t kMaxWordsPerClass = int64_t(1) << 20;
 
 // dis (N,) int32 disease masks, adj (N, C, WA) int32, dir (N, C, WR) int32.
 inline void check_entities(const char* name, const at::Tensor& dis, const at::Tensor& adj,
@@ -32,6 +35,9 @@ inline void check_entities(const char* name, const at::Tensor& dis, const at::Te
               adj.size(1));
   TORCH_CHECK(adj.size(2) >= 1 && dir.size(2) >= 1, name,
               "_adj and ", name, "_dir need at least one word per class");
+  TORCH_CHECK(adj.size(2) <= kMaxWordsPerClass && dir.size(2) <= kMaxWordsPerClass, name,
+              "_adj and ", name, "_dir may have at most ", kMaxWordsPerClass,
+              " words per class, got ", adj.size(2), " and ", dir.size(2));
   TORCH_CHECK(dis.device() == adj.device() && dis.device() == dir.device(), name,
               "_dis, ", name, "_adj and ", name, "_dir must be on one device");
   TORCH_CHECK(dis.size(0) < (int64_t(1) << 31), name, ": at most 2^31 - 1 samples are supported");

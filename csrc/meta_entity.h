@@ -67,18 +67,30 @@ struct ScoreWeights {  // kept in double: the user's Python floats, unrounded
   double w_dir;
 };
 
-// i / u for the small integer counts of a pair score. Two interchangeable ways, bit-identical
-// because both are the correctly rounded double quotient:
-// Both return 1 for 0 / 0, which is the published IoU of two empty sets.
+// i / u for the small integer counts of a pair score. Interchangeable ways, bit-identical
+// because all give the correctly rounded double quotient (a table entry is that same division).
+// All return 1 for 0 / 0, which is the published IoU of two empty sets.
 struct DivideQuotient {  // divide on the spot (CUDA: cheap enough, and no table to cache)
   MT_HD double operator()(int i, int u) const {
     return u == 0 ? 1.0 : d_div(static_cast<double>(i), static_cast<double>(u));
   }
 };
-struct TableQuotient {  // look up a table of every i / u with i <= u <= max_count (CPU, branchless)
+// Look up a table of every i / u with i <= u <= max_count (CPU, branchless). Only for layouts
+// whose counts never exceed max_count; see CappedTableQuotient for the others.
+struct TableQuotient {
   const double* table;  // [(max_count + 1) * (max_count + 1)], entry u * (max_count + 1) + i
-  int stride;           // max_count + 1
-  MT_HD double operator()(int i, int u) const { return table[u * stride + i]; }
+  int64_t stride;       // max_count + 1
+  MT_HD double operator()(int i, int u) const { return table[static_cast<int64_t>(u) * stride + i]; }
+};
+// The same table for u <= max_count and a division above it: wide vocabularies (thousands of
+// adjectives per class) keep a table of bounded size instead of one quadratic in the mask width.
+struct CappedTableQuotient {
+  const double* table;
+  int64_t stride;  // max_count + 1
+  MT_HD double operator()(int i, int u) const {
+    return u < stride ? table[static_cast<int64_t>(u) * stride + i]
+                      : d_div(static_cast<double>(i), static_cast<double>(u));
+  }
 };
 
 // Intersection over union of two bitsets; 1 when both are empty (the published rule).

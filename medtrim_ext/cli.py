@@ -52,27 +52,47 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _mining_ids(anchors, candidates) -> tuple[list, list]:
+    """Integer ids for the miner from two :class:`~medtrim_ext.io.RecordsFile` (the same object
+    when mining a file against itself): equal given ids share an integer, in both files alike
+    (the same study never pairs with itself); an item without an id is its own sample, keyed by
+    its file and position, so a bare record k of one file never shares an id with record k of the
+    other (two files are two id spaces unless ids are given)."""
+    keys = {}
+
+    def key_ids(loaded, file_tag):
+        out = []
+        for k, (i, given) in enumerate(zip(loaded.ids, loaded.given)):
+            key = ("id", str(i)) if given else ("position", file_tag, k)
+            out.append(keys.setdefault(key, len(keys)))
+        return out
+
+    anchor_ids = key_ids(anchors, 0)
+    return anchor_ids, (anchor_ids if candidates is anchors else key_ids(candidates, 1))
+
+
 def cmd_mine(args) -> int:
     from tqdm import tqdm
 
     from .entities import MetaEntities
-    from .io import atomic_write, check_writable, read_records
+    from .io import atomic_write, check_writable, load_records
     from .mining import Triplets
 
     check_writable(args.output, "output")   # before any work
     miner = _miner(args)
     device = _device(args.device)
-    records, ids = read_records(args.records)
-    anchors = MetaEntities.from_records(records, device=device)
-    if args.candidates:
-        bank_records, bank_ids = read_records(args.candidates)
-        bank = MetaEntities.from_records(bank_records, device=device)
+    loaded = load_records(args.records)
+    ids = loaded.ids
+    anchors = MetaEntities.from_records(loaded.records, device=device)
+    if args.candidates and Path(args.candidates).resolve() != Path(args.records).resolve():
+        bank_loaded = load_records(args.candidates)
+        bank = MetaEntities.from_records(bank_loaded.records, device=device)
     else:
-        bank, bank_ids = anchors, ids
-    # equal study ids never pair, also across the two files
-    vocab_ids = {v: k for k, v in enumerate(dict.fromkeys(map(str, list(ids) + list(bank_ids))))}
-    anchor_ids = torch.tensor([vocab_ids[str(i)] for i in ids], device=device)
-    bank_id_t = torch.tensor([vocab_ids[str(i)] for i in bank_ids], device=device)
+        bank_loaded, bank = loaded, anchors
+    bank_ids = bank_loaded.ids
+    a_keys, b_keys = _mining_ids(loaded, bank_loaded)
+    anchor_ids = torch.tensor(a_keys, dtype=torch.int64, device=device)
+    bank_id_t = torch.tensor(b_keys, dtype=torch.int64, device=device)
 
     # one draw for the whole file, so the result does not depend on the chunk size
     draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
@@ -94,7 +114,13 @@ def cmd_mine(args) -> int:
             w.writerow([ids[a], bank_ids[p] if p >= 0 else "", bank_ids[n] if n >= 0 else "",
                         "" if p < 0 else f"{sp:.6f}", "" if n < 0 else f"{sn:.6f}"])
     valid = int(triplets.valid.sum())
-    print(f"{valid} of {len(anchors)} anchors have a full triplet; wrote {args.output}")
+    # a positive with score 0 shares no disease with its anchor (or, for a no-finding anchor, is
+    # not a no-finding report): the best candidate there was, but no match (NaN: no positive)
+    unmatched = int((pos_s == 0).sum())
+    hint = (" - --min-positive-score leaves such anchors without a triplet"
+            if unmatched and args.min_positive_score == 0 else "")
+    print(f"{valid} of {len(anchors)} anchors have a full triplet; {unmatched} got a positive that "
+          f"shares no disease with them (score 0){hint}; wrote {args.output}")
     return 0
 
 
@@ -205,10 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="medtrim-mine-demo", help="output folder")
     p.set_defaults(func=cmd_mine_demo)
 
-    p = sub.add_parser("mine", help="mine one triplet per record of a JSON/JSONL records file")
-    p.add_argument("records", help="JSON list or JSONL of records, or of {'id', 'entities'} objects")
+    p = sub.add_parser("mine", help="mine one triplet per record of a records file "
+                                    "(what `extract` writes)")
+    p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
+                                   "of records or of {'id', 'entities'} objects")
     p.add_argument("-o", "--output", required=True, help="CSV of (anchor, positive, negative) ids")
-    p.add_argument("--candidates", help="records to draw positives/negatives from (default: the records)")
+    p.add_argument("--candidates", help="records to draw positives/negatives from (default: the "
+                                        "records); equal given ids never pair across the two files, "
+                                        "records without ids are distinct samples")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
     _add_miner_args(p)

@@ -27,7 +27,20 @@ class MetaEntities:
 
     def __init__(self, disease_bits: torch.Tensor, adjective_bits: torch.Tensor,
                  direction_bits: torch.Tensor, vocabulary: Vocabulary):
+        """Wrap packed bitsets (see the class docstring). Raises ``ValueError`` for a bit beyond the
+        vocabulary's width (a disease bit >= C, or a padding bit of the last adjective/direction
+        word): the kernels would count it, the vocabulary cannot name it. On CUDA this check
+        reads one flag back (a synchronisation); derived sets (indexing, ``to``, ``cat``) skip it."""
+        self._set(disease_bits, adjective_bits, direction_bits, vocabulary)
+        _check_no_stray_bits(disease_bits, adjective_bits, direction_bits, vocabulary)
+
+    def _set(self, disease_bits, adjective_bits, direction_bits, vocabulary) -> None:
+        """Check shapes, dtypes and devices and store the tensors (no look at their values)."""
+        if not isinstance(vocabulary, Vocabulary):
+            raise TypeError(f"vocabulary must be a Vocabulary, got {type(vocabulary).__name__}")
         c, a, r = vocabulary.sizes
+        if not isinstance(disease_bits, torch.Tensor):
+            raise TypeError("disease_bits must be an int32 tensor")
         n = disease_bits.shape[0] if disease_bits.dim() == 1 else -1
         expected = {"disease_bits": (disease_bits, (n,)),
                     "adjective_bits": (adjective_bits, (n, c, num_words(a))),
@@ -43,6 +56,14 @@ class MetaEntities:
         self.adjective_bits = adjective_bits
         self.direction_bits = direction_bits
         self.vocabulary = vocabulary
+
+    @classmethod
+    def _derived(cls, disease_bits, adjective_bits, direction_bits, vocabulary) -> "MetaEntities":
+        """For bitsets taken from checked ones (subsets, copies, concatenations, gathers): the
+        layout is checked, the values are not (no device synchronisation per batch)."""
+        self = cls.__new__(cls)
+        self._set(disease_bits, adjective_bits, direction_bits, vocabulary)
+        return self
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -71,8 +92,9 @@ class MetaEntities:
             if t.device != diseases.device:
                 raise ValueError(f"{name} is on {t.device} but diseases on {diseases.device}")
         present = diseases.unsqueeze(-1)
-        return cls(pack_bits(diseases).squeeze(-1), pack_bits(adjectives & present),
-                   pack_bits(directions & present), vocab)
+        # packed from masks of exactly the vocabulary's width: no stray bits to look for
+        return cls._derived(pack_bits(diseases).squeeze(-1), pack_bits(adjectives & present),
+                            pack_bits(directions & present), vocab)
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping], vocabulary: Vocabulary | None = None,
@@ -125,9 +147,12 @@ class MetaEntities:
                 raise ValueError(f"parts[{i}] has a different vocabulary than parts[0]")
             if p.device != parts[0].device:
                 raise ValueError(f"parts[{i}] is on {p.device} but parts[0] on {parts[0].device}")
-        return cls(torch.cat([p.disease_bits for p in parts]),
-                   torch.cat([p.adjective_bits for p in parts]),
-                   torch.cat([p.direction_bits for p in parts]), parts[0].vocabulary)
+        for i, p in enumerate(parts):
+            if not isinstance(p, MetaEntities):
+                raise TypeError(f"parts[{i}] must be MetaEntities, got {type(p).__name__}")
+        return cls._derived(torch.cat([p.disease_bits for p in parts]),
+                            torch.cat([p.adjective_bits for p in parts]),
+                            torch.cat([p.direction_bits for p in parts]), parts[0].vocabulary)
 
     # -- views -----------------------------------------------------------------------------------
     def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -155,8 +180,8 @@ class MetaEntities:
         device = torch.device(device)
         if device == self.device:
             return self
-        return MetaEntities(self.disease_bits.to(device), self.adjective_bits.to(device),
-                            self.direction_bits.to(device), self.vocabulary)
+        return MetaEntities._derived(self.disease_bits.to(device), self.adjective_bits.to(device),
+                                     self.direction_bits.to(device), self.vocabulary)
 
     def cpu(self) -> "MetaEntities":
         return self.to("cpu")
@@ -181,12 +206,39 @@ class MetaEntities:
             if idx.dtype not in (torch.bool, torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
                 raise TypeError(f"index tensor must be bool or integer, got {idx.dtype}")
             idx = idx.to(self.device)
-        return MetaEntities(self.disease_bits[idx], self.adjective_bits[idx],
-                            self.direction_bits[idx], self.vocabulary)
+        return MetaEntities._derived(self.disease_bits[idx], self.adjective_bits[idx],
+                                     self.direction_bits[idx], self.vocabulary)
 
     def __repr__(self) -> str:
         return (f"MetaEntities(n={len(self)}, vocabulary={self.vocabulary.name!r} "
                 f"{self.vocabulary.sizes}, device={self.device})")
+
+
+def _stray_mask(width: int) -> int:
+    """The int32 value of the bits of a last word that lie beyond ``width`` flags."""
+    used = width % 32 if width else 0
+    if width and used == 0:
+        return 0
+    return ~((1 << used) - 1)  # as a negative Python int: fits int32 for used in [0, 31]
+
+
+def _check_no_stray_bits(disease_bits, adjective_bits, direction_bits, vocabulary) -> None:
+    c, a, r = vocabulary.sizes
+    for name, words, width, unit in (("disease_bits", disease_bits, c, "disease classes"),
+                                     ("adjective_bits", adjective_bits, a, "adjectives"),
+                                     ("direction_bits", direction_bits, r, "directions")):
+        stray = _stray_mask(width)
+        if stray == 0 or words.numel() == 0:
+            continue
+        last = words if words.dim() == 1 else words[..., -1]
+        bad = (last & stray) != 0
+        if bool(bad.any()):
+            at = bad.nonzero()[0].tolist()
+            where = f"sample {at[0]}" + (f", class {at[1]}" if len(at) > 1 else "")
+            raise ValueError(
+                f"{name} ({where}) has bits set beyond the vocabulary's {width} {unit} "
+                f"({vocabulary.name!r}): the kernels would count them; build entities with "
+                f"MetaEntities.from_masks / from_records, or clear those bits")
 
 
 def _descriptor_list(spec, key: str) -> list:

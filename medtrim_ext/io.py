@@ -13,7 +13,7 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple, Sequence
 
 # a temporary file or folder next to a target is named ".<target name>.<owner>.<random>.tmp",
 # where <owner> is "<pid>-<host hash>", so a later writer can tell a dead writer's leftover
@@ -207,20 +207,59 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         raise
 
 
-def read_records(path: str | Path) -> tuple[list[dict], list]:
-    """Records and their ids from a JSON list or a JSON-lines file.
+class RecordsFile(NamedTuple):
+    """The records of a file, their ids, and which ids the file gave (see :func:`load_records`)."""
 
-    Each item is either a record ``{disease: {"adjs": [...], "dirs": [...]}}`` (its id is its
-    position) or ``{"id": ..., "entities": record}``. Raises ``ValueError`` naming the file and line.
+    records: list[dict]
+    ids: list          # the id an item gives, else its position in the file
+    given: list[bool]  # whether ids[k] came from the file (False: a position)
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_PARQUET_MAGIC = b"PAR1"
+
+
+def read_records(path: str | Path) -> tuple[list[dict], list]:
+    """Records and their ids from a records file (see :func:`load_records`); the id of an item
+    that gives none is its position in the file."""
+    loaded = load_records(path)
+    return loaded.records, loaded.ids
+
+
+def load_records(path: str | Path) -> RecordsFile:
+    """Records, ids and which ids were given, from what ``medtrim extract`` writes or by hand:
+
+    - JSON lines (``.jsonl``) or a JSON list (``.json``; other names are recognised by content);
+      each item is a record ``{disease: {"adjs": [...], "dirs": [...]}}`` or
+      ``{"id": ..., "entities": record}``;
+    - Parquet (``.parquet``/``.pq``, or any name with Parquet content): an ``entities`` column of
+      JSON records and a ``study_id`` (or ``id``) column, as written by ``medtrim extract``.
+
+    An item without an id (a bare record, a missing or empty id) gets its position in the file
+    as its id, with ``given`` False. Raises ``ValueError`` naming the file (and line or row).
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read records file {str(path)!r}: {exc}") from None
+    if path.suffix.lower() in PARQUET_SUFFIXES or data[:4] == _PARQUET_MAGIC:
+        return _records_from_parquet(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"records file {str(path)!r} is neither UTF-8 text (byte {exc.start} is "
+                         "not) nor Parquet: expected JSON lines, a JSON list or Parquet, as written "
+                         "by `medtrim extract`") from None
     if not text.strip():
         raise ValueError(f"records file {str(path)!r} is empty")
-    if path.suffix == ".jsonl":
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json"):  # recognise the format by its first character
+        suffix = ".json" if text.lstrip().startswith("[") else ".jsonl"
+        if not text.lstrip().startswith(("[", "{")):
+            raise ValueError(f"records file {str(path)!r}: unknown format (expected JSON lines, a "
+                             "JSON list or Parquet, as written by `medtrim extract`)")
+    if suffix == ".jsonl":
         items = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -236,14 +275,68 @@ def read_records(path: str | Path) -> tuple[list[dict], list]:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
-    records, ids = [], []
+    out = RecordsFile([], [], [])
     for k, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{path}: item {k} must be an object, got {type(item).__name__}")
         if "entities" in item:
-            records.append(item["entities"])
-            ids.append(item.get("id", k))
+            _add_record(out, item["entities"], item.get("id"), k)
         else:
-            records.append(item)
-            ids.append(k)
-    return records, ids
+            _add_record(out, item, None, k)
+    return out
+
+
+def _add_record(out: RecordsFile, record, record_id, position: int) -> None:
+    given = record_id is not None and record_id != ""
+    out.records.append(record)
+    out.ids.append(record_id if given else position)
+    out.given.append(given)
+
+
+def read_parquet_columns(path, columns: Sequence[str] | None = None, *, what: str = "Parquet file",
+                         present_only: bool = False) -> dict[str, list]:
+    """The columns of a Parquet file as ``{name: [python values]}`` (all of them, or ``columns``;
+    with ``present_only`` the asked-for columns the file lacks are left out instead of being an
+    error); raises ``ValueError`` naming the file when it cannot be read (``what`` names its role
+    in the message: "entity cache", "records file" ...). The one place that reads Parquet.
+
+    Use this rather than ``pandas.read_parquet`` in processes that import torch: pandas hands
+    pyarrow a Python file object, and with pandas 3.0 / pyarrow 21 the interpreter then aborts at
+    exit now and then ("terminate called without an active exception", exit status 134; in 10 of
+    20 runs with 16 Arrow threads). Reading by path, on the calling thread, has not aborted in
+    any run.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        with pq.ParquetFile(str(path), pre_buffer=False) as f:
+            if columns is not None and present_only:
+                columns = [c for c in columns if c in f.schema_arrow.names]
+            table = f.read(columns=list(columns) if columns is not None else None, use_threads=False)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError (unknown column) ...
+        raise ValueError(f"cannot read {what} {str(path)!r}: {exc}") from None
+    return table.to_pydict()
+
+
+def _records_from_parquet(path: Path) -> RecordsFile:
+    columns = read_parquet_columns(path, ("entities", "study_id", "id"), what="records file",
+                                   present_only=True)
+    if "entities" not in columns:
+        raise ValueError(f"records file {str(path)!r} has no 'entities' column (a Parquet file from "
+                         "`medtrim extract` has one, with the record of each report as JSON)")
+    ids = columns.get("study_id", columns.get("id"))
+    out = RecordsFile([], [], [])
+    for row, cell in enumerate(columns["entities"]):
+        if isinstance(cell, str):
+            try:
+                record = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: row {row}: 'entities' is not valid JSON: {exc.msg}") from None
+        elif cell is None:
+            raise ValueError(f"{path}: row {row}: 'entities' is empty (a report with no finding is '{{}}')")
+        else:
+            raise ValueError(f"{path}: row {row}: 'entities' must be a JSON string, got "
+                             f"{type(cell).__name__}")
+        _add_record(out, record, None if ids is None else ids[row], row)
+    return out

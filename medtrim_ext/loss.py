@@ -40,7 +40,10 @@ class MultimodalTripletLoss(torch.nn.Module):
       (checked with one device synchronisation per call).
 
     Gradients are computed by a fused backward kernel that sums, for every row, the contributions
-    of all triplets that use it, in a fixed order: deterministic on CPU and CUDA.
+    of all triplets that use it, in a fixed order: deterministic on CPU and CUDA. There is no
+    second derivative: gradients taken with ``create_graph=True`` are right, but differentiating
+    them again raises a ``RuntimeError`` (use :func:`medtrim_ext.reference.multimodal_triplet_loss`,
+    pure PyTorch, for gradient penalties through the loss).
     """
 
     def __init__(self, margin: float = 0.3, reduction: str = "mean"):

@@ -105,8 +105,9 @@ class MemoryBank:
         if self.device != img.device:
             self.to(img.device)
         n, buf = self._count, self._buf
-        bank_ents = MetaEntities(buf["disease_bits"][:n], buf["adjective_bits"][:n],
-                                 buf["direction_bits"][:n], self.vocabulary)
+        # pushed entities were checked when built, loaded ones in load_state_dict
+        bank_ents = MetaEntities._derived(buf["disease_bits"][:n], buf["adjective_bits"][:n],
+                                          buf["direction_bits"][:n], self.vocabulary)
         return (torch.cat([img, buf["img"][:n].to(dtype)]), torch.cat([txt, buf["txt"][:n].to(dtype)]),
                 MetaEntities.cat([entities, bank_ents]), torch.cat([ids, buf["ids"][:n]]))
 
@@ -156,6 +157,12 @@ class MemoryBank:
                                  f"(expected {n} rows of {tuple(self._buf[key].shape[1:])} "
                                  f"{self._buf[key].dtype})")
             self._buf[key][:n] = value
+        try:  # bits beyond the vocabulary's width would score differently from the reference
+            MetaEntities(*(self._buf[k][:n] for k in ("disease_bits", "adjective_bits", "direction_bits")),
+                         self.vocabulary)
+        except ValueError as exc:
+            self._buf, self._count, self._ptr = None, 0, 0
+            raise ValueError(f"memory bank state: {exc}") from None
         if device is not None:
             self.to(device)
 

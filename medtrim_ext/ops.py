@@ -20,9 +20,27 @@ def _require_backend(device: torch.device) -> None:
             "so it cannot run on cuda tensors: rebuild with MEDTRIM_CUDA=ON, or use .cpu()")
 
 
+def _check_one_device(op: str, **tensors) -> None:
+    """The device check of the real kernels, for the fake ones.
+
+    A call that mixes meta tensors with real ones dispatches to the fake kernel, not to a real
+    kernel's checks: without this it returned uninitialised memory on the first argument's device.
+    The first named tensor sets the device; ``None`` (an absent optional) is skipped.
+    """
+    items = [(name, t) for name, t in tensors.items() if t is not None]
+    first, ref = items[0]
+    for name, t in items[1:]:
+        if t.device != ref.device:
+            raise RuntimeError(f"medtrim::{op}: {name} is on {t.device} but {first} is on "
+                               f"{ref.device}; all tensors must be on one device")
+
+
 @torch.library.register_fake("medtrim::score_matrix")
 def _score_matrix_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candidate_adj,
                        candidate_dir, w_dis, w_adj, w_dir):
+    _check_one_device("score_matrix", anchor_dis=anchor_dis, anchor_adj=anchor_adj,
+                      anchor_dir=anchor_dir, candidate_dis=candidate_dis,
+                      candidate_adj=candidate_adj, candidate_dir=candidate_dir)
     return anchor_dis.new_empty((anchor_dis.shape[0], candidate_dis.shape[0]), dtype=torch.float32)
 
 
@@ -30,6 +48,13 @@ def _score_matrix_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candid
 def _mine_triplets_fake(anchor_dis, anchor_adj, anchor_dir, anchor_ids, candidate_dis,
                         candidate_adj, candidate_dir, candidate_ids, semi_hard, w_dis, w_adj,
                         w_dir, threshold, upper, tie_seed=None):
+    _check_one_device("mine_triplets", anchor_dis=anchor_dis, anchor_adj=anchor_adj,
+                      anchor_dir=anchor_dir, anchor_ids=anchor_ids, candidate_dis=candidate_dis,
+                      candidate_adj=candidate_adj, candidate_dir=candidate_dir,
+                      candidate_ids=candidate_ids, semi_hard=semi_hard)
+    if tie_seed is not None and tie_seed.device.type != "cpu":  # read on the host, as in C++
+        raise RuntimeError(f"medtrim::mine_triplets: tie_seed must be an int64 CPU tensor with one "
+                           f"element, got one on {tie_seed.device}")
     n = anchor_dis.shape[0]
     return anchor_ids.new_empty((n,)), anchor_ids.new_empty((n,))
 
@@ -37,6 +62,10 @@ def _mine_triplets_fake(anchor_dis, anchor_adj, anchor_dir, anchor_ids, candidat
 @torch.library.register_fake("medtrim::pair_scores")
 def _pair_scores_fake(anchor_dis, anchor_adj, anchor_dir, candidate_dis, candidate_adj,
                       candidate_dir, anchor_index, candidate_index, w_dis, w_adj, w_dir):
+    _check_one_device("pair_scores", anchor_dis=anchor_dis, anchor_adj=anchor_adj,
+                      anchor_dir=anchor_dir, candidate_dis=candidate_dis,
+                      candidate_adj=candidate_adj, candidate_dir=candidate_dir,
+                      anchor_index=anchor_index, candidate_index=candidate_index)
     return anchor_dis.new_empty(anchor_index.shape, dtype=torch.float32)
 
 
@@ -78,6 +107,8 @@ def _loss_acc_dtype(img: torch.Tensor) -> torch.dtype:
 
 @torch.library.register_fake("medtrim::triplet_loss_forward")
 def _triplet_loss_forward_fake(img, txt, cand_img, cand_txt, anchor, positive, negative, margin):
+    _check_one_device("triplet_loss_forward", img=img, txt=txt, cand_img=cand_img,
+                      cand_txt=cand_txt, anchor=anchor, positive=positive, negative=negative)
     t = anchor.shape[0]
     rows = 2 * img.shape[0] + (0 if cand_img is None else 2 * cand_img.shape[0])
     acc = _loss_acc_dtype(img)
@@ -88,6 +119,11 @@ def _triplet_loss_forward_fake(img, txt, cand_img, cand_txt, anchor, positive, n
 @torch.library.register_fake("medtrim::triplet_loss_backward")
 def _triplet_loss_backward_fake(grad_loss_img, grad_loss_txt, img, txt, cand_img, cand_txt, anchor,
                                 positive, negative, active, inv_norms):
+    _check_one_device("triplet_loss_backward", img=img, txt=txt, cand_img=cand_img,
+                      cand_txt=cand_txt, grad_loss_img=grad_loss_img, grad_loss_txt=grad_loss_txt,
+                      anchor=anchor, positive=positive, negative=negative, active=active,
+                      inv_norms=inv_norms)
+
     def like(x, other):
         return torch.empty_like(x) if x is not None else other.new_empty((0, other.shape[1]))
 
@@ -118,6 +154,28 @@ def _triplet_loss_backward(ctx, grad_loss_img, grad_loss_txt, _grad_active, _gra
 
 torch.library.register_autograd("medtrim::triplet_loss_forward", _triplet_loss_backward,
                                 setup_context=_triplet_loss_setup_context)
+
+
+# The loss has no second derivative here: the backward kernel is not differentiable. Gradients
+# taken with create_graph=True are right to first order, but differentiating them again must not
+# silently treat the loss's part as zero (gradgradcheck, gradient penalties): it raises instead.
+_NO_DOUBLE_BACKWARD = (
+    "MultimodalTripletLoss (medtrim::triplet_loss_forward) has no second derivative: its gradients "
+    "can be taken with create_graph=True, but not differentiated again (double backward, "
+    "gradient penalties through this loss). Use medtrim_ext.reference.multimodal_triplet_loss, "
+    "pure PyTorch, where second-order gradients are needed.")
+
+
+def _triplet_loss_backward_setup_context(ctx, inputs, output):
+    pass
+
+
+def _triplet_loss_double_backward(ctx, *grads):
+    raise RuntimeError(_NO_DOUBLE_BACKWARD)
+
+
+torch.library.register_autograd("medtrim::triplet_loss_backward", _triplet_loss_double_backward,
+                                setup_context=_triplet_loss_backward_setup_context)
 
 
 def triplet_loss(img: torch.Tensor, txt: torch.Tensor, anchor: torch.Tensor,

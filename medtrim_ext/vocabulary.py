@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,7 +31,7 @@ def _check_names(kind: str, names: Sequence[str]) -> tuple[str, ...]:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"{kind}[{i}] must be a non-empty string, got {name!r}")
         out.append(_normalize(name))
-    dupes = sorted({n for n in out if out.count(n) > 1})
+    dupes = sorted(n for n, k in Counter(out).items() if k > 1)  # linear: vocabularies can be wide
     if dupes:
         raise ValueError(f"{kind} has duplicate entries: {dupes}")
     return tuple(out)

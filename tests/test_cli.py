@@ -73,6 +73,108 @@ def test_cli_mine_end_to_end(tmp_path, capsys):
     assert busiest_first >= 4 * busiest, (busiest, busiest_first)
 
 
+def _write_extract_parquet(path, ids, records):
+    """A Parquet file exactly as `medtrim extract` writes it."""
+    from medtrim_ext.extraction.output import write_entities
+    from medtrim_ext.extraction.readers import Reports
+    from medtrim_ext.vocabulary import Vocabulary
+
+    reports = Reports(list(ids), ["report"] * len(ids), "test", "csv", [{} for _ in ids])
+    write_entities(path, reports, records, Vocabulary.default().diseases)
+
+
+def test_mine_reads_what_extract_writes(tmp_path, capsys):
+    # `medtrim mine entities.parquet` failed with a UTF-8 decode error that named no file
+    records = synthetic_records(40, seed=5)
+    ids = [f"s{i}" for i in range(40)]
+    _write_extract_parquet(tmp_path / "entities.parquet", ids, records)
+    assert read_records(tmp_path / "entities.parquet") == (records, ids)
+    out_pq = tmp_path / "from_parquet.csv"
+    assert main(["mine", str(tmp_path / "entities.parquet"), "-o", str(out_pq), "--device", "cpu"]) == 0
+    # the same records as JSON lines give the same triplets
+    (tmp_path / "entities.jsonl").write_text(
+        "".join(json.dumps({"id": i, "entities": r}) + "\n" for i, r in zip(ids, records)))
+    out_jl = tmp_path / "from_jsonl.csv"
+    assert main(["mine", str(tmp_path / "entities.jsonl"), "-o", str(out_jl), "--device", "cpu"]) == 0
+    assert out_pq.read_text() == out_jl.read_text()
+    # Parquet content under another name is recognised by its magic bytes
+    (tmp_path / "entities.bin").write_bytes((tmp_path / "entities.parquet").read_bytes())
+    assert read_records(tmp_path / "entities.bin") == (records, ids)
+
+
+def test_records_files_that_cannot_be_read_name_the_file(tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    cases = {
+        "binary.dat": (b"\x00\xff\xfe garbage", "binary.dat' is neither UTF-8 text"),
+        "notes.txt": (b"pleural effusion", "notes.txt': unknown format"),
+        "broken.parquet": (b"PAR1 not really parquet", "broken.parquet' is not a readable Parquet file"),
+    }
+    for name, (data, match) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=match):
+            read_records(tmp_path / name)
+    pd.DataFrame({"study_id": ["a"], "text": ["x"]}).to_parquet(tmp_path / "reports.parquet")
+    with pytest.raises(ValueError, match="reports.parquet' has no 'entities' column"):
+        read_records(tmp_path / "reports.parquet")
+    pd.DataFrame({"study_id": ["a", "b"], "entities": ["{}", "{oops"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad.parquet: row 1: 'entities' is not valid JSON"):
+        read_records(tmp_path / "bad.parquet")
+    # through the command: exit code 2 and the file's name, no traceback
+    assert main(["mine", str(tmp_path / "binary.dat"), "-o", str(tmp_path / "o.csv"), "--device", "cpu"]) == 2
+    assert "binary.dat" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
+
+
+def test_mine_candidates_file_is_its_own_id_space(tmp_path, capsys):
+    # Bare records got their position as id in both files, so anchor k and candidate k never
+    # paired: a candidate identical to the anchor was skipped for a worse one.
+    anchors = [{"edema": {"adjs": ["mild"]}}, {"pneumothorax": {"dirs": ["left"]}}, {}]
+    cands = [{"edema": {"adjs": ["mild"]}}, {"pneumothorax": {"dirs": ["left"]}}, {},
+             {"edema": {}}, {"pneumothorax": {}}, {"cardiomegaly": {}}]
+    (tmp_path / "a.json").write_text(json.dumps(anchors))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cands))
+    out = tmp_path / "t.csv"
+    assert main(["mine", str(tmp_path / "a.json"), "--candidates", str(tmp_path / "c.jsonl"),
+                 "-o", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["positive_id"] for r in rows] == ["0", "1", "2"]  # each anchor's identical copy
+    assert all(float(r["positive_score"]) == 1.0 for r in rows[:2])
+    # given ids are one space across the files: the same study never pairs with itself
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"s{k}", "entities": r}) + "\n"
+                                             for k, r in enumerate(anchors)))
+    (tmp_path / "c2.jsonl").write_text("".join(json.dumps({"id": f"s{k}", "entities": r}) + "\n"
+                                              for k, r in enumerate(cands)))
+    assert main(["mine", str(tmp_path / "a.jsonl"), "--candidates", str(tmp_path / "c2.jsonl"),
+                 "-o", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["positive_id"] for r in rows[:2]] == ["s3", "s4"]
+    assert rows[2]["positive_id"] != "s2" and float(rows[2]["positive_score"]) == 0
+    # a given id never collides with another file's positions
+    (tmp_path / "a3.jsonl").write_text("".join(json.dumps({"id": k, "entities": r}) + "\n"
+                                              for k, r in enumerate(anchors)))
+    assert main(["mine", str(tmp_path / "a3.jsonl"), "--candidates", str(tmp_path / "c.jsonl"),
+                 "-o", str(out), "--device", "cpu"]) == 0
+    assert [r["positive_id"] for r in csv.DictReader(out.open())] == ["0", "1", "2"]
+    # the same file as --candidates is self-mining: a record never pairs with itself
+    assert main(["mine", str(tmp_path / "c.jsonl"), "--candidates", str(tmp_path / "c.jsonl"),
+                 "-o", str(out), "--device", "cpu"]) == 0
+    assert all(r["positive_id"] != r["anchor_id"] for r in csv.DictReader(out.open()))
+
+
+def test_mine_counts_positives_that_share_no_disease(tmp_path, capsys):
+    records = [{"edema": {}}, {"edema": {"adjs": ["mild"]}}, {"pneumothorax": {}}, {"cardiomegaly": {}}, {}]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    out = tmp_path / "t.csv"
+    assert main(["mine", str(tmp_path / "r.json"), "-o", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    zero = sum(1 for r in rows if r["positive_score"] and float(r["positive_score"]) == 0)
+    assert zero == 3  # pneumothorax, cardiomegaly and the no-finding report match no one
+    assert f"3 got a positive that shares no disease with them (score 0) - --min-positive-score" in text
+    assert main(["mine", str(tmp_path / "r.json"), "-o", str(out), "--device", "cpu",
+                 "--min-positive-score", "0.1"]) == 0
+    assert "0 got a positive that shares no disease with them (score 0);" in capsys.readouterr().out
+
+
 def test_cli_reports_bad_input(tmp_path, capsys):
     path = tmp_path / "r.json"
     path.write_text(json.dumps([{"not-a-disease": {}}]))

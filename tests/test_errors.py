@@ -159,6 +159,10 @@ def test_raw_score_op_rejects_bad_tensors(ents):
     with pytest.raises(RuntimeError, match="number of disease classes"):
         z = torch.zeros(6, 33, 1, dtype=torch.int32)
         op(a[0], z, z, a[0], z, z, 0.85, 0.1, 0.05)
+    with pytest.raises(RuntimeError, match="at most 1048576 words per class"):
+        wide = torch.zeros(1, 1, (1 << 20) + 1, dtype=torch.int32)  # counts could overflow int
+        one, dirs = torch.zeros(1, dtype=torch.int32), torch.zeros(1, 1, 1, dtype=torch.int32)
+        op(one, wide, dirs, one, wide, dirs, 0.85, 0.1, 0.05)
 
 
 def test_raw_mining_op_rejects_bad_tensors(ents):
@@ -194,3 +198,38 @@ def test_stray_disease_bits_are_ignored_not_read_out_of_bounds():
     s = torch.ops.medtrim.score_matrix(dis, ents.adjective_bits, ents.direction_bits,
                                        dis, ents.adjective_bits, ents.direction_bits, 0.85, 0.1, 0.05)
     assert torch.allclose(s, torch.ones(2, 2))
+
+
+def test_bits_beyond_the_vocabulary_are_rejected():
+    # Built directly, entities with a padding bit set scored differently from the reference
+    # (the kernels count every bit of a word, the vocabulary names only its first width % 32).
+    vocab = generic_vocabulary(3, 40, 2)
+    ents = MetaEntities.from_records([{"disease 0": {"adjs": ["adj 1"]}}] * 2, vocabulary=vocab)
+    MetaEntities(ents.disease_bits, ents.adjective_bits, ents.direction_bits, vocab)  # clean: fine
+    adj = ents.adjective_bits.clone()
+    adj[1, 0, 1] |= 1 << 13  # adjective 45 of a 40-adjective vocabulary
+    with pytest.raises(ValueError, match=r"adjective_bits \(sample 1, class 0\) has bits set beyond "
+                                         r"the vocabulary's 40 adjectives"):
+        MetaEntities(ents.disease_bits, adj, ents.direction_bits, vocab)
+    dirs = ents.direction_bits.clone()
+    dirs[0, 2, 0] = -(1 << 31)
+    with pytest.raises(ValueError, match=r"direction_bits \(sample 0, class 2\) .* 2 directions"):
+        MetaEntities(ents.disease_bits, ents.adjective_bits, dirs, vocab)
+    dis = ents.disease_bits | (1 << 3)
+    with pytest.raises(ValueError, match=r"disease_bits \(sample 0\) .* 3 disease classes"):
+        MetaEntities(dis, ents.adjective_bits, ents.direction_bits, vocab)
+    # a memory bank restored from a state with such bits refuses it too
+    from medtrim_ext import MemoryBank
+
+    bank = MemoryBank(4, 2, vocab)
+    bank.push(torch.randn(2, 2), torch.randn(2, 2), ents, torch.arange(2))
+    state = bank.state_dict()
+    state["adjective_bits"] = adj
+    with pytest.raises(ValueError, match="memory bank state: adjective_bits"):
+        MemoryBank(4, 2, vocab).load_state_dict(state)
+    # widths that fill their words have no padding: every bit is a name
+    full = generic_vocabulary(32, 64, 32)
+    c, a, r = full.sizes
+    m = MetaEntities(torch.full((1,), -1, dtype=torch.int32), torch.full((1, c, 2), -1, dtype=torch.int32),
+                     torch.full((1, c, 1), -1, dtype=torch.int32), full)
+    assert m.masks()[1].all()

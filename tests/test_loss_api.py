@@ -55,6 +55,43 @@ def test_opcheck_backward():
                            active, inv))
 
 
+def test_double_backward_raises_instead_of_a_silent_zero():
+    # create_graph=True used to give first-order gradients whose own gradient through the loss
+    # was silently missing (gradgradcheck failed); now differentiating them again raises.
+    img, txt = embeddings(8, 5, seed=4, dtype=torch.float64)
+    a, p, n = ring(8)
+    crit = MultimodalTripletLoss(margin=1.0)
+    li, lt = crit(img, txt, (a, p, n))
+    g_img, g_txt = torch.autograd.grad(li + lt, (img, txt), create_graph=True)
+    ri, rt = reference.multimodal_triplet_loss(img, txt, a, p, n, margin=1.0)
+    want = torch.autograd.grad(ri + rt, (img, txt))
+    torch.testing.assert_close(g_img, want[0])  # first order is still right with create_graph
+    torch.testing.assert_close(g_txt, want[1])
+    with pytest.raises(RuntimeError, match="has no second derivative"):
+        torch.autograd.grad(g_img.pow(2).sum(), img)
+    with pytest.raises(RuntimeError, match="has no second derivative"):
+        torch.autograd.gradgradcheck(lambda x, y: sum(crit(x, y, (a, p, n))), (img, txt))
+
+
+def test_raw_ops_refuse_meta_mixed_with_real_tensors():
+    # A meta argument sends the call to the fake kernel, which skipped the device checks and
+    # returned uninitialised memory on the CPU (or meta outputs from real inputs).
+    img, txt = (x.detach() for x in embeddings(6, 4))
+    a, p, n = ring(6)
+    fwd = torch.ops.medtrim.triplet_loss_forward
+    with pytest.raises(RuntimeError, match="txt is on meta but img is on cpu"):
+        fwd(img, txt.to("meta"), None, None, a, p, n, 0.3)
+    with pytest.raises(RuntimeError, match="negative is on meta but img is on cpu"):
+        fwd(img, txt, None, None, a, p, n.to("meta"), 0.3)
+    li, lt, active, inv = fwd(img, txt, None, None, a, p, n, 0.3)
+    with pytest.raises(RuntimeError, match="inv_norms is on meta but img is on cpu"):
+        torch.ops.medtrim.triplet_loss_backward(torch.ones_like(li), torch.ones_like(lt), img, txt,
+                                                None, None, a, p, n, active, inv.to("meta"))
+    # all on meta: shapes only, as torch.compile needs
+    out = fwd(img.to("meta"), txt.to("meta"), None, None, a.to("meta"), p.to("meta"), n.to("meta"), 0.3)
+    assert all(t.device.type == "meta" for t in out) and out[0].shape == (6,)
+
+
 def test_torch_compile_mine_and_loss_fullgraph():
     g = torch.Generator().manual_seed(5)
     ents = random_entities(24, Vocabulary.default(), p_disease=0.3, p_desc=0.2, generator=g)

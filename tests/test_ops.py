@@ -41,6 +41,37 @@ def test_opcheck_pair_scores(sets):
     torch.library.opcheck(torch.ops.medtrim.pair_scores.default, args)
 
 
+def test_raw_ops_refuse_meta_mixed_with_real_tensors(sets):
+    # A meta argument sends the call to the fake kernel: it used to skip the device checks and
+    # return uninitialised memory (values like 5.5e19) on the CPU, or meta results of CPU inputs.
+    a, b = sets
+    A = [a.disease_bits, a.adjective_bits, a.direction_bits]
+    B = [b.disease_bits, b.adjective_bits, b.direction_bits]
+    meta = lambda x: x.to("meta")  # noqa: E731
+    w = (0.85, 0.1, 0.05)
+    with pytest.raises(RuntimeError, match="candidate_dis is on meta but anchor_dis is on cpu"):
+        torch.ops.medtrim.score_matrix(*A, meta(B[0]), *B[1:], *w)
+    with pytest.raises(RuntimeError, match="anchor_dir is on meta but anchor_dis is on cpu"):
+        torch.ops.medtrim.score_matrix(*A[:2], meta(A[2]), *B, *w)
+    ids_a, ids_b, semi = torch.arange(20), torch.arange(13) + 10, torch.ones(20, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="anchor_ids is on meta but anchor_dis is on cpu"):
+        torch.ops.medtrim.mine_triplets(*A, meta(ids_a), *B, ids_b, semi, *w, 0.25, 0.6)
+    with pytest.raises(RuntimeError, match="semi_hard is on meta"):
+        torch.ops.medtrim.mine_triplets(*A, ids_a, *B, ids_b, meta(semi), *w, 0.25, 0.6)
+    with pytest.raises(RuntimeError, match="tie_seed must be an int64 CPU tensor"):
+        torch.ops.medtrim.mine_triplets(*map(meta, A), meta(ids_a), *map(meta, B), meta(ids_b),
+                                        meta(semi), *w, 0.25, 0.6, meta(torch.tensor([1])))
+    idx = torch.tensor([0, 5]), torch.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="candidate_index is on meta but anchor_dis is on cpu"):
+        torch.ops.medtrim.pair_scores(*A, *B, idx[0], meta(idx[1]), *w)
+    # all on meta: shapes only, as torch.compile needs (a CPU tie seed is fine, as for CUDA)
+    pos, neg = torch.ops.medtrim.mine_triplets(*map(meta, A), meta(ids_a), *map(meta, B),
+                                               meta(ids_b), meta(semi), *w, 0.25, 0.6,
+                                               torch.tensor([1]))
+    assert pos.device.type == neg.device.type == "meta" and pos.shape == (20,)
+    assert torch.ops.medtrim.score_matrix(*map(meta, A), *map(meta, B), *w).shape == (20, 13)
+
+
 def test_torch_compile_fullgraph(sets):
     a, b = sets
     miner = TripletMiner()

@@ -128,3 +128,37 @@ def test_pair_scores_reject_out_of_range_indices():
         miner.pair_scores(ents, None, torch.tensor([-2]), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"candidate_index must have shape \(1,\)"):
         miner.pair_scores(ents, None, torch.tensor([0]), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("a,r,p_desc", [
+    (48_000, 40, 0.3),     # 1,500 words per class: counts far above the quotient table's 128
+    (48_000, 40, 0.001),   # the same layout with counts on both sides of the table's bound
+    (200, 1, 0.2),         # run-time layout, counts up to 224
+    (100, 40, 0.3),        # run-time layout (two direction words) the table still covers
+])
+def test_wide_vocabularies_equal_reference(a, r, p_desc):
+    # The CPU kernels used to allocate a (32 W + 1)^2 table of quotients per call (W words per
+    # class): 2.1 GB at W = 512, an int index overflow from W = 1449. The table is now bounded and
+    # larger quotients are divided on the spot, with the same bits.
+    g = torch.Generator().manual_seed(a + r)
+    vocab = generic_vocabulary(3, a, r)
+    anchors = random_entities(12, vocab, p_disease=0.7, p_desc=p_desc, generator=g)
+    cands = random_entities(9, vocab, p_disease=0.7, p_desc=p_desc, generator=g)
+    cands = MetaEntities.cat([cands, anchors[:3]])  # identical pairs: IoU 1 at large counts
+    w = (0.85, 0.10, 0.05)
+    got, want = kernel_and_reference(anchors, cands, w)
+    assert torch.equal(got, want)
+    assert len(set(want.flatten().tolist())) > 10  # the descriptor terms do vary
+    miner = TripletMiner(*w)
+    idx = torch.arange(len(anchors)).repeat_interleave(len(cands))
+    cidx = torch.arange(len(cands)).repeat(len(anchors))
+    assert torch.equal(miner.pair_scores(anchors, cands, idx, cidx), want.flatten())
+    ids = torch.arange(len(anchors)), torch.arange(len(cands)) % len(anchors)
+    for tie_break in ("first", "random"):
+        m = TripletMiner(*w, threshold=0.3, upper=0.9, semi_hard_prob=0.5, tie_break=tie_break)
+        d = m.draw(len(anchors), torch.Generator().manual_seed(1))
+        t = m(anchors, cands, anchor_ids=ids[0], candidate_ids=ids[1], draw=d)
+        r = reference.mine_triplets(anchors, cands, anchor_ids=ids[0], candidate_ids=ids[1],
+                                    semi_hard=d.semi_hard, w_dis=w[0], w_adj=w[1], w_dir=w[2],
+                                    threshold=0.3, upper=0.9, tie_seed=d.tie_seed)
+        assert torch.equal(t.positive, r.positive) and torch.equal(t.negative, r.negative)

@@ -15,19 +15,22 @@
 namespace medtrim::cpu::MEDTRIM_CPU_VARIANT {
 namespace {
 
+// Quotient: TableQuotient when the table covers every count of the layout, else
+// CappedTableQuotient (meta_entity.h); both give the same bits.
+template <class Quotient>
 struct RowContext {
   const Anchors& a;
   const GroupedCandidates& c;
   const Params& p;
-  TableQuotient q;
+  Quotient q;
   ScoreWeights w;
 };
 
 // Calls emit_constant(g, s) for a group whose members all score s, and emit(k, s) per member
 // otherwise (k: grouped position). Scores equal pair_score's bit for bit: same pieces, same order.
 // WordsA / WordsR: mask words per class, compile-time for common vocabularies (loops unroll).
-template <class WordsA, class WordsR, class EmitConstant, class Emit>
-inline void score_row(const RowContext& ctx, int64_t i, WordsA wa, WordsR wr,
+template <class Quotient, class WordsA, class WordsR, class EmitConstant, class Emit>
+inline void score_row(const RowContext<Quotient>& ctx, int64_t i, WordsA wa, WordsR wr,
                       EmitConstant&& emit_constant, Emit&& emit) {
   const Anchors& A = ctx.a;
   const GroupedCandidates& C = ctx.c;
@@ -50,33 +53,36 @@ inline void score_row(const RowContext& ctx, int64_t i, WordsA wa, WordsR wr,
   }
 }
 
-RowContext make_context(const Anchors& a, const GroupedCandidates& c, const Params& p) {
-  return RowContext{a, c, p, TableQuotient{p.quotients, p.quotient_stride},
-                    ScoreWeights{p.w_dis, p.w_adj, p.w_dir}};
-}
-
 template <int N>
 using Words = std::integral_constant<int, N>;
 
-// Runs body(wa, wr) with compile-time word counts for the common layouts (up to 128 adjectives and
-// 32 directions per class), with run-time counts otherwise.
+// Runs body(context, wa, wr) with compile-time word counts for the common layouts (up to 128
+// adjectives and 32 directions per class, whose counts the table always covers), with run-time
+// counts otherwise, and the lookup-only quotient wherever the table covers every count.
 template <class Body>
-void with_word_counts(int wa, int wr, Body&& body) {
-  if (wr == 1) {
-    switch (wa) {
-      case 1: return body(Words<1>{}, Words<1>{});
-      case 2: return body(Words<2>{}, Words<1>{});
-      case 3: return body(Words<3>{}, Words<1>{});
-      case 4: return body(Words<4>{}, Words<1>{});
+void with_layout(const Anchors& a, const GroupedCandidates& c, const Params& p, Body&& body) {
+  const ScoreWeights w{p.w_dis, p.w_adj, p.w_dir};
+  const RowContext<TableQuotient> table{a, c, p, TableQuotient{p.quotients, p.quotient_stride}, w};
+  static_assert(32 * 4 <= kMaxTableCount, "the compile-time layouts must fit the quotient table");
+  if (p.wr == 1) {
+    switch (p.wa) {
+      case 1: return body(table, Words<1>{}, Words<1>{});
+      case 2: return body(table, Words<2>{}, Words<1>{});
+      case 3: return body(table, Words<3>{}, Words<1>{});
+      case 4: return body(table, Words<4>{}, Words<1>{});
       default: break;
     }
   }
-  body(wa, wr);
+  const int64_t max_count = 32 * static_cast<int64_t>(std::max({1, p.wa, p.wr}));
+  if (max_count < p.quotient_stride) return body(table, p.wa, p.wr);
+  const RowContext<CappedTableQuotient> capped{
+      a, c, p, CappedTableQuotient{p.quotients, p.quotient_stride}, w};
+  body(capped, p.wa, p.wr);
 }
 
-template <class WordsA, class WordsR>
-void score_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, float* out, WordsA wa,
-                     WordsR wr) {
+template <class Quotient, class WordsA, class WordsR>
+void score_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end, float* out,
+                     WordsA wa, WordsR wr) {
   const GroupedCandidates& c = ctx.c;
   for (int64_t i = begin; i < end; ++i) {
     float* row = out + i * c.m;
@@ -127,9 +133,9 @@ inline GroupBest group_best_two(const GroupedCandidates& c, int64_t g, int64_t s
   return best;
 }
 
-template <class WordsA, class WordsR>
-void mine_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, int64_t* positive,
-                    int64_t* negative, WordsA wa, WordsR wr) {
+template <class Quotient, class WordsA, class WordsR>
+void mine_rows_impl(const RowContext<Quotient>& ctx, int64_t begin, int64_t end,
+                    int64_t* positive, int64_t* negative, WordsA wa, WordsR wr) {
   const Anchors& a = ctx.a;
   const GroupedCandidates& c = ctx.c;
   const Params& p = ctx.p;
@@ -170,14 +176,14 @@ void mine_rows_impl(const RowContext& ctx, int64_t begin, int64_t end, int64_t* 
 
 void score_rows(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t begin,
                 int64_t end, float* out) {
-  const RowContext ctx = make_context(a, c, p);
-  with_word_counts(p.wa, p.wr, [&](auto wa, auto wr) { score_rows_impl(ctx, begin, end, out, wa, wr); });
+  with_layout(a, c, p, [&](const auto& ctx, auto wa, auto wr) {
+    score_rows_impl(ctx, begin, end, out, wa, wr);
+  });
 }
 
 void mine_rows(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t begin,
                int64_t end, int64_t* positive, int64_t* negative) {
-  const RowContext ctx = make_context(a, c, p);
-  with_word_counts(p.wa, p.wr, [&](auto wa, auto wr) {
+  with_layout(a, c, p, [&](const auto& ctx, auto wa, auto wr) {
     mine_rows_impl(ctx, begin, end, positive, negative, wa, wr);
   });
 }

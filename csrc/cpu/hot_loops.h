@@ -6,6 +6,10 @@
 
 namespace medtrim::cpu {
 
+// Largest denominator of the quotient table (the table holds every i / u with u <= this, 133 KB);
+// covers the compile-time layouts of the hot loops (up to 4 adjective words per class).
+constexpr int64_t kMaxTableCount = 128;
+
 // The anchors, as the kernels read them.
 struct Anchors {
   const uint32_t* dis;
@@ -37,8 +41,8 @@ struct GroupedCandidates {
 struct Params {
   int wa, wr;                  // 32-bit words per class of the adjective / direction masks
   double w_dis, w_adj, w_dir;
-  const double* quotients;     // i / u table, see quotient_table()
-  int quotient_stride;
+  const double* quotients;     // i / u table (QuotientTable in meta_entity_cpu.cpp)
+  int64_t quotient_stride;     // its largest denominator + 1
   float threshold, upper;      // mining only
   bool random_ties;            // mining only: tie keys from tie_seed (else lowest index wins)
   uint64_t tie_seed;

@@ -15,17 +15,21 @@
 namespace medtrim {
 namespace {
 
-// Every i / u with i <= u <= the largest count a pair score can divide by (32 disease bits, or all
-// bits of an adjective or direction mask). 0 / 0 is 1, the IoU of two empty sets.
+// Every i / u with i <= u <= max_count, where max_count is the largest count a pair score can
+// divide by (32 disease bits, or all bits of an adjective or direction mask) capped at
+// cpu::kMaxTableCount: the table stays small (<= 133 KB) for any vocabulary, and the hot loops divide
+// on the spot above the cap (cpu/hot_loops.cpp). 0 / 0 is 1, the IoU of two empty sets.
 struct QuotientTable {
-  int stride;
+  int64_t stride;
   std::vector<double> values;
 
-  QuotientTable(int wa, int wr) : stride(32 * std::max({1, wa, wr}) + 1) {
-    values.assign(static_cast<size_t>(stride) * stride, 0.0);
+  QuotientTable(int64_t wa, int64_t wr)
+      : stride(std::min<int64_t>(32 * std::max<int64_t>({1, wa, wr}), cpu::kMaxTableCount) + 1) {
+    values.assign(static_cast<size_t>(stride * stride), 0.0);
     values[0] = 1.0;
-    for (int u = 1; u < stride; ++u)
-      for (int i = 0; i <= u; ++i) values[u * stride + i] = static_cast<double>(i) / u;
+    for (int64_t u = 1; u < stride; ++u)
+      for (int64_t i = 0; i <= u; ++i)
+        values[u * stride + i] = static_cast<double>(i) / static_cast<double>(u);
   }
 };
 
@@ -124,7 +128,7 @@ at::Tensor score_matrix_cpu(const at::Tensor& a_dis, const at::Tensor& a_adj,
 
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
-  const QuotientTable table(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)));
+  const QuotientTable table(a_adj.size(2), a_dir.size(2));
   const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, 0.0, 0.0);
   const cpu::Anchors anchors = anchor_view(ad, aa, ar);
   const CandidateGrouping grouping(bd, ba, br, nullptr);
@@ -152,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cpu(
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
   const auto aid = a_ids.contiguous(), bid = b_ids.contiguous(), semi = semi_hard.contiguous();
-  const QuotientTable table(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)));
+  const QuotientTable table(a_adj.size(2), a_dir.size(2));
   const cpu::Params p = params(aa, ar, w_dis, w_adj, w_dir, table, threshold, upper, tie_seed);
   cpu::Anchors anchors = anchor_view(ad, aa, ar);
   anchors.ids = aid.data_ptr<int64_t>();

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..io import read_parquet_columns
 from .base import (DEFAULT_SPLIT_FRACTIONS, ReportImageDataset, check_split_fractions, hash_split,
                    labels_tensor, load_image, normalize_split, resolve_records)
 
@@ -64,13 +65,14 @@ class ManifestDataset(ReportImageDataset):
         if not path.name.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq")):
             raise ValueError(f"manifest {str(path)!r} must be a .csv or .parquet file")
         self.path = path
-        try:
-            if path.name.lower().endswith((".parquet", ".pq")):
-                df = pd.read_parquet(path)
-            else:
+        if path.name.lower().endswith((".parquet", ".pq")):
+            # not pd.read_parquet: it can abort the interpreter at exit (see read_parquet_columns)
+            df = pd.DataFrame(read_parquet_columns(path, what="manifest"))
+        else:
+            try:
                 df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except Exception as exc:  # pandas raises many types
-            raise ValueError(f"cannot read manifest {str(path)!r}: {exc}") from None
+            except Exception as exc:  # pandas raises many types
+                raise ValueError(f"cannot read manifest {str(path)!r}: {exc}") from None
         if len(df) == 0:
             raise ValueError(f"manifest {str(path)!r} has no rows")
         cols = {str(c).strip().lower(): c for c in df.columns}

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write
+from ..io import atomic_write, read_parquet_columns  # noqa: F401  (read back here too)
 from .readers import Reports
 
 
@@ -44,28 +44,6 @@ def write_entities(path, reports: Reports, records: Sequence[dict], classes: Seq
         cols[c] = [c in r for r in records]
     with atomic_write(path, "wb") as f:
         pd.DataFrame(cols).to_parquet(f, index=False)
-
-
-def read_parquet_columns(path, columns: Sequence[str] | None = None, *,
-                         what: str = "Parquet file") -> dict[str, list]:
-    """The columns of a Parquet file as ``{name: [python values]}``; raises ``ValueError`` naming
-    the file when it cannot be read (``what`` names its role in the message: "entity cache" ...).
-
-    Use this rather than ``pandas.read_parquet`` in processes that import torch: pandas hands
-    pyarrow a Python file object, and with pandas 3.0 / pyarrow 21 the interpreter then aborts at
-    exit now and then ("terminate called without an active exception", exit status 134; in 10 of
-    20 runs with 16 Arrow threads). Reading by path, on the calling thread, has not aborted in
-    any run.
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        with pq.ParquetFile(str(path), pre_buffer=False) as f:
-            table = f.read(columns=list(columns) if columns is not None else None, use_threads=False)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError (unknown column) ...
-        raise ValueError(f"cannot read {what} {str(path)!r}: {exc}") from None
-    return table.to_pydict()
 
 
 def summarize(records: Sequence[dict], classes: Sequence[str], empty: int = 0) -> str:

@@ -107,8 +107,10 @@ def gather(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 def gather_entities(entities: MetaEntities, ctx: DistContext) -> MetaEntities:
     if not ctx.enabled:
         return entities
-    return MetaEntities(gather(entities.disease_bits, ctx), gather(entities.adjective_bits, ctx),
-                        gather(entities.direction_bits, ctx), entities.vocabulary)
+    # every rank's entities were checked when built: no second look at the bits (no sync)
+    return MetaEntities._derived(gather(entities.disease_bits, ctx),
+                                 gather(entities.adjective_bits, ctx),
+                                 gather(entities.direction_bits, ctx), entities.vocabulary)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
