@@ -107,7 +107,7 @@ def test_records_files_that_cannot_be_read_name_the_file(tmp_path, capsys):
     cases = {
         "binary.dat": (b"\x00\xff\xfe garbage", "binary.dat' is neither UTF-8 text"),
         "notes.txt": (b"pleural effusion", "notes.txt': unknown format"),
-        "broken.parquet": (b"PAR1 not really parquet", "broken.parquet' is not a readable Parquet file"),
+        "broken.parquet": (b"PAR1 not really parquet", "cannot read records file .*broken.parquet'"),
     }
     for name, (data, match) in cases.items():
         (tmp_path / name).write_bytes(data)

@@ -346,7 +346,7 @@ def test_extract_parquet_read_back_in_fresh_processes(tmp_path):
     assert [json.loads(e) for e in cols["entities"][:5]] == records[:5]
     # one after the other: run side by side on few cores, the old read path hardly ever aborted
     runs = [subprocess.run([sys.executable, "-c", _READ_BACK.format(path=str(out))], capture_output=True,
-                           text=True, timeout=300) for _ in range(10)]
+                           text=True, timeout=300, cwd=tmp_path) for _ in range(10)]
     assert [r.returncode for r in runs] == [0] * 10, [r.stderr[-300:] for r in runs if r.returncode]
     assert all(r.stdout.strip() == "ok" for r in runs)
     with pytest.raises(ValueError, match=r"cannot read Parquet file '.*nope.parquet'"):

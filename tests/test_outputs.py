@@ -49,7 +49,9 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path, capsys):
     assert "cannot write output" in capsys.readouterr().err
     assert main(["train", "--config", str(tiny_config_file(tmp_path)), f"train.out_dir={blocker / 'run'}"]) == 2
     assert "cannot write train.out_dir" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(blocker / "ev")]) == 2
+    fake_ckpt = tmp_path / "last.pt"   # never loaded: the output folder is checked first
+    fake_ckpt.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", "--checkpoint", str(fake_ckpt), "--out", str(blocker / "ev")]) == 2
     assert "cannot write evaluation output folder" in capsys.readouterr().err
     assert main(["demo", "--out", str(blocker), "--steps", "1", "--seeds", "0"]) == 2
     assert "cannot write demo output folder" in capsys.readouterr().err

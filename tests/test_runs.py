@@ -58,13 +58,16 @@ def test_a_changed_config_refuses_to_resume_and_writes_nothing(tmp_path):
     before = _snapshot(run)
     for override, listed in [("objective.kind=infonce", "objective.kind: 'medtrim' -> 'infonce'"),
                              ("objective.margin=0.2", "objective.margin: 0.3 -> 0.2"),
-                             ("model.image.depth=2", "model.image.depth: 1 -> 2"),
-                             ("data.kind=manifst", "data.kind: 'phantoms' -> 'manifst'")]:
+                             ("model.image.depth=2", "model.image.depth: 1 -> 2")]:
         with pytest.raises(ValueError) as err:
             train(_cfg(tmp_path, f"train.out_dir={run}", override))
         msg = str(err.value)
         assert listed in msg and "train.resume=force" in msg and "train.out_dir" in msg, msg
         assert _snapshot(run) == before, override  # config.json and last.pt untouched
+    # an invalid config is refused by its own check, and the run is still untouched
+    with pytest.raises(ValueError, match="data.kind must be one of"):
+        train(_cfg(tmp_path, f"train.out_dir={run}", "data.kind=manifst"))
+    assert _snapshot(run) == before
     # keys that may change: more steps (the run continues), logging, evaluation, workers
     more = train(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=8", "train.log_every=1",
                       "eval.ks=[1]", "data.num_workers=0"))

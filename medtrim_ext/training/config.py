@@ -214,8 +214,9 @@ class Config:
         need(isinstance(run.device, str) and re.fullmatch(DEVICE_PATTERN, run.device) is not None,
              "train.device", f"must be auto, cpu, mps, cuda or cuda:N, got {run.device!r}")
         need(0 <= run.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
-        need(bool(run.out_dir.strip()), "train.out_dir", "must name a folder")
-        need(bool(run.resume.strip()), "train.resume", "must be auto, never or a checkpoint path")
+        need(run.out_dir is None or bool(run.out_dir.strip()), "train.out_dir",
+             "must name a folder (or be left unset: a new folder under runs/)")
+        need(bool(run.resume.strip()), "train.resume", "must be auto, force, never or a checkpoint path")
         for key in ("w_dis", "w_adj", "w_dir"):
             need(getattr(obj, key) >= 0, f"objective.{key}", "must be >= 0")
         need(0 <= obj.threshold <= obj.upper, "objective.threshold",
