@@ -109,3 +109,18 @@ def loss_problems(draw, max_rows: int = 40, max_dim: int = 70, candidates: bool 
 
     margin = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.5]))
     return img, txt, cand_img, cand_txt, index(n), index(m), index(m), margin
+
+
+def make_extraction_fail_on(monkeypatch, word: str = "boom") -> None:
+    """Make EntityExtractor raise RuntimeError("kaboom") on every report containing ``word``
+    (the others are analysed as usual): one bad report among good ones."""
+    from medtrim_ext.extraction import EntityExtractor
+
+    real = EntityExtractor._analyse
+
+    def fragile(self, doc):
+        if word in doc.text:
+            raise RuntimeError("kaboom")
+        return real(self, doc)
+
+    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import make_extraction_fail_on
 from medtrim_ext import MetaEntities, Vocabulary
 from medtrim_ext.extraction import EntityExtractor, ExtractionOntology, ExtractionWarning, SectionFilter
 
@@ -491,14 +492,7 @@ def test_normalize_text_leaves_plain_reports_alone():
 
 def test_one_failing_report_does_not_stop_the_batch(monkeypatch):
     ex = EntityExtractor()
-    real = EntityExtractor._analyse
-
-    def fragile(self, doc):
-        if "boom" in doc.text:
-            raise RuntimeError("kaboom")
-        return real(self, doc)
-
-    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)
+    make_extraction_fail_on(monkeypatch, "boom")
     texts = ["Small left pleural effusion.", "boom effusion.", "Mild cardiomegaly."]
     with pytest.warns(UserWarning, match=r"report 's2': extraction failed \(RuntimeError: kaboom\)"):
         out = ex.extract(texts, ids=["s1", "s2", "s3"])

@@ -8,6 +8,7 @@ import tarfile
 import pandas as pd
 import pytest
 
+from helpers import make_extraction_fail_on
 from medtrim_ext import MetaEntities
 from medtrim_ext.cli import main
 from medtrim_ext.extraction import read_reports
@@ -295,16 +296,7 @@ def test_text_tree_keeps_universal_newlines(tmp_path):
 
 
 def test_cli_extract_names_a_report_that_fails(tmp_path, monkeypatch):
-    from medtrim_ext.extraction import EntityExtractor
-
-    real = EntityExtractor._analyse
-
-    def fragile(self, doc):
-        if "boom" in doc.text:
-            raise RuntimeError("kaboom")
-        return real(self, doc)
-
-    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)
+    make_extraction_fail_on(monkeypatch, "boom")
     p = tmp_path / "r.csv"
     pd.DataFrame({"study_id": ["a", "b"], "report": ["Small left pleural effusion.", "boom effusion"]}).to_csv(p, index=False)
     with pytest.warns(UserWarning, match=r"report 'b': extraction failed \(RuntimeError: kaboom\)"):
