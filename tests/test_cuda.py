@@ -346,3 +346,38 @@ def test_cuda_zero_score_runs_equal_cpu(threshold, upper, prob, tie_break):
         got = miner(a.cuda(), None if b is None else b.cuda(), generator=draw())
         want = miner(a, b, generator=draw())
         assert all(torch.equal(x.cpu(), y) for x, y in zip(got, want))
+
+
+# (classes, adjectives, directions) -> words per class (wa, wr) and the kernel instantiation taken
+# (csrc/cuda/meta_entity_cuda.cu: with_word_counts; the mining fallback when 128 anchors' masks do
+# not fit in shared memory, checked on the host by tests/test_kernel_layouts.py)
+WORD_COUNT_LAYOUTS = [
+    (12, 20, 5),     # wa=1, wr=1: Words<1>, Words<1>
+    (12, 40, 32),    # wa=2, wr=1
+    (12, 70, 12),    # wa=3, wr=1
+    (12, 128, 20),   # wa=4, wr=1 (the default vocabulary's layout)
+    (5, 150, 9),     # wa=5: run-time counts, anchors in shared memory
+    (5, 10, 40),     # wr=2: run-time counts, anchors in shared memory
+    (32, 100, 30),   # wa=4, wr=1 but 32 classes: mining fallback (anchors from global memory)
+    (32, 500, 100),  # wa=16, wr=4: mining fallback, score-matrix blocks of 8 anchors
+]
+
+
+@pytest.mark.parametrize("classes,adjectives,directions", WORD_COUNT_LAYOUTS)
+@pytest.mark.parametrize("tie_break", ["random", "first"])
+def test_cuda_word_count_layouts_equal_cpu(classes, adjectives, directions, tie_break):
+    """Every compile-time word-count specialization, the run-time one and the mining fallback give
+    the CPU's scores and triplets bit for bit: partial tiles, candidate splits, shared ids."""
+    vocab = Vocabulary(tuple(f"d{i}" for i in range(classes)), tuple(f"a{i}" for i in range(adjectives)),
+                       tuple(f"r{i}" for i in range(directions)))
+    g = torch.Generator().manual_seed(classes * 1000 + adjectives + directions)
+    a = random_entities(300, vocab, p_disease=0.2, p_desc=0.08, generator=g)
+    b = random_entities(261, vocab, p_disease=0.2, p_desc=0.08, generator=g, pool=40)  # runs of equal masks
+    miner = TripletMiner(semi_hard_prob=0.5, tie_break=tie_break)
+    for x, y in [(a, None), (a, b), (b, a)]:
+        yc = None if y is None else y.cuda()
+        assert torch.equal(miner.score_matrix(x.cuda(), yc).cpu(), miner.score_matrix(x, y))
+        draw = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+        got = miner(x.cuda(), yc, generator=draw())
+        want = miner(x, y, generator=draw())
+        assert all(torch.equal(u.cpu(), v) for u, v in zip(got, want))

@@ -8,20 +8,48 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "checks.h"
+#include "cuda/kernel_layouts.h"
 #include "meta_entity.h"
 #include "meta_entity_ops.h"
 
 namespace medtrim {
 namespace {
 
-constexpr int kThreads = 128;                   // threads per block in both kernels
-constexpr int kMineTile = 64;                   // candidates per shared-memory tile when mining
+using layout::kCols;
+using layout::kMineTile;
+using layout::kOutStride;
+using layout::kScoreRows;
+using layout::kSmallCount;
+using layout::kTableBytes;
+using layout::kTableStride;
+using layout::kThreads;
+using layout::odd_stride;
+using layout::padded_slot;
 constexpr int kDefaultSharedLimit = 48 * 1024;  // usable without an opt-in on every GPU
-constexpr int kSmallCount = 32;                 // quotients i / u with u <= 32 come from a table
-constexpr int kTableStride = kSmallCount + 1;
-constexpr int64_t kTableBytes = sizeof(double) * kTableStride * kTableStride;
+static_assert(sizeof(float*) == 8, "layout::ScoreLayout keeps 8-byte row pointers");
+
+template <int N>
+using Words = std::integral_constant<int, N>;
+
+// Runs launch(wa, wr) with compile-time word counts for the common layouts (up to 128 adjectives
+// and 32 directions per class: the CPU's with_layout), so that set_iou's loops unroll; run-time
+// counts otherwise. Each choice is a separate kernel instantiation.
+template <class Launch>
+void with_word_counts(int wa, int wr, Launch&& launch) {
+  if (wr == 1) {
+    switch (wa) {
+      case 1: return launch(Words<1>{}, Words<1>{});
+      case 2: return launch(Words<2>{}, Words<1>{});
+      case 3: return launch(Words<3>{}, Words<1>{});
+      case 4: return launch(Words<4>{}, Words<1>{});
+      default: break;
+    }
+  }
+  launch(wa, wr);
+}
 
 // i / u from a shared-memory table for the usual small counts (every Jaccard index, most IoUs),
 // a division otherwise. The table is filled with the same correctly rounded division, so both
@@ -71,82 +99,96 @@ DeviceEntities device_entities(const at::Tensor& dis, const at::Tensor& adj, con
                         static_cast<int>(dir.size(1) * dir.size(2))};
 }
 
-// Copies `count` consecutive samples starting at `first` into shared memory (coalesced).
-__device__ void stage_samples(const DeviceEntities& e, int64_t first, int count, uint32_t* s_dis,
-                              uint32_t* s_adj, uint32_t* s_dir, uint32_t classes_mask) {
-  for (int k = threadIdx.x; k < count; k += blockDim.x) s_dis[k] = e.dis[first + k] & classes_mask;
+// Copies the masks of `count` consecutive samples from `first` into shared memory at the padded
+// per-sample strides (coalesced reads; layout::padded_slot says where each word lands).
+__device__ void stage_padded(const DeviceEntities& e, int64_t first, int count, uint32_t* s_adj,
+                             int adj_pad, uint32_t* s_dir, int dir_pad) {
   const uint32_t* g_adj = e.adj + first * e.adj_stride;
-  for (int k = threadIdx.x; k < count * e.adj_stride; k += blockDim.x) s_adj[k] = g_adj[k];
+  for (int k = threadIdx.x; k < count * e.adj_stride; k += blockDim.x)
+    s_adj[padded_slot(k, e.adj_stride, adj_pad)] = g_adj[k];
   const uint32_t* g_dir = e.dir + first * e.dir_stride;
-  for (int k = threadIdx.x; k < count * e.dir_stride; k += blockDim.x) s_dir[k] = g_dir[k];
+  for (int k = threadIdx.x; k < count * e.dir_stride; k += blockDim.x)
+    s_dir[padded_slot(k, e.dir_stride, dir_pad)] = g_dir[k];
 }
 
 // The score matrix: each thread owns one anchor (anchors sorted by disease mask, so the lanes of
 // a warp mostly take the same branches) and walks a split of the candidates in output order; the
 // candidate of a step is the same for the whole warp (broadcast loads, streamed in order), the
-// anchors' masks sit in shared memory (per-sample stride padded to an odd number of words, so the
-// lanes' reads fall in distinct banks). Scores go through a shared tile of kCols columns and leave
-// as row segments at each anchor's original row, so the writes stay coalesced.
-constexpr int kCols = 32;        // candidates per output tile
-constexpr int kScoreRows = 64;   // anchors (threads) per block at most
-
-__host__ __device__ constexpr int odd_stride(int words) { return words % 2 == 0 ? words + 1 : words; }
-
+// anchors' masks sit in shared memory at odd per-sample strides (distinct banks per lane). Scores
+// go through a shared tile of kCols columns and leave as row segments at each anchor's original
+// row, so the writes stay coalesced. Layout: layout::ScoreLayout.
+template <class WordsA, class WordsR>
 __global__ void score_matrix_kernel(DeviceEntities A, const int64_t* __restrict__ a_index,
-                                    DeviceEntities B, int64_t col_split, int wa, int wr,
+                                    DeviceEntities B, int64_t col_split, WordsA wa, WordsR wr,
                                     uint32_t classes_mask, ScoreWeights w,
                                     const double* __restrict__ g_table, float* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = blockDim.x;
-  const int adj_pad = odd_stride(A.adj_stride), dir_pad = odd_stride(A.dir_stride);
-  double* s_table = reinterpret_cast<double*>(smem);
-  int64_t* s_rows = reinterpret_cast<int64_t*>(smem + kTableBytes);  // original row of each anchor
-  float* s_out = reinterpret_cast<float*>(s_rows + rows);            // [rows][kCols + 1]
-  uint32_t* s_dis = reinterpret_cast<uint32_t*>(s_out + rows * (kCols + 1));
-  uint32_t* s_adj = s_dis + rows;             // [rows][adj_pad]
-  uint32_t* s_dir = s_adj + rows * adj_pad;   // [rows][dir_pad]
+  const layout::ScoreLayout L = layout::score_layout(rows, A.adj_stride, A.dir_stride);
+  float* s_out = reinterpret_cast<float*>(smem + L.out());
+  uint32_t* s_cdis = reinterpret_cast<uint32_t*>(smem + L.cdis());  // the tile's candidate masks
+  double* s_table = reinterpret_cast<double*>(smem + L.table());
+  float** s_dst = reinterpret_cast<float**>(smem + L.dst());  // each anchor's output row
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem + L.dis());
+  uint32_t* s_adj = reinterpret_cast<uint32_t*>(smem + L.adj());
+  uint32_t* s_dir = reinterpret_cast<uint32_t*>(smem + L.dir());
 
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * rows;
   const int count = static_cast<int>(min(static_cast<int64_t>(rows), A.n - row0));
   load_quotient_table(g_table, s_table);
   for (int k = threadIdx.x; k < count; k += rows) {
-    s_rows[k] = a_index[row0 + k];
+    s_dst[k] = out + a_index[row0 + k] * B.n;
     s_dis[k] = A.dis[row0 + k] & classes_mask;
   }
-  const uint32_t* g_adj = A.adj + row0 * A.adj_stride;
-  for (int k = threadIdx.x; k < count * A.adj_stride; k += rows)
-    s_adj[(k / A.adj_stride) * adj_pad + k % A.adj_stride] = g_adj[k];
-  const uint32_t* g_dir = A.dir + row0 * A.dir_stride;
-  for (int k = threadIdx.x; k < count * A.dir_stride; k += rows)
-    s_dir[(k / A.dir_stride) * dir_pad + k % A.dir_stride] = g_dir[k];
-  __syncthreads();
+  stage_padded(A, row0, count, s_adj, L.adj_pad, s_dir, L.dir_pad);
+  // (published by the first tile's __syncthreads)
 
   const SharedQuotient q{s_table};
   const int r = threadIdx.x;
   const bool active = r < count;
   // the write-out: warps of `width` lanes (blocks smaller than a warp for very large vocabularies)
   const int lane = r % 32, warp = r / 32, warps = (rows + 31) / 32, width = min(32, rows);
-  const SampleView anchor{active ? s_dis[r] : 0u, s_adj + r * adj_pad, s_dir + r * dir_pad};
+  const SampleView anchor{active ? s_dis[r] : 0u, s_adj + r * L.adj_pad, s_dir + r * L.dir_pad};
+  float* row = s_out + r * kOutStride;
   const int64_t begin = static_cast<int64_t>(blockIdx.y) * col_split;
   const int64_t end = min(B.n, begin + col_split);
   for (int64_t c0 = begin; c0 < end; c0 += kCols) {
     const int cols = static_cast<int>(min(static_cast<int64_t>(kCols), end - c0));
+    // Columns past the end get the mask 0 (no finding): pair_score then reads no descriptor mask,
+    // so the scoring loop below always runs kCols columns; the write-out drops them.
+    for (int c = threadIdx.x; c < kCols; c += rows) s_cdis[c] = c < cols ? __ldg(B.dis + c0 + c) & classes_mask : 0u;
+    __syncthreads();  // s_cdis (and the anchors) staged; the previous write-out is done with s_out
     if (active) {
-      const uint32_t* c_dis = B.dis + c0;
-      const uint32_t* c_adj = B.adj + c0 * B.adj_stride;
-      const uint32_t* c_dir = B.dir + c0 * B.dir_stride;
-      float* row = s_out + r * (kCols + 1);
-      for (int c = 0; c < cols; ++c, c_adj += B.adj_stride, c_dir += B.dir_stride) {
-        const SampleView cand{__ldg(c_dis + c) & classes_mask, c_adj, c_dir};
-        row[c] = pair_score(anchor, cand, wa, wr, w, q);
+#pragma unroll 1  // the descriptor path below is long: one copy of it
+      for (int c = 0; c < kCols; c += 4) {
+        const uint4 d = *reinterpret_cast<const uint4*>(s_cdis + c);  // 4 candidates, one load
+        // pair_score's early outs for the 4 at once (an anchor without findings, or no shared
+        // disease), stored as one 16-byte row piece; those that share a disease are overwritten
+        // below with the full score (pair_score, the same function as everywhere).
+        const bool empty = anchor.dis == 0;
+        *reinterpret_cast<float4*>(row + c) =
+            make_float4(empty ? empty_anchor_score(d.x, w) : 0.0f, empty ? empty_anchor_score(d.y, w) : 0.0f,
+                        empty ? empty_anchor_score(d.z, w) : 0.0f, empty ? empty_anchor_score(d.w, w) : 0.0f);
+        uint32_t scored = ((anchor.dis & d.x) != 0) | ((anchor.dis & d.y) != 0) << 1 |
+                          ((anchor.dis & d.z) != 0) << 2 | ((anchor.dis & d.w) != 0) << 3;
+        for (; scored != 0; scored &= scored - 1) {
+          const int k = lowest_bit(scored);
+          const uint32_t cd = k == 0 ? d.x : k == 1 ? d.y : k == 2 ? d.z : d.w;
+          const int64_t j = c0 + c + k;
+          const SampleView cand{cd, B.adj + j * B.adj_stride, B.dir + j * B.dir_stride};
+          row[c + k] = pair_score(anchor, cand, wa, wr, w, q);
+        }
       }
     }
     __syncthreads();
-    for (int rr = warp; rr < count; rr += warps) {  // one row segment per warp: coalesced
-      float* dst = out + s_rows[rr] * B.n + c0;
-      for (int c = lane; c < cols; c += width) dst[c] = s_out[rr * (kCols + 1) + c];
-    }
-    __syncthreads();  // s_out is refilled by the next tile
+    // one row segment per warp: coalesced (row pointers precomputed: one 64-bit add per row)
+    const float* src = s_out + lane;
+    const int64_t col = c0 + lane;
+    if (lane < cols)
+      for (int rr = warp; rr < count; rr += warps) s_dst[rr][col] = src[rr * kOutStride];
+    if (width < 32)  // blocks of fewer than 32 anchors: a warp of `width` lanes covers the rest
+      for (int rr = warp; rr < count; rr += warps)
+        for (int c = lane + width; c < cols; c += width) s_dst[rr][c0 + c] = s_out[rr * kOutStride + c];
   }
 }
 
@@ -174,47 +216,63 @@ __device__ __forceinline__ void push_zero_score(MineState& state, bool semi, uin
   }
 }
 
-// Each thread owns one anchor and walks one split of the candidates, tile by tile; candidates are
-// staged in shared memory and read by all threads at once. Anchors and candidates arrive sorted by
-// disease mask, so neighbouring threads take the same branches and candidate runs share their
-// score structure; `b_index` maps a sorted candidate back to its index, which keys and breaks
-// ties (after the tie key with random ties: meta_entity.h). Partial selections go to `partial`
-// (splits x N), merged by mine_finalize_kernel.
+// Each thread owns one anchor and walks one split of the candidates, tile by tile. Anchors and
+// candidates arrive sorted by disease mask, so neighbouring threads take the same branches and
+// candidate runs share their score structure; `b_index` maps a sorted candidate back to its index,
+// which keys and breaks ties (after the tie key with random ties: meta_entity.h). Partial
+// selections go to `partial` (splits x N), merged by mine_finalize_kernel.
+//
+// Where the data sits (layout::MineLayout): a tile's ids, indices, tie hashes and disease masks in
+// shared memory; the candidates' descriptor masks are read from global memory when scored: the
+// candidate of a step is the same for the whole warp, so each load is one broadcast sector,
+// streamed in order. The anchors' descriptor masks, which differ per lane, sit in shared memory at
+// odd strides (kAnchorsShared); for vocabularies whose kThreads anchors do not fit, each lane reads
+// its own from global memory (the fallback, same results).
 //
 // A candidate that shares no disease with the anchor scores 0 whatever its descriptors, and so
 // does the rest of its run (equal masks are consecutive): the run is skipped as soon as no key of
 // score 0 could change the anchor's result (MineState::could_take, the CPU kernel's group test),
 // and otherwise pushed with its known score, without the scoring path (push_zero_score).
+template <bool kAnchorsShared, class WordsA, class WordsR>
 __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
                                     const int64_t* __restrict__ a_ids,
                                     const int64_t* __restrict__ b_ids,
                                     const int64_t* __restrict__ b_index,
-                                    const bool* __restrict__ a_semi_hard, int tile,
-                                    int64_t split_len, int wa, int wr, uint32_t classes_mask,
+                                    const bool* __restrict__ a_semi_hard,
+                                    int64_t split_len, WordsA wa, WordsR wr, uint32_t classes_mask,
                                     ScoreWeights w, float threshold, float upper,
                                     bool random_ties, uint64_t tie_seed,
                                     const double* __restrict__ g_table,
                                     MineState* __restrict__ partial) {
   extern __shared__ __align__(16) unsigned char smem[];
-  double* s_table = reinterpret_cast<double*>(smem);
-  int64_t* s_ids = reinterpret_cast<int64_t*>(smem + kTableBytes);
-  uint32_t* s_index = reinterpret_cast<uint32_t*>(s_ids + tile);
-  uint32_t* s_tie = s_index + tile;  // candidate tie hashes (random ties)
-  uint32_t* s_dis = s_tie + tile;
-  uint32_t* s_adj = s_dis + tile;
-  uint32_t* s_dir = s_adj + tile * B.adj_stride;
+  const layout::MineLayout L = layout::mine_layout(kAnchorsShared, A.adj_stride, A.dir_stride);
+  const int tile = L.tile;
+  double* s_table = reinterpret_cast<double*>(smem + L.table());
+  int64_t* s_ids = reinterpret_cast<int64_t*>(smem + L.ids());
+  uint32_t* s_index = reinterpret_cast<uint32_t*>(smem + L.index());
+  uint32_t* s_tie = reinterpret_cast<uint32_t*>(smem + L.tie());  // candidate tie hashes (random ties)
+  uint32_t* s_dis = reinterpret_cast<uint32_t*>(smem + L.dis());
 
   load_quotient_table(g_table, s_table);
   const SharedQuotient q{s_table};
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t a0 = static_cast<int64_t>(blockIdx.x) * kThreads;
+  const int64_t i = a0 + threadIdx.x;
   const bool active = i < A.n;
   SampleView anchor{0u, nullptr, nullptr};
+  if (kAnchorsShared) {  // published by the first tile's __syncthreads
+    uint32_t* s_adj = reinterpret_cast<uint32_t*>(smem + L.adj());
+    uint32_t* s_dir = reinterpret_cast<uint32_t*>(smem + L.dir());
+    stage_padded(A, a0, static_cast<int>(min(static_cast<int64_t>(kThreads), A.n - a0)), s_adj,
+                 L.adj_pad, s_dir, L.dir_pad);
+    anchor = SampleView{0u, s_adj + threadIdx.x * L.adj_pad, s_dir + threadIdx.x * L.dir_pad};
+  } else {
+    anchor = SampleView{0u, A.adj + i * A.adj_stride, A.dir + i * A.dir_stride};
+  }
   int64_t self = 0;
   uint32_t anchor_key = 0;
   bool semi = false;
   if (active) {
-    anchor = SampleView{__ldg(A.dis + i) & classes_mask, A.adj + i * A.adj_stride,
-                        A.dir + i * A.dir_stride};
+    anchor.dis = __ldg(A.dis + i) & classes_mask;
     self = a_ids[i];
     semi = a_semi_hard[i];
     if (random_ties) anchor_key = sample_tie_hash(tie_seed, self);
@@ -227,21 +285,23 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
   MineState state;
   for (int64_t t0 = begin; t0 < end; t0 += tile) {
     const int count = static_cast<int>(min(static_cast<int64_t>(tile), end - t0));
-    for (int k = threadIdx.x; k < count; k += blockDim.x) {
-      const int64_t id = b_ids[t0 + k];
-      s_ids[k] = id;
-      s_index[k] = static_cast<uint32_t>(b_index[t0 + k]);
-      s_tie[k] = random_ties ? sample_tie_hash(tie_seed, id) : 0u;
-    }
-    stage_samples(B, t0, count, s_dis, s_adj, s_dir, classes_mask);
     {  // tile <= kThreads == blockDim.x: one candidate per thread
       const int k = threadIdx.x;
+      if (k < count) {
+        const int64_t id = b_ids[t0 + k];
+        s_ids[k] = id;
+        s_index[k] = static_cast<uint32_t>(b_index[t0 + k]);
+        s_tie[k] = random_ties ? sample_tie_hash(tie_seed, id) : 0u;
+        s_dis[k] = B.dis[t0 + k] & classes_mask;
+      }
       const bool last = k < count && (k == count - 1 || ((B.dis[t0 + k] ^ B.dis[t0 + k + 1]) & classes_mask) != 0);
       const uint32_t ends = __ballot_sync(0xffffffffu, last);
       if (k % 32 == 0) s_run_ends[k / 32] = ends;
     }
-    __syncthreads();  // also publishes the quotient table on the first tile
+    __syncthreads();  // also publishes the quotient table and the anchors on the first tile
     if (active) {
+      const uint32_t* c_adj = B.adj + t0 * B.adj_stride;  // the tile's masks in global memory
+      const uint32_t* c_dir = B.dir + t0 * B.dir_stride;
       int pushing_until = -1;  // last candidate of the zero-score run being pushed
       for (int t = 0; t < count; ++t) {
         const uint32_t cd = s_dis[t];
@@ -262,7 +322,7 @@ __global__ void mine_partial_kernel(DeviceEntities A, DeviceEntities B,
         }
         float score = 0.0f;
         if (!zero) {
-          const SampleView cand{cd, s_adj + t * B.adj_stride, s_dir + t * B.dir_stride};
+          const SampleView cand{cd, c_adj + t * B.adj_stride, c_dir + t * B.dir_stride};
           score = pair_score(anchor, cand, wa, wr, w, q);
         }
         state.push(score, tie, s_index[t], threshold, upper);
@@ -312,16 +372,6 @@ int64_t dynamic_shared_limit(const void* kernel) {
                            attr.maxDynamicSharedSizeBytes);
 }
 
-// Largest power-of-two tile (<= kThreads) whose shared memory fits `limit` bytes.
-int pick_tile(int64_t bytes_per_sample, int64_t fixed_bytes, int64_t limit) {
-  int tile = kThreads;
-  while (tile > 1 && fixed_bytes + tile * bytes_per_sample > limit) tile /= 2;
-  TORCH_CHECK(fixed_bytes + tile * bytes_per_sample <= limit,
-              "the vocabulary is too large for the CUDA kernels (", bytes_per_sample,
-              " bytes of masks per sample)");
-  return tile;
-}
-
 int multiprocessor_count(int device) {
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -355,25 +405,25 @@ at::Tensor score_matrix_cuda(const at::Tensor& a_dis, const at::Tensor& a_adj,
   const auto sad = ad.index_select(0, a_index), saa = aa.index_select(0, a_index).contiguous(),
              sar = ar.index_select(0, a_index).contiguous();
   const DeviceEntities SA = device_entities(sad, saa, sar);
-  const int64_t per_row = 8 + 4 * (kCols + 1) + 4 * (1 + odd_stride(SA.adj_stride) + odd_stride(SA.dir_stride));
-  const int rows = std::min(kScoreRows, pick_tile(per_row, kTableBytes, dynamic_shared_limit(
-                                                      reinterpret_cast<const void*>(&score_matrix_kernel))));
-  const size_t smem = static_cast<size_t>(kTableBytes + rows * per_row);
-  const int64_t anchor_blocks = (A.n + rows - 1) / rows;
-  TORCH_CHECK(anchor_blocks <= 0x7FFFFFFF, "too many anchors: ", A.n);
-  // split the columns so that even a small N fills the GPU (each split restages its anchors)
-  const int64_t target_blocks = 16LL * multiprocessor_count(a_dis.get_device());
-  const int64_t col_tiles = (B.n + kCols - 1) / kCols;
-  const int64_t splits = std::clamp<int64_t>((target_blocks + anchor_blocks - 1) / anchor_blocks, 1,
-                                             std::min<int64_t>(col_tiles, 65535));
-  const int64_t col_split = ((B.n + splits - 1) / splits + kCols - 1) / kCols * kCols;
-  const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>((B.n + col_split - 1) / col_split));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor table = quotient_table(a_dis, stream);
-  score_matrix_kernel<<<grid, rows, smem, stream>>>(
-      SA, a_index.data_ptr<int64_t>(), B, col_split, static_cast<int>(a_adj.size(2)),
-      static_cast<int>(a_dir.size(2)), class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir},
-      table.data_ptr<double>(), out.data_ptr<float>());
+  const int64_t sms = multiprocessor_count(a_dis.get_device());
+  with_word_counts(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)), [&](auto wa, auto wr) {
+    const auto kernel = &score_matrix_kernel<decltype(wa), decltype(wr)>;
+    const int rows = layout::score_rows(SA.adj_stride, SA.dir_stride,
+                                        dynamic_shared_limit(reinterpret_cast<const void*>(kernel)));
+    TORCH_CHECK(rows > 0, "the vocabulary is too large for the CUDA kernels (",
+                4 * (SA.adj_stride + SA.dir_stride), " bytes of masks per sample)");
+    const size_t smem = static_cast<size_t>(layout::score_layout(rows, SA.adj_stride, SA.dir_stride).bytes());
+    const int64_t anchor_blocks = (A.n + rows - 1) / rows;
+    TORCH_CHECK(anchor_blocks <= 0x7FFFFFFF, "too many anchors: ", A.n);
+    // split the columns so that even a small N fills the GPU (each split restages its anchors)
+    const int64_t col_split = layout::split_length(anchor_blocks, B.n, 16LL * sms, kCols, 65535);
+    const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>((B.n + col_split - 1) / col_split));
+    kernel<<<grid, rows, smem, stream>>>(SA, a_index.data_ptr<int64_t>(), B, col_split, wa, wr,
+                                         class_mask(a_adj.size(1)), ScoreWeights{w_dis, w_adj, w_dir},
+                                         table.data_ptr<double>(), out.data_ptr<float>());
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -406,21 +456,11 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const auto semi_sorted = semi.index_select(0, a_index);
   const DeviceEntities A = device_entities(ad, aa, ar), B = device_entities(bd, ba, br);
 
-  const int64_t per_sample = 4 * (1 + B.adj_stride + B.dir_stride) + 8 + 4 + 4;  // masks, id, index, tie
-  // At most 64 candidates per tile (<= kThreads, which the run ends rely on): 26 KB of shared
-  // memory with the default vocabulary, so 8 blocks fit an SM (128 candidates: 42 KB, 5 blocks);
-  // with 64 registers the registers allow 8 too (csrc/cuda/PERFORMANCE.md)
-  const int tile = std::min(kMineTile, pick_tile(per_sample, kTableBytes,
-                            dynamic_shared_limit(reinterpret_cast<const void*>(&mine_partial_kernel))));
-  const size_t smem = static_cast<size_t>(kTableBytes + tile * per_sample);
-
-  // Split the candidates so that even a small N keeps every SM busy; each split adds O(N) state.
+  // Splits of the candidates, so that even a small N keeps every SM busy; each adds O(N) state.
+  const int tile = kMineTile;
   const int64_t anchor_blocks = (n + kThreads - 1) / kThreads;
-  const int64_t target_blocks = 8LL * multiprocessor_count(a_dis.get_device());
-  const int64_t max_splits = std::max<int64_t>(1, (m + tile - 1) / tile);
-  const int64_t splits = std::clamp<int64_t>((target_blocks + anchor_blocks - 1) / anchor_blocks,
-                                             1, std::min<int64_t>(max_splits, 64));
-  const int64_t split_len = ((m + splits - 1) / splits + tile - 1) / tile * tile;
+  const int64_t split_len =
+      layout::split_length(anchor_blocks, m, 8LL * multiprocessor_count(a_dis.get_device()), tile, 64);
   const int64_t used_splits = (m + split_len - 1) / split_len;
   TORCH_CHECK(anchor_blocks <= 0x7FFFFFFF, "too many anchors: ", n);
 
@@ -430,12 +470,28 @@ std::tuple<at::Tensor, at::Tensor> mine_triplets_cuda(
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(anchor_blocks), static_cast<unsigned>(used_splits));
   const at::Tensor table = quotient_table(a_dis, stream);
-  mine_partial_kernel<<<grid, kThreads, smem, stream>>>(
-      A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(),
-      semi_sorted.data_ptr<bool>(), tile, split_len, static_cast<int>(a_adj.size(2)),
-      static_cast<int>(a_dir.size(2)), class_mask(classes), ScoreWeights{w_dis, w_adj, w_dir},
-      static_cast<float>(threshold), static_cast<float>(upper), tie_seed.has_value(),
-      tie_seed.value_or(0), table.data_ptr<double>(), partial_ptr);
+  const auto launch = [&](auto kernel, bool anchors_shared, auto wa, auto wr) {
+    const size_t smem = static_cast<size_t>(layout::mine_layout(anchors_shared, A.adj_stride, A.dir_stride).bytes());
+    TORCH_CHECK(static_cast<int64_t>(smem) <= dynamic_shared_limit(reinterpret_cast<const void*>(kernel)),
+                "the CUDA mining kernel needs ", smem, " bytes of shared memory");
+    kernel<<<grid, kThreads, smem, stream>>>(
+        A, B, aid.data_ptr<int64_t>(), bid.data_ptr<int64_t>(), b_index.data_ptr<int64_t>(),
+        semi_sorted.data_ptr<bool>(), split_len, wa, wr, class_mask(classes),
+        ScoreWeights{w_dis, w_adj, w_dir}, static_cast<float>(threshold), static_cast<float>(upper),
+        tie_seed.has_value(), tie_seed.value_or(0), table.data_ptr<double>(), partial_ptr);
+  };
+  // The anchors' masks in shared memory when kThreads of them fit (41.7 KB with the default
+  // vocabulary), else read from global memory: large vocabularies, run-time word counts.
+  const auto shared_kernel = &mine_partial_kernel<true, int, int>;
+  if (layout::mine_anchors_fit(A.adj_stride, A.dir_stride,
+                               dynamic_shared_limit(reinterpret_cast<const void*>(shared_kernel)))) {
+    with_word_counts(static_cast<int>(a_adj.size(2)), static_cast<int>(a_dir.size(2)), [&](auto wa, auto wr) {
+      launch(&mine_partial_kernel<true, decltype(wa), decltype(wr)>, true, wa, wr);
+    });
+  } else {
+    launch(&mine_partial_kernel<false, int, int>, false, static_cast<int>(a_adj.size(2)),
+           static_cast<int>(a_dir.size(2)));
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   mine_finalize_kernel<<<static_cast<unsigned>(anchor_blocks), kThreads, 0, stream>>>(
       partial_ptr, static_cast<int>(used_splits), n, a_index.data_ptr<int64_t>(),
