@@ -24,8 +24,11 @@ using namespace medtrim::layout;
     }                                                         \
   } while (0)
 
-constexpr int64_t kStaticMine = 16 + 1024;  // s_run_ends + a conservative per-block reserve
+// 48 KiB minus the kernels' static shared memory as `cuobjdump -res-usage` reports it for sm_90
+// (nvcc 13 counts a 1 KB per-block reserve there): the limits dynamic_shared_limit computes
 constexpr int64_t kLimit = 48 * 1024;
+constexpr int64_t kMineLimit = kLimit - (16 + 1024);  // + s_run_ends
+constexpr int64_t kScoreLimit = kLimit - 1024;
 
 // regions [offset, offset + size) in order, inside bytes, each aligned
 void check_regions(const std::vector<std::pair<int64_t, int64_t>>& regions,
@@ -53,11 +56,11 @@ void check_staging(int count, int rows, int stride, int pad) {
 
 void check_score(int classes, int wa, int wr) {
   const int adj = classes * wa, dir = classes * wr;
-  const int rows = score_rows(adj, dir, kLimit);
+  const int rows = score_rows(adj, dir, kScoreLimit);
   if (rows == 0) return;  // refused on the host with a clear error
   CHECK((rows & (rows - 1)) == 0 && rows <= kScoreRows, "rows %d", rows);
   const ScoreLayout L = score_layout(rows, adj, dir);
-  CHECK(L.bytes() <= kLimit, "score layout too large");
+  CHECK(L.bytes() <= kScoreLimit, "score layout too large");
   CHECK(L.adj_pad % 2 == 1 && L.dir_pad % 2 == 1 && L.adj_pad >= adj && L.dir_pad >= dir, "pads");
   check_regions({{L.out(), 4LL * rows * kOutStride}, {L.cdis(), 4 * kCols}, {L.table(), kTableBytes},
                  {L.dst(), 8LL * rows}, {L.dis(), 4LL * rows}, {L.adj(), 4LL * rows * L.adj_pad},
@@ -127,11 +130,11 @@ void emulate_score_grid(int64_t n, int64_t m, int rows, int64_t sms) {
 
 void check_mine(int classes, int wa, int wr) {
   const int adj = classes * wa, dir = classes * wr;
-  const bool fits = mine_anchors_fit(adj, dir, kLimit - kStaticMine);
+  const bool fits = mine_anchors_fit(adj, dir, kMineLimit);
   const MineLayout L = mine_layout(fits, adj, dir);
   CHECK(L.tile <= kThreads && L.tile % 32 == 0, "tile");
-  CHECK(L.bytes() <= kLimit - kStaticMine, "mine layout too large (fits=%d)", fits);
-  CHECK(fits == (mine_layout(true, adj, dir).bytes() <= kLimit - kStaticMine), "fit rule");
+  CHECK(L.bytes() <= kMineLimit, "mine layout too large (fits=%d)", fits);
+  CHECK(fits == (mine_layout(true, adj, dir).bytes() <= kMineLimit), "fit rule");
   check_regions({{L.table(), kTableBytes}, {L.ids(), 8 * L.tile}, {L.index(), 4 * L.tile}, {L.tie(), 4 * L.tile},
                  {L.dis(), 4 * L.tile}, {L.adj(), 4LL * L.anchors * L.adj_pad}, {L.dir(), 4LL * L.anchors * L.dir_pad}},
                 {8, 8, 4, 4, 4, 4, 4}, L.bytes(), "mine");
@@ -169,17 +172,19 @@ int main() {
       for (int wr = 1; wr <= 6; ++wr) {
         check_score(classes, wa, wr);
         check_mine(classes, wa, wr);
-        const bool fits = mine_anchors_fit(classes * wa, classes * wr, kLimit - kStaticMine);
+        const bool fits = mine_anchors_fit(classes * wa, classes * wr, kMineLimit);
         (fits ? shared : fallback)++;
-        small_rows += score_rows(classes * wa, classes * wr, kLimit) < 32;
+        small_rows += score_rows(classes * wa, classes * wr, kScoreLimit) < 32;
       }
-  CHECK(mine_anchors_fit(12 * 4, 12 * 1, kLimit - kStaticMine), "the default vocabulary must keep its anchors in shared memory");
-  CHECK(!mine_anchors_fit(32 * 16, 32 * 4, kLimit - kStaticMine), "the large-vocabulary test case must take the fallback");
+  CHECK(mine_anchors_fit(12 * 4, 12 * 1, kMineLimit), "the default vocabulary must keep its anchors in shared memory");
+  CHECK(mine_layout(true, 12 * 4, 12 * 1).bytes() == 41736 && score_rows(12 * 4, 12 * 1, kScoreLimit) == 64 &&
+        score_layout(64, 12 * 4, 12 * 1).bytes() == 34696, "the default vocabulary's sizes in PERFORMANCE.md");
+  CHECK(!mine_anchors_fit(32 * 16, 32 * 4, kMineLimit), "the large-vocabulary test case must take the fallback");
   // tests/test_cuda.py WORD_COUNT_LAYOUTS: which cases take which mining path
-  CHECK(!mine_anchors_fit(32 * 4, 32 * 1, kLimit - kStaticMine), "32 classes, wa=4: the fallback");
-  CHECK(mine_anchors_fit(5 * 5, 5 * 1, kLimit - kStaticMine) && mine_anchors_fit(5 * 1, 5 * 2, kLimit - kStaticMine),
+  CHECK(!mine_anchors_fit(32 * 4, 32 * 1, kMineLimit), "32 classes, wa=4: the fallback");
+  CHECK(mine_anchors_fit(5 * 5, 5 * 1, kMineLimit) && mine_anchors_fit(5 * 1, 5 * 2, kMineLimit),
         "run-time word counts with anchors in shared memory");
-  CHECK(score_rows(32 * 16, 32 * 4, kLimit) == 8, "the large vocabulary: score blocks of 8 anchors");
+  CHECK(score_rows(32 * 16, 32 * 4, kScoreLimit) == 8, "the large vocabulary: score blocks of 8 anchors");
   CHECK(fallback > 0 && shared > 0 && small_rows > 0, "both mining paths and small score blocks exercised");
   for (int64_t n : {1, 31, 64, 65, 129, 1000})
     for (int64_t m : {1, 2, 31, 32, 33, 95, 1000, 4133})
