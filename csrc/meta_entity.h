@@ -204,7 +204,16 @@ struct Key {
   uint64_t hi;  // score bits << 32 | (tie key, or its complement for "larger is better")
   uint32_t lo;  // candidate index (or its complement)
 };
-MT_HD bool operator>(const Key& x, const Key& y) { return x.hi > y.hi || (x.hi == y.hi && x.lo > y.lo); }
+MT_HD bool operator>(const Key& x, const Key& y) {
+#if defined(__CUDA_ARCH__)
+  // The same value without short-circuits: nvcc then emits predicate ops instead of branches
+  // that materialize each bool (sm_90: the mining kernel 10% shorter). On the CPU that form is
+  // slower (mining 14% at N = 4096), so the host keeps the short-circuit one.
+  return (x.hi > y.hi) | ((x.hi == y.hi) & (x.lo > y.lo));
+#else
+  return x.hi > y.hi || (x.hi == y.hi && x.lo > y.lo);
+#endif
+}
 MT_HD bool operator<(const Key& x, const Key& y) { return y > x; }
 MT_HD bool operator==(const Key& x, const Key& y) { return x.hi == y.hi && x.lo == y.lo; }
 MT_HD bool operator!=(const Key& x, const Key& y) { return !(x == y); }
