@@ -101,7 +101,7 @@ class EntityCache:
         self._loaded_stamp = stamp
         if stamp is None:
             return {}
-        from ..extraction.output import read_parquet_columns
+        from ..io import read_parquet_columns
 
         # not pandas.read_parquet: see read_parquet_columns (aborts at exit in torch processes)
         try:
