@@ -142,14 +142,14 @@ class MetaEntities:
         parts = list(parts)
         if not parts:
             raise ValueError("cat needs at least one MetaEntities")
+        for i, p in enumerate(parts):   # before the attribute checks below, which would fail first
+            if not isinstance(p, MetaEntities):
+                raise TypeError(f"parts[{i}] must be MetaEntities, got {type(p).__name__}")
         for i, p in enumerate(parts[1:], 1):
             if p.vocabulary != parts[0].vocabulary:
                 raise ValueError(f"parts[{i}] has a different vocabulary than parts[0]")
             if p.device != parts[0].device:
                 raise ValueError(f"parts[{i}] is on {p.device} but parts[0] on {parts[0].device}")
-        for i, p in enumerate(parts):
-            if not isinstance(p, MetaEntities):
-                raise TypeError(f"parts[{i}] must be MetaEntities, got {type(p).__name__}")
         return cls._derived(torch.cat([p.disease_bits for p in parts]),
                             torch.cat([p.adjective_bits for p in parts]),
                             torch.cat([p.direction_bits for p in parts]), parts[0].vocabulary)

@@ -52,9 +52,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # alive, owned by another user
-        return True
-    except OSError:
+    except OSError:   # e.g. PermissionError: alive, owned by another user
         return True
     return True
 

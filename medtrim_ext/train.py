@@ -30,10 +30,11 @@ def run_train(args) -> int:
     from .training.evaluate import evaluate_run
 
     from .io import check_writable
+    from .training.rundir import DEFAULT_RUNS_ROOT
 
     cfg = load_config(args.config, args.overrides)
     # before any work; without train.out_dir the run gets a new folder under runs/
-    check_writable(cfg.train.out_dir if cfg.train.out_dir is not None else "runs",
+    check_writable(cfg.train.out_dir if cfg.train.out_dir is not None else DEFAULT_RUNS_ROOT,
                    "train.out_dir", folder=True)
     result = train(cfg)
     if result["world_size"] == 1 or _is_main():

@@ -19,6 +19,7 @@ options of the file's kind, keeping only ``data.options`` given in the same over
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -383,6 +384,7 @@ def _numbers(values, key: str):
     return [one(v, f"{key}[{i}]") for i, v in enumerate(values)]
 
 
+@functools.lru_cache(maxsize=None)
 def _yaml_loader():
     """PyYAML's safe loader, plus YAML 1.2's floats without a dot (``1e-4``, ``5E3``), which
     YAML 1.1 reads as strings: the most common way to write a learning rate."""

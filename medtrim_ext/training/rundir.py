@@ -46,12 +46,9 @@ RESUMABLE_KEYS = {("train", "steps"), ("train", "resume"), ("train", "out_dir"),
 
 
 def default_out_dir(kind: str, root: Path = DEFAULT_RUNS_ROOT, now: float | None = None) -> Path:
-    """``<root>/<kind>-<YYYYmmdd-HHMMSS>``, with a ``-2``, ``-3``, ... suffix if that exists."""
-    base = f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-    path, n = root / base, 2
-    while path.exists():
-        path, n = root / f"{base}-{n}", n + 1
-    return path
+    """``<root>/<kind>-<YYYYmmdd-HHMMSS>``; :func:`claim_new_dir` adds a ``-2``, ``-3``, ...
+    suffix when another run has taken that name."""
+    return root / f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
 
 
 def claim_new_dir(path: Path) -> Path:
