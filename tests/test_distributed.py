@@ -13,6 +13,9 @@ from medtrim_ext.training.checkpoint import load_checkpoint
 from training_helpers import tiny_config_file
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
 def _run(cmd, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -32,8 +35,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, kind, extra):
                               optim={"lr": 0.003, "warmup_steps": 0, "clip_grad": 0.0, "eps": 1e-4})
     args = ["-m", "medtrim_ext.train", "--config", str(config), "--no-eval"]
     # no train.out_dir: the main process names the new runs/<kind>-<time> folder for both
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args,
-          "train.batch_size=6"], tmp_path)
+    _run([*TORCHRUN_2, *args, "train.batch_size=6"], tmp_path)
     _run([sys.executable, *args, f"train.out_dir={tmp_path / 'single'}"], tmp_path)
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.startswith(kind + "-")
@@ -66,5 +68,30 @@ def test_processes_exit_cleanly_after_collectives(tmp_path):
     script = tmp_path / "exit_after_collectives.py"
     script.write_text(_EXIT_SCRIPT)
     for _ in range(8):
-        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-              str(script)], tmp_path)
+        _run([*TORCHRUN_2, str(script)], tmp_path)
+
+
+_FAILING_RANK_SCRIPT = """
+import sys
+from medtrim_ext.training import load_config, loop
+fit = loop.Trainer.fit
+def failing_fit(self):
+    if self.ctx.rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    return fit(self)
+loop.Trainer.fit = failing_fit
+loop.train(load_config(sys.argv[1], ["train.steps=40"]))
+"""
+
+
+def test_a_failing_process_ends_the_run_instead_of_hanging(tmp_path):
+    # shutdown's barrier is for a finished run only: after an error, the peer sits in another
+    # collective and never reaches it (with the barrier this run hung until the timeout)
+    config = tiny_config_file(tmp_path, train={"batch_size": 6, "progress": False, "tensorboard": False,
+                                               "device": "cpu"})
+    script = tmp_path / "failing_rank.py"
+    script.write_text(_FAILING_RANK_SCRIPT)
+    done = subprocess.run([*TORCHRUN_2, str(script), str(config)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "rank 1 fails on purpose" in done.stderr

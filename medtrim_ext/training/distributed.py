@@ -54,8 +54,9 @@ def init_distributed(device_kind: str) -> DistContext:
 WORKER_DRAIN_S = 0.2
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group so that the interpreter can exit cleanly.
+def shutdown(ctx: DistContext, *, finished: bool = True) -> None:
+    """Leave the process group so that the interpreter can exit cleanly (``finished=False`` after
+    an error: no barrier, which a failed process's peers, stuck in another collective, never reach).
 
     A gloo worker thread drops its references to a finished collective's tensors a moment after
     the caller's ``wait()`` returns, and dropping a reference to a tensor that Python also holds
@@ -67,8 +68,9 @@ def shutdown(ctx: DistContext) -> None:
     released, in which the workers finish dropping those references, then the group goes.
     """
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
-        time.sleep(WORKER_DRAIN_S)  # sleeps without the GIL: the gloo workers can take it
+        if finished:
+            dist.barrier()
+            time.sleep(WORKER_DRAIN_S)  # sleeps without the GIL: the gloo workers can take it
         dist.destroy_process_group()
 
 

@@ -350,6 +350,9 @@ def train(cfg: Config) -> dict:
     """
     trainer = Trainer(cfg)
     try:
-        return trainer.fit()
-    finally:
-        shutdown(trainer.ctx)
+        result = trainer.fit()
+    except BaseException:
+        shutdown(trainer.ctx, finished=False)
+        raise
+    shutdown(trainer.ctx)
+    return result
