@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 # what the build and the tests need, on top of the package's own dependencies
 DEV_PACKAGES := torch numpy tqdm matplotlib scikit-build-core cmake ninja pytest hypothesis \
-	spacy medspacy pyyaml pandas pyarrow torchxrayvision timm transformers tokenizers tensorboard pillow
+	spacy medspacy pyyaml pandas pyarrow torchxrayvision timm transformers tokenizers tensorboard pillow scikit-learn
 STAMP := $(VENV)/.medtrim-deps
 
 .PHONY: all setup build test demo bench clean

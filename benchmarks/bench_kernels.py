@@ -102,7 +102,7 @@ def loss_case(n: int, dim: int, device: str, seed: int, impl: str):
     import torch
 
     from medtrim_ext import MultimodalTripletLoss, TripletMiner, reference
-    from medtrim_ext.synthetic import synthetic_entities
+    from medtrim_ext.entities.synthetic import synthetic_entities
 
     g = torch.Generator().manual_seed(seed)
     img = torch.randn(n, dim, generator=g).to(device).requires_grad_()
@@ -146,7 +146,7 @@ def measure(op: str, impl: str, n: int, device: str, repeats: int, seed: int, di
     import torch
 
     from medtrim_ext import TripletMiner, reference
-    from medtrim_ext.synthetic import synthetic_entities
+    from medtrim_ext.entities.synthetic import synthetic_entities
 
     ents = synthetic_entities(n, seed=seed, device=device)
     miner = TripletMiner()
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from medtrim_ext.io import atomic_write
+    from medtrim_ext.utils.io import atomic_write
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():

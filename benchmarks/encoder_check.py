@@ -21,7 +21,7 @@ import yaml
 from medtrim_ext.datasets import load_dataset
 from medtrim_ext.evaluation import roc_auc
 from medtrim_ext.models import ImageEncoder
-from medtrim_ext.vocabulary import Vocabulary
+from medtrim_ext.entities.vocabulary import Vocabulary
 
 
 def labels(ds, classes) -> torch.Tensor:

@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from medtrim_ext.extraction import EntityExtractor, SectionFilter, read_reports
-    from medtrim_ext.io import atomic_write
+    from medtrim_ext.utils.io import atomic_write
 
     reports = read_reports(args.reports or find_iu_archive())
     ids, texts, metas = reports.ids, reports.texts, reports.meta

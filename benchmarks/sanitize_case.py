@@ -11,7 +11,7 @@ import sys
 import torch
 
 from medtrim_ext import MetaEntities, MultimodalTripletLoss, TripletMiner, Vocabulary
-from medtrim_ext.synthetic import synthetic_entities
+from medtrim_ext.entities.synthetic import synthetic_entities
 
 
 def same(a, b) -> bool:

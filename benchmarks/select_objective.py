@@ -93,7 +93,7 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
     from medtrim_ext.training.builders import resolve_device
     from medtrim_ext.training.distributed import DistContext
     from medtrim_ext.training.evaluate import evaluate_model, load_trained
-    from medtrim_ext.io import atomic_write
+    from medtrim_ext.utils.io import atomic_write
 
     run_dir = out / "runs" / f"{name}-seed{seed}"
     cached = run_dir / "validate.json"
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     done = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/validate.json"))]
     done = [r for r in done if r["steps"] == args.steps]
     md = table(done)
-    from medtrim_ext.io import atomic_write
+    from medtrim_ext.utils.io import atomic_write
 
     with atomic_write(out / "selection.md") as f:
         f.write(f"# Validation-split selection ({args.steps} steps)\n\nCriterion: mean of "

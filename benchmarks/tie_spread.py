@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/out/ties")
     p.add_argument("--batches", type=int, default=200)
     args = p.parse_args(argv)
-    from medtrim_ext.io import atomic_write
+    from medtrim_ext.utils.io import atomic_write
     from medtrim_ext.training import load_config
     from medtrim_ext.training.builders import build_dataset
 

@@ -12,13 +12,11 @@ from ._loader import load_extension as _load_extension
 
 _C = _load_extension()
 
-from . import ops as _ops  # noqa: E402  (registers the fake kernels)
-from . import reference  # noqa: E402
-from .entities import MetaEntities  # noqa: E402
-from .loss import MultimodalTripletLoss  # noqa: E402
+# the stages in pipeline order (docs/architecture.md): entities -> ops (the kernels) -> mining -> losses
+from .entities import MetaEntities, Vocabulary  # noqa: E402
+from .ops import reference  # noqa: E402  (importing ops registers the fake kernels)
 from .mining import TripletMiner, Triplets  # noqa: E402
-from .objective import MedTrimObjective, ObjectiveOutput  # noqa: E402
-from .vocabulary import Vocabulary  # noqa: E402
+from .losses import MedTrimObjective, MultimodalTripletLoss, ObjectiveOutput  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["MedTrimObjective", "MetaEntities", "MultimodalTripletLoss", "ObjectiveOutput",
@@ -42,10 +40,12 @@ def build_info() -> dict:
 _LAZY = {
     "EntityExtractor": "extraction", "ExtractionOntology": "extraction", "read_reports": "extraction",
     "DualEncoder": "models", "ImageEncoder": "models", "TextEncoder": "models",
-    "InfoNCELoss": "contrastive", "MemoryBank": "memory_bank",
-    "OfflineTripletSampler": "offline", "OfflineBatch": "offline", "mine_offline_triplets": "offline",
+    "InfoNCELoss": "losses", "MemoryBank": "losses", "CompositeObjective": "losses",
+    "InfoNCEObjective": "losses", "SoftInfoNCEObjective": "losses",
+    "OfflineTripletSampler": "mining.offline", "OfflineBatch": "mining.offline",
+    "mine_offline_triplets": "mining.offline",
     "load_dataset": "datasets", "generate_phantoms": "datasets", "Collator": "datasets",
-    "train_wordpiece_tokenizer": "tokenization", "load_tokenizer": "tokenization",
+    "train_wordpiece_tokenizer": "models.tokenization", "load_tokenizer": "models.tokenization",
     "load_config": "training", "train": "training",
 }
 __all__ += sorted(_LAZY)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from medtrim_ext import MetaEntities, TripletMiner
-from medtrim_ext.cli import main
-from medtrim_ext.io import atomic_write, read_records
-from medtrim_ext.synthetic import synthetic_records
+from medtrim_ext.apps.cli import main
+from medtrim_ext.utils.io import atomic_write, read_records
+from medtrim_ext.entities.synthetic import synthetic_records
 
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
@@ -77,7 +77,7 @@ def _write_extract_parquet(path, ids, records):
     """A Parquet file exactly as `medtrim extract` writes it."""
     from medtrim_ext.extraction.output import write_entities
     from medtrim_ext.extraction.readers import Reports
-    from medtrim_ext.vocabulary import Vocabulary
+    from medtrim_ext.entities.vocabulary import Vocabulary
 
     reports = Reports(list(ids), ["report"] * len(ids), "test", "csv", [{} for _ in ids])
     write_entities(path, reports, records, Vocabulary.default().diseases)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from medtrim_ext.cli import main
+from medtrim_ext.apps.cli import main
 from medtrim_ext.training import load_config
 from medtrim_ext.training.config import Config, parse_override
 from training_helpers import tiny_config_file

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medtrim_ext.contrastive import InfoNCELoss
+from medtrim_ext.losses.infonce import InfoNCELoss
 
 
 def reference_rows(img, txt, temperature):

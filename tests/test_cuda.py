@@ -108,7 +108,7 @@ def test_cuda_device_mismatch_is_an_error():
 
 from medtrim_ext import MedTrimObjective, MultimodalTripletLoss  # noqa: E402
 
-from medtrim_ext.synthetic import synthetic_entities  # noqa: E402
+from medtrim_ext.entities.synthetic import synthetic_entities  # noqa: E402
 
 from helpers import loss_problems  # noqa: E402
 
@@ -314,8 +314,8 @@ def test_cuda_random_ties_equal_the_reference_on_tie_heavy_sets():
 
 
 def test_cuda_soft_infonce_and_composite_equal_cpu():
-    from medtrim_ext.contrastive import InfoNCEObjective, SoftInfoNCEObjective
-    from medtrim_ext.objective import CompositeObjective
+    from medtrim_ext.losses.infonce import InfoNCEObjective, SoftInfoNCEObjective
+    from medtrim_ext.losses.objectives import CompositeObjective
 
     ents = synthetic_entities(128, seed=5)
     g = torch.Generator().manual_seed(5)

@@ -31,7 +31,7 @@ def extractor():
 @pytest.fixture(scope="module")
 def tokenizer():
     from medtrim_ext.datasets.phantoms import generate_phantoms
-    from medtrim_ext.tokenization import train_wordpiece_tokenizer
+    from medtrim_ext.models.tokenization import train_wordpiece_tokenizer
 
     return train_wordpiece_tokenizer(generate_phantoms(200, seed=0, image_size=16).reports, vocab_size=500)
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from medtrim_ext import MetaEntities, Vocabulary
-from medtrim_ext.bits import pack_bits, unpack_bits
+from medtrim_ext.entities.bits import pack_bits, unpack_bits
 
 from helpers import entity_sets, generic_vocabulary
 

@@ -175,7 +175,7 @@ def test_two_processes_writing_one_cache_lose_nothing(tmp_path):
 def test_corrupt_entries_name_the_file(tmp_path, real):
     import pandas as pd
 
-    from medtrim_ext.io import read_parquet_columns
+    from medtrim_ext.utils.io import read_parquet_columns
 
     path = tmp_path / "entities.parquet"
     EntityCache(path).records_for(IDS, TEXTS, extractor=real, progress=False)

@@ -10,10 +10,10 @@ import pytest
 
 from helpers import make_extraction_fail_on
 from medtrim_ext import MetaEntities
-from medtrim_ext.cli import main
+from medtrim_ext.apps.cli import main
 from medtrim_ext.extraction import read_reports
-from medtrim_ext.io import read_parquet_columns
-from medtrim_ext.io import read_records
+from medtrim_ext.utils.io import read_parquet_columns
+from medtrim_ext.utils.io import read_records
 
 IU_XML = """<?xml version="1.0" encoding="utf-8"?>
 <eCitation>
@@ -308,7 +308,7 @@ def test_cli_extract_names_a_report_that_fails(tmp_path, monkeypatch):
 _READ_BACK = """
 import pyarrow as pa
 pa.set_cpu_count(16); pa.set_io_thread_count(16)  # many Arrow threads, as on a large machine
-from medtrim_ext.io import read_parquet_columns
+from medtrim_ext.utils.io import read_parquet_columns
 cols = read_parquet_columns({path!r})
 assert len(cols["study_id"]) == 5000 and cols["study_id"][4999] == "s4999", len(cols["study_id"])
 print("ok")

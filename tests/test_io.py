@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import medtrim_ext.io as mio
-from medtrim_ext.io import atomic_write, check_writable, make_temp_dir, remove_stale_temps
+import medtrim_ext.utils.io as mio
+from medtrim_ext.utils.io import atomic_write, check_writable, make_temp_dir, remove_stale_temps
 
 
 def _mode(path: Path) -> int:
@@ -41,7 +41,7 @@ def test_atomic_write_honours_the_umask(tmp_path, umask, mask):
 
 
 def test_saved_tokenizer_folder_honours_the_umask(tmp_path, umask):
-    from medtrim_ext.tokenization import save_tokenizer, train_wordpiece_tokenizer
+    from medtrim_ext.models.tokenization import save_tokenizer, train_wordpiece_tokenizer
 
     umask(0o022)
     out = save_tokenizer(train_wordpiece_tokenizer(["a few words here"], vocab_size=100), tmp_path / "tok")

@@ -7,7 +7,7 @@ import torch
 
 from medtrim_ext import (MedTrimObjective, MetaEntities, MultimodalTripletLoss, TripletMiner,
                          Vocabulary, reference)
-from medtrim_ext.synthetic import synthetic_entities
+from medtrim_ext.entities.synthetic import synthetic_entities
 
 from helpers import random_entities
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from medtrim_ext import MedTrimObjective, MetaEntities, MultimodalTripletLoss, TripletMiner, Vocabulary
-from medtrim_ext.memory_bank import MemoryBank
-from medtrim_ext.synthetic import synthetic_entities
+from medtrim_ext.losses.memory_bank import MemoryBank
+from medtrim_ext.entities.synthetic import synthetic_entities
 
 from helpers import cuda_only, generic_vocabulary
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from medtrim_ext import MedTrimObjective, MetaEntities, MultimodalTripletLoss, TripletMiner
-from medtrim_ext.contrastive import InfoNCELoss, InfoNCEObjective, SoftInfoNCEObjective, soft_targets
-from medtrim_ext.objective import CompositeObjective
-from medtrim_ext.synthetic import synthetic_entities
+from medtrim_ext.losses.infonce import InfoNCELoss, InfoNCEObjective, SoftInfoNCEObjective, soft_targets
+from medtrim_ext.losses.objectives import CompositeObjective
+from medtrim_ext.entities.synthetic import synthetic_entities
 from medtrim_ext.training import load_config
-from medtrim_ext.training.objectives import ObjectiveStep, build_objective_module
+from medtrim_ext.training.objective_step import ObjectiveStep, build_objective_module
 
 
 def embeddings(n, d=16, seed=0):

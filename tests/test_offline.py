@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medtrim_ext import MetaEntities, TripletMiner
-from medtrim_ext.offline import OfflineBatch, OfflineTripletSampler
-from medtrim_ext.synthetic import synthetic_entities
+from medtrim_ext.mining.offline import OfflineBatch, OfflineTripletSampler
+from medtrim_ext.entities.synthetic import synthetic_entities
 
 ENTS = synthetic_entities(300, seed=4)
 
@@ -126,7 +126,7 @@ def test_a_batch_of_64_is_fast():
 
 
 # -- triplets mined once (the published generator), and their file --------------------------------
-from medtrim_ext.offline import (load_offline_triplets, mine_offline_triplets,  # noqa: E402
+from medtrim_ext.mining.offline import (load_offline_triplets, mine_offline_triplets,  # noqa: E402
                                  offline_triplets_meta, save_offline_triplets)
 
 STUDIES = [f"s{1000 + i}" for i in range(len(ENTS))]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from medtrim_ext.cli import main
+from medtrim_ext.apps.cli import main
 from training_helpers import tiny_config_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -127,7 +127,7 @@ def local_weights(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     from medtrim_ext.datasets import load_dataset
-    from medtrim_ext.tokenization import train_wordpiece_tokenizer
+    from medtrim_ext.models.tokenization import train_wordpiece_tokenizer
 
     root = tmp_path_factory.mktemp("weights")
     texts = load_dataset("phantoms", "train", n=96, image_size=32, entities="ground_truth").texts
@@ -161,7 +161,7 @@ def paper_config(root, out_dir, steps: int, *extra):
 
 def test_paper_preset_trains_end_to_end(tmp_path, local_weights, monkeypatch):
     from medtrim_ext.models import DualEncoder
-    from medtrim_ext.offline import load_offline_triplets
+    from medtrim_ext.mining.offline import load_offline_triplets
     from medtrim_ext.training.loop import Trainer
     from medtrim_ext.training.sampling import MinedTripletBatchSampler
 
@@ -219,7 +219,7 @@ def test_paper_preset_trains_end_to_end(tmp_path, local_weights, monkeypatch):
                                                               for s in range(3)]
 
     # resume: the saved triplets are reused (never mined again) and the weights equal a straight run
-    import medtrim_ext.offline as offline
+    import medtrim_ext.mining.offline as offline
 
     before = triplets_file.read_bytes()
     monkeypatch.setattr(offline, "mine_offline_triplets", _no_mining)
@@ -246,7 +246,7 @@ def test_paper_preset_trains_end_to_end(tmp_path, local_weights, monkeypatch):
 
 
 def _meta(trainer):
-    from medtrim_ext.offline import offline_triplets_meta
+    from medtrim_ext.mining.offline import offline_triplets_meta
 
     o = trainer.cfg.objective
     return offline_triplets_meta(trainer.dataset.study_ids, trainer.objective.miner,

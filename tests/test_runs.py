@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from medtrim_ext.cli import main
+from medtrim_ext.apps.cli import main
 from medtrim_ext.training import load_config, train
 from medtrim_ext.training import loop
 from medtrim_ext.training.checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medtrim_ext.tokenization import load_tokenizer, save_tokenizer, train_wordpiece_tokenizer
+from medtrim_ext.models.tokenization import load_tokenizer, save_tokenizer, train_wordpiece_tokenizer
 
 
 @pytest.fixture(scope="module")

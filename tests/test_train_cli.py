@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medtrim_ext.cli import main
+from medtrim_ext.apps.cli import main
 from training_helpers import tiny_config_file
 
 TINY_DEMO = ["data.image_size=32", "model.text.config.hidden_size=32",
@@ -49,7 +49,7 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
 
 
 def test_demo_trains_the_arms_and_compares_them_per_seed(tmp_path, capsys):
-    from medtrim_ext.demo import BASELINE, BEST
+    from medtrim_ext.apps.demo import BASELINE, BEST
 
     assert main(["demo", "--out", str(tmp_path), "--seeds", "0", "1", "--steps", "4", "--no-progress",
                  "--device", "cpu", *TINY_DEMO]) == 0
@@ -79,7 +79,7 @@ def test_demo_trains_the_arms_and_compares_them_per_seed(tmp_path, capsys):
 def test_demo_rejects_unknown_arms(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--arms", "clip"])
-    from medtrim_ext.demo import resolve_arms
+    from medtrim_ext.apps.demo import resolve_arms
 
     with pytest.raises(ValueError, match="unknown demo arms"):
         resolve_arms(["clip"])
@@ -89,7 +89,7 @@ def test_demo_rejects_unknown_arms(capsys):
 def test_paired_verdict_needs_every_seed_and_does_not_count_a_hub():
     import torch
 
-    from medtrim_ext.demo import CLAIM_METRICS, majority_precision, paired_comparison
+    from medtrim_ext.apps.demo import CLAIM_METRICS, majority_precision, paired_comparison
 
     assert majority_precision(torch.tensor([0, 0, 0, 1])) == 0.75
 

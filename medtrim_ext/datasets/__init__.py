@@ -1,7 +1,7 @@
 """Datasets of chest X-ray images and reports, with one item format, and the built-in phantoms.
 
     >>> from medtrim_ext.datasets import load_dataset, Collator
-    >>> from medtrim_ext.tokenization import train_wordpiece_tokenizer
+    >>> from medtrim_ext.models.tokenization import train_wordpiece_tokenizer
     >>> ds = load_dataset("phantoms", "train", image_size=64, n=256, entities="ground_truth")
     >>> tok = train_wordpiece_tokenizer(ds.texts, vocab_size=1000)
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, collate_fn=Collator(tok))

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from ..entities import MetaEntities
+from ..entities.meta_entities import MetaEntities
 
 
 class Collator:
@@ -17,7 +17,7 @@ class Collator:
 
     Args:
         tokenizer: a Hugging Face tokenizer (e.g. from
-            :func:`medtrim_ext.tokenization.train_wordpiece_tokenizer`); called with
+            :func:`medtrim_ext.models.tokenization.train_wordpiece_tokenizer`); called with
             ``truncation=True, max_length=max_length``.
         max_length: longest token sequence (reports are truncated to it).
         vocabulary: the Vocabulary of the entities (default: the packaged one).

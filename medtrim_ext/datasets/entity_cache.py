@@ -101,7 +101,7 @@ class EntityCache:
         self._loaded_stamp = stamp
         if stamp is None:
             return {}
-        from ..io import read_parquet_columns
+        from ..utils.io import read_parquet_columns
 
         # not pandas.read_parquet: see read_parquet_columns (aborts at exit in torch processes)
         try:
@@ -144,7 +144,7 @@ class EntityCache:
     def _write(self) -> None:
         import pandas as pd
 
-        from ..io import atomic_write
+        from ..utils.io import atomic_write
 
         with self._locked():
             if self._stamp() != self._loaded_stamp:

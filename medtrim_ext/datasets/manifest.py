@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..io import read_parquet_columns
+from ..utils.io import read_parquet_columns
 from .base import (DEFAULT_SPLIT_FRACTIONS, ReportImageDataset, check_split_fractions, hash_split,
                    labels_tensor, load_image, normalize_split, resolve_records)
 

@@ -32,7 +32,7 @@ def attributes_to_record(attributes: dict, vocabulary=None) -> dict:
     ``adjs``. Diseases come in vocabulary order and descriptor lists are sorted, as
     :class:`~medtrim_ext.extraction.EntityExtractor` returns them.
     """
-    from ..vocabulary import Vocabulary
+    from ..entities.vocabulary import Vocabulary
 
     vocab = vocabulary if vocabulary is not None else Vocabulary.default()
     record = {}

@@ -473,7 +473,7 @@ def write_phantom_dataset(out_dir, n: int, seed: int = 0, image_size: int = 64, 
 
     from PIL import Image
 
-    from ..io import atomic_write
+    from ..utils.io import atomic_write
     from .base import check_split_fractions
 
     n = _check_int("n", n, 1)
@@ -534,7 +534,7 @@ def save_montage(phantoms: PhantomSet, path, n: int = 16, columns: int | None = 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_write
+    from ..utils.io import atomic_write
 
     if not isinstance(phantoms, PhantomSet):
         raise TypeError(f"phantoms must be a PhantomSet, got {type(phantoms).__name__}")

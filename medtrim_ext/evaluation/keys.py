@@ -24,8 +24,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..entities import MetaEntities
-from ..vocabulary import NO_FINDING
+from ..entities.meta_entities import MetaEntities
+from ..entities.vocabulary import NO_FINDING
 
 __all__ = ["attribute_disease_keys", "attribute_keys", "disease_set_keys", "entity_keys", "keys_for"]
 

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 
 __all__ = ["plot_attributes", "plot_probe_auc", "plot_results", "plot_retrieval",
            "plot_step_breakdown", "plot_training_curves", "step_breakdown_bars"]

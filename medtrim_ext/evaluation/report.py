@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 
 __all__ = ["key_metrics", "flatten_metrics", "results_markdown", "summarize_runs", "write_results"]
 

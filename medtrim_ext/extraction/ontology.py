@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
-from ..vocabulary import Vocabulary
+from ..entities.vocabulary import Vocabulary
 
 CONTEXT_CATEGORIES = {
     # ontology key -> medspacy ConText category (these names drive medspacy's default span

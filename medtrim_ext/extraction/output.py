@@ -1,5 +1,5 @@
 """Writing extracted entities (Parquet or JSON records) and summarizing them (read them back
-with :func:`medtrim_ext.io.load_records` or :func:`medtrim_ext.io.read_parquet_columns`)."""
+with :func:`medtrim_ext.utils.io.load_records` or :func:`medtrim_ext.utils.io.read_parquet_columns`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 from .readers import Reports
 
 

@@ -106,7 +106,7 @@ def _read_dir(root: Path, max_bytes: int) -> Reports:
 # -- tables --------------------------------------------------------------------------------------
 def _read_table(p: Path) -> Reports:
     if p.name.lower().endswith((".parquet", ".pq")):
-        from ..io import read_parquet_columns
+        from ..utils.io import read_parquet_columns
 
         data = read_parquet_columns(p, what="table")
     else:

@@ -61,7 +61,7 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
 def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):
     """The configured local tokenizer, or a WordPiece trained on the training reports (saved in
     ``<out_dir>/tokenizer`` by the main process and loaded from there by the others)."""
-    from ..tokenization import load_tokenizer, train_wordpiece_tokenizer
+    from ..models.tokenization import load_tokenizer, train_wordpiece_tokenizer
 
     if cfg.model.tokenizer:
         return load_tokenizer(cfg.model.tokenizer)

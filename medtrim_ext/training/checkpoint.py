@@ -1,7 +1,7 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped, written atomically.
 
 A checkpoint is one ``torch.save`` file written to a temporary name and renamed over the old one
-(:func:`medtrim_ext.io.atomic_write`), so a crash while saving leaves the previous checkpoint intact.
+(:func:`medtrim_ext.utils.io.atomic_write`), so a crash while saving leaves the previous checkpoint intact.
 
 It holds only tensors and plain Python values (numbers, strings, None, lists, tuples, dicts): the
 step, the run's config and model config (dicts), the state dicts of the model, the objective, the
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 
 FORMAT = "medtrim_ext.train/1"
 CHECKPOINT_NAME = "last.pt"

@@ -26,9 +26,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..mining.miner import MINER_DEFAULTS, TIE_BREAKS
+
 # parts of objective.kind, joined by "+" for a weighted sum (e.g. "medtrim+infonce")
 OBJECTIVE_PARTS = ("medtrim", "medtrim_offline", "infonce", "soft_infonce")
-TIE_BREAKS = ("random", "first")
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 PROJECTIONS = ("linear", "mlp", "none")   # medtrim_ext.models.dual.PROJECTIONS (not imported: light)
@@ -90,14 +91,16 @@ class ObjectiveConfig:
     kind: str = "medtrim"
     weights: dict = field(default_factory=dict)  # part -> weight of a sum (default 1 each)
     margin: float = 0.3
-    w_dis: float = 0.85
-    w_adj: float = 0.10
-    w_dir: float = 0.05
-    threshold: float = 0.25
-    upper: float = 0.6
-    semi_hard_prob: float = 1.0
-    tie_break: str = "random"         # random (per anchor, as the published pools do) | first
-    min_positive_score: float = 0.0   # no triplet for an anchor whose best candidate scores less
+    # the miner (defaults: the published settings, mining.MINER_DEFAULTS)
+    w_dis: float = MINER_DEFAULTS.w_dis
+    w_adj: float = MINER_DEFAULTS.w_adj
+    w_dir: float = MINER_DEFAULTS.w_dir
+    threshold: float = MINER_DEFAULTS.threshold
+    upper: float = MINER_DEFAULTS.upper
+    semi_hard_prob: float = MINER_DEFAULTS.semi_hard_prob
+    tie_break: str = MINER_DEFAULTS.tie_break  # random (per anchor, as the published pools do) | first
+    # no triplet for an anchor whose best candidate scores less
+    min_positive_score: float = MINER_DEFAULTS.min_positive_score
     memory_bank: int = 0              # extra mining candidates from recent batches (0: off)
     pool_size: int = 32               # medtrim_offline: samples per mining pool (published: 32)
     # medtrim_offline: 0 = mine fresh pools for every step; N > 0 = mine N triplets once before

@@ -3,7 +3,7 @@
 Mining sees the global batch: every process all-gathers the embeddings (with gradients), the
 meta-entities and the sample ids, then mines its own anchors against all of them. The gather's
 backward sums, on each process, the gradients that every process computed for its rows, so with
-per-process losses scaled as in :mod:`medtrim_ext.training.objectives` and DDP's gradient averaging
+per-process losses scaled as in :mod:`medtrim_ext.training.objective_step` and DDP's gradient averaging
 the update equals that of one process with the whole global batch (tested with gloo).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..entities import MetaEntities
+from ..entities.meta_entities import MetaEntities
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def _ground_truth(dataset, n: int) -> list | None:
 def relevance_keys(dataset, n: int | None = None) -> dict:
     """``{"disease", "fine"}`` relevance keys of the first ``n`` samples: from the ground-truth
     attributes where the dataset has them, else from its meta-entities."""
-    from ..entities import MetaEntities
+    from ..entities.meta_entities import MetaEntities
     from ..evaluation import keys_for
 
     n = len(dataset) if n is None else n
@@ -66,8 +66,8 @@ def class_labels(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
     truth (phantoms), else of the extracted meta-entities; plus "no finding"."""
     if getattr(dataset, "labels", None) is not None:
         return dataset.labels[:n].float(), list(dataset.label_names)
-    from ..entities import MetaEntities
-    from ..vocabulary import NO_FINDING
+    from ..entities.meta_entities import MetaEntities
+    from ..entities.vocabulary import NO_FINDING
 
     source = _ground_truth(dataset, n) or dataset.records[:n]
     ents = MetaEntities.from_records([{d: {} for d in sample} for sample in source])
@@ -105,7 +105,7 @@ def load_trained(checkpoint: str | Path, device: torch.device):
     """Model (eval mode, on ``device``), tokenizer and config of a training checkpoint (a
     ``last.pt`` file or a run folder)."""
     from ..models import DualEncoder
-    from ..tokenization import load_tokenizer
+    from ..models.tokenization import load_tokenizer
 
     checkpoint = resolve_checkpoint(checkpoint)
     state = load_checkpoint(checkpoint)
@@ -126,7 +126,7 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     Returns {result, markdown, paths}."""
     from ..evaluation import results_markdown, summarize_runs, write_results
     from ..evaluation.plots import plot_results
-    from ..io import check_writable
+    from ..utils.io import check_writable
 
     checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"

@@ -7,7 +7,7 @@ import io
 import warnings
 from pathlib import Path
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 
 
 class RunLogger:

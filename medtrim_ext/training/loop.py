@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from ..io import atomic_write
+from ..utils.io import atomic_write
 from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
 from .checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
 from .config import Config, replace
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
 from .logger import RunLogger
-from .objectives import build_objective, offline_triplets
+from .objective_step import build_objective, offline_triplets
 from .optim import build_optimizer, build_scheduler
 from .rundir import CONFIG_NAME, claim_new_dir, plan_resume, with_default_out_dir
 from .sampling import EpochKeyed, MinedTripletBatchSampler, OfflineStepBatchSampler, StepBatchSampler
@@ -150,8 +150,8 @@ class Trainer:
                                                seed=cfg.train.seed, rank=self.ctx.rank,
                                                world_size=self.ctx.world_size)
         elif self.objective.offline:
-            from ..entities import MetaEntities
-            from ..offline import OfflineTripletSampler
+            from ..entities.meta_entities import MetaEntities
+            from ..mining.offline import OfflineTripletSampler
 
             ents = MetaEntities.from_records(self.dataset.records)
             sampler = OfflineTripletSampler(ents, self.objective.miner,
@@ -175,7 +175,7 @@ class Trainer:
         """The run's offline triplets, mined once: read from ``<out_dir>/offline_triplets.csv``
         when it exists (checked against this data and the miner's settings), else mined by the
         main process (seeded by ``train.seed``) and written there atomically."""
-        from ..offline import (load_offline_triplets, mine_offline_triplets, offline_triplets_meta,
+        from ..mining.offline import (load_offline_triplets, mine_offline_triplets, offline_triplets_meta,
                                save_offline_triplets)
 
         cfg, obj = self.cfg, self.cfg.objective
@@ -194,7 +194,7 @@ class Trainer:
         path = self.out_dir / OFFLINE_TRIPLETS_FILE
         triplets = None
         if self.main and not path.exists():
-            from ..entities import MetaEntities
+            from ..entities.meta_entities import MetaEntities
 
             triplets = mine_offline_triplets(
                 MetaEntities.from_records(self.dataset.records), self.objective.miner,

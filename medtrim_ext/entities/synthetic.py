@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from .entities import MetaEntities
+from .meta_entities import MetaEntities
 from .vocabulary import Vocabulary
 
 # approximate share of studies with each finding, given that the study is abnormal

@@ -13,27 +13,23 @@ import torch
 
 
 def _add_miner_args(p: argparse.ArgumentParser) -> None:
+    from ..mining import MINER_DEFAULTS as D, TIE_BREAKS
+
     g = p.add_argument_group("mining (defaults: the published MedTrim settings)")
-    g.add_argument("--w-dis", type=float, default=0.85)
-    g.add_argument("--w-adj", type=float, default=0.10)
-    g.add_argument("--w-dir", type=float, default=0.05)
-    g.add_argument("--threshold", type=float, default=0.25)
-    g.add_argument("--upper", type=float, default=0.6)
-    g.add_argument("--semi-hard-prob", type=float, default=1.0)
-    g.add_argument("--tie-break", choices=("random", "first"), default="random",
+    for name in ("w_dis", "w_adj", "w_dir", "threshold", "upper", "semi_hard_prob"):
+        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(D, name))
+    g.add_argument("--tie-break", choices=TIE_BREAKS, default=D.tie_break,
                    help="equal scores: a random tied candidate per anchor (default, as the published "
                         "random pools do in effect) or the lowest index")
-    g.add_argument("--min-positive-score", type=float, default=0.0,
+    g.add_argument("--min-positive-score", type=float, default=D.min_positive_score,
                    help="no triplet for an anchor whose best candidate scores less (default 0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw and the ties")
 
 
 def _miner(args):
-    from .mining import TripletMiner
+    from ..mining import MINER_DEFAULTS, TripletMiner
 
-    return TripletMiner(args.w_dis, args.w_adj, args.w_dir, threshold=args.threshold,
-                        upper=args.upper, semi_hard_prob=args.semi_hard_prob,
-                        tie_break=args.tie_break, min_positive_score=args.min_positive_score)
+    return TripletMiner(**{name: getattr(args, name) for name in MINER_DEFAULTS.as_kwargs()})
 
 
 def _device(name: str) -> torch.device:
@@ -46,14 +42,14 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_info(args) -> int:
-    from . import build_info
+    from .. import build_info
 
     print(json.dumps(build_info(), indent=1))
     return 0
 
 
 def _mining_ids(anchors, candidates) -> tuple[list, list]:
-    """Integer ids for the miner from two :class:`~medtrim_ext.io.RecordsFile` (the same object
+    """Integer ids for the miner from two :class:`~medtrim_ext.utils.io.RecordsFile` (the same object
     when mining a file against itself): equal given ids share an integer, in both files alike
     (the same study never pairs with itself); an item without an id is its own sample, keyed by
     its file and position, so a bare record k of one file never shares an id with record k of the
@@ -74,9 +70,9 @@ def _mining_ids(anchors, candidates) -> tuple[list, list]:
 def cmd_mine(args) -> int:
     from tqdm import tqdm
 
-    from .entities import MetaEntities
-    from .io import atomic_write, check_writable, load_records
-    from .mining import Triplets
+    from ..entities.meta_entities import MetaEntities
+    from ..utils.io import atomic_write, check_writable, load_records
+    from ..mining.miner import Triplets
 
     check_writable(args.output, "output")   # before any work
     miner = _miner(args)
@@ -144,7 +140,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .training.evaluate import evaluate_run
+    from ..training.evaluate import evaluate_run
 
     overrides = []
     if args.data is not None or args.kind is not None:
@@ -165,10 +161,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from .extraction import EntityExtractor, read_reports
-    from .extraction.output import summarize, write_entities
+    from ..extraction import EntityExtractor, read_reports
+    from ..extraction.output import summarize, write_entities
 
-    from .io import check_writable
+    from ..utils.io import check_writable
 
     if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
         raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .entities import MetaEntities
-from .mining import TripletMiner, check_ids
-from .objective import ObjectiveOutput, check_queries, phase
+from ..entities.meta_entities import MetaEntities
+from ..mining.miner import TripletMiner
+from ..utils.checks import check_ids
+from .objectives import ObjectiveOutput, check_queries, phase
 
 
 class InfoNCELoss(nn.Module):
@@ -176,7 +177,7 @@ def soft_targets(scores: torch.Tensor, own_index: torch.Tensor, own_weight: floa
 
 
 class InfoNCEObjective(nn.Module):
-    """:class:`InfoNCELoss` as an objective (see :mod:`medtrim_ext.objective`): each query
+    """:class:`InfoNCELoss` as an objective (see :mod:`medtrim_ext.losses.objectives`): each query
     against the candidates of the other modality, its own pair at ``own_index`` the target.
     ``loss_img``/``loss_txt`` are the image->text and text->image halves."""
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from . import build_info, reference
-from .io import atomic_write
-from .mining import TripletMiner, Triplets
-from .synthetic import synthetic_entities
+from .. import build_info
+from ..ops import reference
+from ..utils.io import atomic_write
+from ..mining.miner import TripletMiner, Triplets
+from ..entities.synthetic import synthetic_entities
 
 REFERENCE_MAX_N = 4096  # the reference materializes N x N float64 matrices
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .entities import MetaEntities
-from .mining import check_ids
-from .vocabulary import Vocabulary
+from ..entities.meta_entities import MetaEntities
+from ..utils.checks import check_ids
+from ..entities.vocabulary import Vocabulary
 
 _STATE_KEYS = ("size", "dim", "ptr", "count", "vocabulary", "img", "txt", "disease_bits",
                "adjective_bits", "direction_bits", "ids")

@@ -33,9 +33,9 @@ from typing import Callable, Mapping, NamedTuple
 
 import torch
 
-from .entities import MetaEntities
-from .loss import MultimodalTripletLoss, reduce_losses
-from .mining import TripletMiner, Triplets
+from ..entities.meta_entities import MetaEntities
+from .triplet import MultimodalTripletLoss, reduce_losses
+from ..mining.miner import TripletMiner, Triplets
 
 
 class ObjectiveOutput(NamedTuple):

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import torch
 
-from . import ops
-from .mining import Triplets
+from .. import ops
+from ..mining.miner import Triplets
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -42,7 +42,7 @@ class MultimodalTripletLoss(torch.nn.Module):
     Gradients are computed by a fused backward kernel that sums, for every row, the contributions
     of all triplets that use it, in a fixed order: deterministic on CPU and CUDA. There is no
     second derivative: gradients taken with ``create_graph=True`` are right, but differentiating
-    them again raises a ``RuntimeError`` (use :func:`medtrim_ext.reference.multimodal_triplet_loss`,
+    them again raises a ``RuntimeError`` (use :func:`medtrim_ext.ops.reference.multimodal_triplet_loss`,
     pure PyTorch, for gradient penalties through the loss).
     """
 

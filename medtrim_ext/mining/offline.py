@@ -22,8 +22,8 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .entities import MetaEntities
-from .mining import TripletMiner, Triplets
+from ..entities.meta_entities import MetaEntities
+from .miner import TripletMiner, Triplets
 
 _STATE_KEYS = ("seed", "step", "num_samples", "triplets_per_batch", "pool_size")
 TRIPLETS_FORMAT = "medtrim_ext.offline_triplets/1"
@@ -245,7 +245,7 @@ def save_offline_triplets(path: str | Path, triplets: torch.Tensor, study_ids: S
     ``anchor_study, positive_study, negative_study`` (their study ids)."""
     import pandas as pd
 
-    from .io import atomic_write
+    from ..utils.io import atomic_write
 
     t = torch.as_tensor(triplets).to(torch.int64).cpu()
     if t.dim() != 2 or t.shape[1] != 3:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .io import atomic_write
+from ..utils.io import atomic_write
 
 # the fine-grained retrieval numbers the demo's claim is about
 CLAIM_METRICS = ("i2t/fine/precision@5", "t2i/fine/precision@5", "i2t/fine/mAP", "t2i/fine/mAP")
@@ -159,7 +159,7 @@ def attribute_table(summary: dict, arms) -> str:
 
 
 def _breakdown_table(step_times: dict[str, dict]) -> str:
-    from .evaluation.plots import step_breakdown_bars
+    from ..evaluation.plots import step_breakdown_bars
 
     phases = [p for p in step_breakdown_bars(step_times)[1] if p != "other"]   # in the order a step runs them
     head = "| phase | " + " | ".join(step_times) + " |"
@@ -189,15 +189,15 @@ def resolve_arms(names) -> list[str]:
 
 def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = None,
         arms=DEFAULT_ARMS, overrides=(), device: str = "auto", progress: bool = True) -> int:
-    from .evaluation import plot_attributes, plot_probe_auc, plot_retrieval, plot_step_breakdown
-    from .evaluation import plot_training_curves
-    from .evaluation import results_markdown, summarize_runs, write_results
-    from .training import load_config, replace, train
-    from .training.builders import resolve_device
-    from .training.distributed import DistContext
-    from .training.evaluate import evaluate_model, load_trained
+    from ..evaluation import plot_attributes, plot_probe_auc, plot_retrieval, plot_step_breakdown
+    from ..evaluation import plot_training_curves
+    from ..evaluation import results_markdown, summarize_runs, write_results
+    from ..training import load_config, replace, train
+    from ..training.builders import resolve_device
+    from ..training.distributed import DistContext
+    from ..training.evaluate import evaluate_model, load_trained
 
-    from .io import check_writable
+    from ..utils.io import check_writable
 
     arms = resolve_arms(arms)
     out = check_writable(Path(out), "demo output folder", folder=True)   # before any training
@@ -253,8 +253,8 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         with atomic_write(out / "step_time.md") as f:
             f.write(f"# Step time on {dev}\n\n{table}\n")
 
-    from .training.builders import build_dataset
-    from .training.evaluate import relevance_keys
+    from ..training.builders import build_dataset
+    from ..training.evaluate import relevance_keys
 
     test = build_dataset(base, base.data.eval_split, train=False, progress=False)
     hub_level = majority_precision(relevance_keys(test)["fine"])
@@ -291,7 +291,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
 
 def _save_examples(cfg, path: Path) -> None:
     """A montage of phantoms with their reports, so users see what the models learn from."""
-    from .datasets.phantoms import generate_phantoms, save_montage
+    from ..datasets.phantoms import generate_phantoms, save_montage
 
     if not path.exists():
         save_montage(generate_phantoms(16, seed=cfg.data.options.get("seed", 0),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 
-from . import ops
-from .entities import MetaEntities
+from .. import ops
+from ..utils.checks import check_generator, check_ids
+from ..entities.meta_entities import MetaEntities
 
 
 class Triplets(NamedTuple):
@@ -41,6 +43,28 @@ def default_ids(n: int, m: int, self_mining: bool, device) -> tuple[torch.Tensor
 
 
 TIE_BREAKS = ("random", "first")
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """The miner's settings; the defaults are the published MedTrim ones. The one place they are
+    written: :class:`TripletMiner`, the training config and the ``medtrim`` command take them from
+    :data:`MINER_DEFAULTS`."""
+
+    w_dis: float = 0.85
+    w_adj: float = 0.10
+    w_dir: float = 0.05
+    threshold: float = 0.25
+    upper: float = 0.6
+    semi_hard_prob: float = 1.0
+    tie_break: str = "random"
+    min_positive_score: float = 0.0
+
+    def as_kwargs(self) -> dict:
+        return asdict(self)
+
+
+MINER_DEFAULTS = MinerSettings()
 
 
 class MiningDraw(NamedTuple):
@@ -106,7 +130,7 @@ class TripletMiner:
       equally likely, and anchors that tie with each other take different samples. This is what
       the published code does in effect (each triplet is mined in a fresh random pool) and spreads
       the tied choices of a batch over many samples instead of one. The key depends on nothing
-      else, so CPU, CUDA and :mod:`medtrim_ext.reference` agree bit for bit whatever the thread
+      else, so CPU, CUDA and :mod:`medtrim_ext.ops.reference` agree bit for bit whatever the thread
       count or tiling, and a permuted batch (ids permuted with it) picks the same samples.
     - ``"first"``: the lowest candidate index wins (the rule before random ties).
 
@@ -123,9 +147,11 @@ class TripletMiner:
     The fused kernels never build the (N, M) score matrix: memory is O(N + M).
     """
 
-    def __init__(self, w_dis: float = 0.85, w_adj: float = 0.10, w_dir: float = 0.05,
-                 threshold: float = 0.25, upper: float = 0.6, semi_hard_prob: float = 1.0,
-                 tie_break: str = "random", min_positive_score: float = 0.0):
+    def __init__(self, w_dis: float = MINER_DEFAULTS.w_dis, w_adj: float = MINER_DEFAULTS.w_adj,
+                 w_dir: float = MINER_DEFAULTS.w_dir, threshold: float = MINER_DEFAULTS.threshold,
+                 upper: float = MINER_DEFAULTS.upper, semi_hard_prob: float = MINER_DEFAULTS.semi_hard_prob,
+                 tie_break: str = MINER_DEFAULTS.tie_break,
+                 min_positive_score: float = MINER_DEFAULTS.min_positive_score):
         _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob, min_positive_score)
         if tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
@@ -173,15 +199,15 @@ class TripletMiner:
             return torch.ones(n, dtype=torch.bool)
         if self.semi_hard_prob <= 0.0:
             return torch.zeros(n, dtype=torch.bool)
-        _check_generator(generator)
+        check_generator(generator)
         return torch.rand(n, generator=generator) < self.semi_hard_prob
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> MiningDraw:
         """The random choices of mining ``n`` anchors, in the order :meth:`__call__` draws them:
         the semi-hard mask, then the tie seed (a 63-bit int in a one-element int64 tensor, ``None``
         with ``tie_break="first"``).
-        Pass them to :func:`medtrim_ext.reference.mine_triplets` to reproduce a call."""
-        _check_generator(generator)
+        Pass them to :func:`medtrim_ext.ops.reference.mine_triplets` to reproduce a call."""
+        check_generator(generator)
         semi_hard = self.semi_hard_mask(n, generator)
         tie_seed = None
         if self.tie_break == "random":
@@ -254,25 +280,3 @@ class TripletMiner:
         if candidates.device != anchors.device:
             raise ValueError(f"candidates are on {candidates.device} but anchors on {anchors.device}")
         return candidates
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
-
-
-def check_ids(name: str, ids, n: int, device: torch.device,
-              owner: str = "the entities are") -> torch.Tensor:
-    """``ids`` as int64 after checking it is an integer tensor of shape ``(n,)`` on ``device``
-    (where ``owner`` lives); errors name ``name``."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
-    if tuple(ids.shape) != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(ids.shape)}")
-    if ids.device != device:
-        raise ValueError(f"{name} is on {ids.device} but {owner} on {device}")
-    return ids.to(torch.int64)

@@ -1,8 +1,8 @@
 """The training side of the objectives: build the public objective a config names, and call it on
 the global batch.
 
-The objectives themselves are the public ones (:mod:`medtrim_ext.objective`,
-:mod:`medtrim_ext.contrastive`): ``objective.kind`` names one part or a sum of parts joined by
+The objectives themselves are the public ones (:mod:`medtrim_ext.losses.objectives`,
+:mod:`medtrim_ext.losses.infonce`): ``objective.kind`` names one part or a sum of parts joined by
 ``+`` (``medtrim``, ``medtrim_offline``, ``infonce``, ``soft_infonce``; e.g. ``medtrim+infonce``),
 weighted by ``objective.weights``. This module only adds what a training step needs around them:
 under torch.distributed every process all-gathers the embeddings (with gradients), meta-entities
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..contrastive import InfoNCELoss, InfoNCEObjective, SoftInfoNCEObjective
-from ..entities import MetaEntities
-from ..loss import MultimodalTripletLoss
-from ..mining import TripletMiner, Triplets
-from ..objective import CompositeObjective, MedTrimObjective
+from ..losses.infonce import InfoNCELoss, InfoNCEObjective, SoftInfoNCEObjective
+from ..entities.meta_entities import MetaEntities
+from ..losses.triplet import MultimodalTripletLoss
+from ..mining.miner import MINER_DEFAULTS, TripletMiner, Triplets
+from ..losses.objectives import CompositeObjective, MedTrimObjective
 from .config import ObjectiveConfig, objective_parts
 from .distributed import DistContext, ddp_count_reducer, gather, gather_entities, gather_with_grad
 from .timing import StepTimer
@@ -38,9 +38,7 @@ class StepLoss:
 
 
 def build_miner(cfg: ObjectiveConfig) -> TripletMiner:
-    return TripletMiner(cfg.w_dis, cfg.w_adj, cfg.w_dir, threshold=cfg.threshold, upper=cfg.upper,
-                        semi_hard_prob=cfg.semi_hard_prob, tie_break=cfg.tie_break,
-                        min_positive_score=cfg.min_positive_score)
+    return TripletMiner(**{name: getattr(cfg, name) for name in MINER_DEFAULTS.as_kwargs()})
 
 
 def build_objective_module(cfg: ObjectiveConfig, miner: TripletMiner | None = None) -> torch.nn.Module:
@@ -76,7 +74,7 @@ class ObjectiveStep(torch.nn.Module):
         self.offline = "medtrim_offline" in objective_parts(cfg.kind)
         self.bank = None
         if cfg.memory_bank and not self.offline:
-            from ..memory_bank import MemoryBank
+            from ..losses.memory_bank import MemoryBank
 
             self.bank = MemoryBank(cfg.memory_bank, embed_dim)
 

@@ -103,7 +103,7 @@ def _vocabulary(corpus, normalizer, pre_tokenizer, vocab_size: int, min_frequenc
 def save_tokenizer(tokenizer, out_dir) -> Path:
     """``tokenizer.save_pretrained`` into a temporary sibling folder, then rename it to
     ``out_dir`` (replacing an existing one), so no reader ever sees a half-written tokenizer."""
-    from .io import make_temp_dir
+    from ..utils.io import make_temp_dir
 
     out = Path(out_dir)
     tmp = make_temp_dir(out)   # 0777 less the umask, not mkdtemp's 0700

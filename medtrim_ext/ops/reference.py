@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .entities import MetaEntities
-from .mining import Triplets, default_ids
+from ..entities.meta_entities import MetaEntities
+from ..mining.miner import Triplets, default_ids
 
 
 def _counts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _build_config
-from .entities import MetaEntities
+from .. import _build_config
+from ..entities.meta_entities import MetaEntities
 
 
 def _require_backend(device: torch.device) -> None:
@@ -162,7 +162,7 @@ torch.library.register_autograd("medtrim::triplet_loss_forward", _triplet_loss_b
 _NO_DOUBLE_BACKWARD = (
     "MultimodalTripletLoss (medtrim::triplet_loss_forward) has no second derivative: its gradients "
     "can be taken with create_graph=True, but not differentiated again (double backward, "
-    "gradient penalties through this loss). Use medtrim_ext.reference.multimodal_triplet_loss, "
+    "gradient penalties through this loss). Use medtrim_ext.ops.reference.multimodal_triplet_loss, "
     "pure PyTorch, where second-order gradients are needed.")
 
 

@@ -1,0 +1,98 @@
+"""Argument checks shared by every stage: each returns the checked value or raises an error that
+names the argument, so that bad input stops with a clear message before it reaches a kernel.
+
+A value of the wrong type raises :class:`ArgumentTypeError`, which is both a ``TypeError`` and a
+``ValueError``: callers may catch either (an int given as ``"3"`` is a type error to some and an
+invalid value to others).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a ``TypeError`` and a ``ValueError``)."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int ``>= minimum`` (bools are not ints here)."""
+    wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+    if not _is_int(value):
+        raise ArgumentTypeError(f"{name} must be {wanted}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``value`` as a finite float (``>= minimum``; ``> 0`` with ``positive``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_tensor(name: str, x, *, floating: bool = False, dim: int | None = None) -> torch.Tensor:
+    """``x`` as a tensor (floating-point with ``floating``; ``dim`` dimensions if given)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if dim is not None and x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_ids(name: str, ids, n: int, device: torch.device | None,
+              owner: str = "the entities are") -> torch.Tensor:
+    """``ids`` as int64 after checking it is an integer tensor of shape ``(n,)`` on ``device``
+    (where ``owner`` lives; ``None``: any device)."""
+    check_tensor(name, ids)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {ids.dtype}")
+    if tuple(ids.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(ids.shape)}")
+    if device is not None and ids.device != device:
+        raise ValueError(f"{name} is on {ids.device} but {owner} on {device}")
+    return ids.to(torch.int64)
+
+
+def check_generator(generator) -> None:
+    """``None`` or a CPU ``torch.Generator`` (the miners draw their random choices on the CPU)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+
+
+def parse_json(text: str, where: str):
+    """``json.loads(text)``; invalid JSON raises a ValueError that starts with ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+
+
+def read_json(path: str | Path, what: str):
+    """The JSON document in the file ``path``; a file that cannot be read or is not JSON raises a
+    ValueError naming ``what`` and the path (``"cannot read vocabulary file '...'"``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {exc}") from None
+    return parse_json(text, f"{what} {str(path)!r}")
