@@ -184,3 +184,36 @@ def test_soft_targets_may_use_their_own_score_weights():
     module = build_objective_module(cfg)
     assert module.parts["soft_infonce"].miner.weights == {"w_dis": 0.5, "w_adj": 0.3, "w_dir": 0.2}
     assert module.parts["medtrim"].miner.weights == {"w_dis": 0.85, "w_adj": 0.10, "w_dir": 0.05}
+
+
+def test_objective_step_checkpoint_state_restores_the_memory_bank():
+    from medtrim_ext.training.distributed import DistContext
+    from medtrim_ext.training.timing import StepTimer
+
+    cfg = load_config("demo", ["objective.memory_bank=40"]).objective
+    step = ObjectiveStep(cfg, 16, seed=5)
+    ents = synthetic_entities(16, seed=2)
+    img, txt = embeddings(16, seed=2)
+    batch = {"entities": ents, "index": torch.arange(16)}
+    step(img, txt, batch, DistContext(), StepTimer(torch.device("cpu")), step=0)
+    state = step.checkpoint_state()
+    assert set(state) == {"objective", "memory_bank"} and state["memory_bank"]["count"] == 16
+
+    restored = ObjectiveStep(cfg, 16, seed=5)
+    restored.load_checkpoint_state(state)
+    nxt = {"entities": synthetic_entities(16, seed=3), "index": torch.arange(16, 32)}
+    img2, txt2 = embeddings(16, seed=3)
+    a = step(img2, txt2, nxt, DistContext(), StepTimer(torch.device("cpu")), step=1)
+    b = restored(img2, txt2, nxt, DistContext(), StepTimer(torch.device("cpu")), step=1)
+    assert a.loss.item() == b.loss.item()  # same bank, same generator of (seed, step): same triplets
+
+
+def test_the_miner_defaults_are_written_once():
+    from medtrim_ext.apps.cli import build_parser
+    from medtrim_ext.mining import MINER_DEFAULTS
+    from medtrim_ext.training.config import ObjectiveConfig
+
+    miner, cfg = TripletMiner(), ObjectiveConfig()
+    args = build_parser().parse_args(["mine", "records.json", "-o", "out.csv"])
+    for name, value in MINER_DEFAULTS.as_kwargs().items():
+        assert getattr(miner, name) == getattr(cfg, name) == getattr(args, name) == value, name

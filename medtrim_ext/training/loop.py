@@ -8,7 +8,8 @@ InfoNCE), compute the loss, back-propagate, clip, step AdamW and the LR schedule
 split into those phases (:class:`~medtrim_ext.training.timing.StepTimer`). The encoders are in
 train mode, or in eval mode with ``model.dropout=false`` (as the published code). With
 ``objective.kind=medtrim_offline`` and ``objective.offline_triplets=N``, N triplets are mined once
-before the first step into ``<out_dir>/offline_triplets.csv``, which a resumed run reuses.
+before the first step into ``<out_dir>/offline_triplets.csv``, which a resumed run reuses
+(:mod:`~medtrim_ext.training.batches` picks the batches the objective needs).
 ``<out_dir>/last.pt`` is written atomically every ``train.ckpt_every`` steps and at the end; with
 ``train.resume=auto`` a restarted run continues from it (only with the same config, see
 :mod:`~medtrim_ext.training.rundir`) and produces the same weights as an uninterrupted run, with
@@ -28,18 +29,17 @@ from pathlib import Path
 import torch
 
 from ..utils.io import atomic_write
+from .batches import OFFLINE_TRIPLETS_FILE, build_batch_sampler
 from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
 from .checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
 from .config import Config, replace
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
 from .logger import RunLogger
-from .objective_step import build_objective, offline_triplets
+from .objective_step import build_objective
 from .optim import build_optimizer, build_scheduler
 from .rundir import CONFIG_NAME, claim_new_dir, plan_resume, with_default_out_dir
-from .sampling import EpochKeyed, MinedTripletBatchSampler, OfflineStepBatchSampler, StepBatchSampler
+from .sampling import EpochKeyed
 from .timing import StepTimer
-
-OFFLINE_TRIPLETS_FILE = "offline_triplets.csv"
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -103,7 +103,7 @@ class Trainer:
                 print(f"run folder {self.out_dir} ({what})", file=sys.stderr)
         self.tokenizer = build_tokenizer(cfg, self.dataset.texts, self.out_dir, self.ctx)
         model = build_model(cfg, len(self.tokenizer)).to(self.device)
-        self.objective = build_objective(cfg.objective, cfg.model.embed_dim).to(self.device)
+        self.objective = build_objective(cfg.objective, cfg.model.embed_dim, cfg.train.seed).to(self.device)
         self.optimizer = build_optimizer(model, self.objective, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
@@ -113,14 +113,11 @@ class Trainer:
         if self.state is not None:
             try:
                 model.load_state_dict(self.state["model"])
-                self.objective.load_state_dict(self.state["objective"], strict=False)
+                self.objective.load_checkpoint_state(self.state)
                 self.optimizer.load_state_dict(self.state["optimizer"])
                 self.scheduler.load_state_dict(self.state["scheduler"])
                 if self.scaler is not None and self.state.get("scaler"):
                     self.scaler.load_state_dict(self.state["scaler"])
-                bank = getattr(self.objective, "bank", None)
-                if bank is not None and self.state.get("memory_bank") is not None:
-                    bank.load_state_dict(self.state["memory_bank"])
                 set_rng_state(self.state["rng"])
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # train.resume=force or a path
                 msg = str(exc) if len(str(exc)) <= 1500 else str(exc)[:1500] + " ..."
@@ -144,25 +141,8 @@ class Trainer:
         from ..datasets import Collator
 
         cfg = self.cfg
-        if self.objective.offline and cfg.objective.offline_triplets:
-            batches = MinedTripletBatchSampler(self._mined_triplets(), cfg.train.batch_size // 3,
-                                               steps=cfg.train.steps, start_step=self.start_step,
-                                               seed=cfg.train.seed, rank=self.ctx.rank,
-                                               world_size=self.ctx.world_size)
-        elif self.objective.offline:
-            from ..entities.meta_entities import MetaEntities
-            from ..mining.offline import OfflineTripletSampler
-
-            ents = MetaEntities.from_records(self.dataset.records)
-            sampler = OfflineTripletSampler(ents, self.objective.miner,
-                                            triplets_per_batch=cfg.train.batch_size // 3,
-                                            pool_size=cfg.objective.pool_size,
-                                            seed=cfg.train.seed + 7919 * self.ctx.rank)
-            batches = OfflineStepBatchSampler(sampler, steps=cfg.train.steps, start_step=self.start_step)
-        else:
-            batches = StepBatchSampler(len(self.dataset), cfg.train.batch_size, steps=cfg.train.steps,
-                                       start_step=self.start_step, seed=cfg.train.seed,
-                                       rank=self.ctx.rank, world_size=self.ctx.world_size)
+        batches = build_batch_sampler(cfg, self.dataset, self.objective, self.ctx, start_step=self.start_step,
+                                      out_dir=self.out_dir, progress=self.progress)
         # its own generator: iter(loader) draws the workers' base seed from it, not from torch's
         # global one, whose state (dropout masks) a resumed run has just restored from the checkpoint
         return torch.utils.data.DataLoader(
@@ -171,53 +151,15 @@ class Trainer:
             pin_memory=self.device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.ctx.rank))
 
-    def _mined_triplets(self) -> torch.Tensor:
-        """The run's offline triplets, mined once: read from ``<out_dir>/offline_triplets.csv``
-        when it exists (checked against this data and the miner's settings), else mined by the
-        main process (seeded by ``train.seed``) and written there atomically."""
-        from ..mining.offline import (load_offline_triplets, mine_offline_triplets, offline_triplets_meta,
-                               save_offline_triplets)
-
-        cfg, obj = self.cfg, self.cfg.objective
-        n = len(self.dataset)
-        if obj.offline_set_size > n:
-            raise ValueError(f"objective.offline_set_size={obj.offline_set_size} is larger than the "
-                             f"training set ({n} samples)")
-        per_step = cfg.train.batch_size // 3 * self.ctx.world_size
-        if obj.offline_triplets < per_step:
-            raise ValueError(f"objective.offline_triplets={obj.offline_triplets} is less than one global "
-                             f"batch ({per_step} triplets)")
-        study_ids = self.dataset.study_ids
-        meta = offline_triplets_meta(study_ids, self.objective.miner, num_triplets=obj.offline_triplets,
-                                     pool_size=obj.pool_size, set_size=obj.offline_set_size,
-                                     seed=cfg.train.seed)
-        path = self.out_dir / OFFLINE_TRIPLETS_FILE
-        triplets = None
-        if self.main and not path.exists():
-            from ..entities.meta_entities import MetaEntities
-
-            triplets = mine_offline_triplets(
-                MetaEntities.from_records(self.dataset.records), self.objective.miner,
-                num_triplets=obj.offline_triplets, pool_size=obj.pool_size,
-                set_size=obj.offline_set_size, seed=cfg.train.seed, progress=self.progress)
-            save_offline_triplets(path, triplets, study_ids, meta)
-        barrier(self.ctx)
-        return triplets if triplets is not None else load_offline_triplets(path, study_ids, meta)
-
     # -- one step ----------------------------------------------------------------------------------
     def _step(self, batch: dict, step: int) -> dict:
         cfg, timer = self.cfg, self.timer
         with timer.phase("data"):
             batch = _to_device(batch, self.device)
-            if self.objective.offline:
-                batch["triplets"] = offline_triplets(batch["images"].shape[0] // 3, self.device)
-        # the miner's random choices (semi-hard draws, tie seed): a function of (seed, step), so
-        # a resumed run mines the same triplets and torch's global generator is left alone
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         with autocast_context(self.device, cfg.train.amp):
             with timer.phase("encoders_forward"):
                 img, txt = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
-            out = self.objective(img, txt, batch, self.ctx, timer, generator=generator)
+            out = self.objective(img, txt, batch, self.ctx, timer, step=step)
 
         obj_params = self.objective_params
         loss = self.scaler.scale(out.loss) if self.scaler is not None else out.loss
@@ -255,13 +197,11 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------------
     def checkpoint_state(self, step: int) -> dict:
-        bank = getattr(self.objective, "bank", None)
         model = unwrap(self.model)
         return {"step": step, "config": self.cfg.to_dict(), "model_config": model_config(self.cfg, len(self.tokenizer)),
-                "model": model.state_dict(), "objective": self.objective.state_dict(),
+                "model": model.state_dict(), **self.objective.checkpoint_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "memory_bank": bank.state_dict() if bank is not None else None,
                 "rng": rng_state(), "world_size": self.ctx.world_size, "tokenizer": "tokenizer"
                 if not self.cfg.model.tokenizer else self.cfg.model.tokenizer}
 

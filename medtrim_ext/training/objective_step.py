@@ -63,29 +63,41 @@ def build_objective_module(cfg: ObjectiveConfig, miner: TripletMiner | None = No
 class ObjectiveStep(torch.nn.Module):
     """Calls the configured objective on one step's batch (see the module docstring).
 
-    With ``offline`` the batch brings its triplets (the published offline mode): they index the
-    batch's own rows, so nothing is gathered or mined.
+    - With ``offline`` the batch brings its triplets (the published offline mode): the ``3T`` rows
+      are anchors, positives, negatives, so nothing is gathered or mined.
+    - The miner's random choices (semi-hard draws, the tie seed) come from a generator seeded by
+      ``(seed, step)``: a resumed run mines the same triplets, and torch's global generator (the
+      dropout masks) is left alone.
+    - :meth:`checkpoint_state` / :meth:`load_checkpoint_state` save and restore everything the
+      objective holds (its parameters, e.g. InfoNCE's temperature, and the memory bank).
     """
 
-    def __init__(self, cfg: ObjectiveConfig, embed_dim: int):
+    def __init__(self, cfg: ObjectiveConfig, embed_dim: int, seed: int = 0):
         super().__init__()
         self.miner = build_miner(cfg)
         self.objective = build_objective_module(cfg, self.miner)
         self.offline = "medtrim_offline" in objective_parts(cfg.kind)
+        self.seed = int(seed)
         self.bank = None
         if cfg.memory_bank and not self.offline:
             from ..losses.memory_bank import MemoryBank
 
             self.bank = MemoryBank(cfg.memory_bank, embed_dim)
 
+    def generator(self, step: int) -> torch.Generator:
+        """The miner's generator at ``step``: a function of ``(seed, step)`` only."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+
     def forward(self, img: torch.Tensor, txt: torch.Tensor, batch: dict, ctx: DistContext,
-                timer: StepTimer, generator: torch.Generator | None = None) -> StepLoss:
+                timer: StepTimer, generator: torch.Generator | None = None, *, step: int = 0) -> StepLoss:
         ents: MetaEntities = batch["entities"]
         ids = batch["index"]
-        kwargs: dict = {"generator": generator, "timer": timer}
+        kwargs: dict = {"generator": generator if generator is not None else self.generator(step),
+                        "timer": timer}
         current = None
         if self.offline:
-            kwargs["triplets"] = batch["triplets"]
+            given = batch.get("triplets")
+            kwargs["triplets"] = given if given is not None else offline_triplets(img.shape[0] // 3, img.device)
         else:
             with timer.phase("mining"):  # the all-gather is charged to mining
                 if ctx.enabled or self.bank is not None:
@@ -108,9 +120,22 @@ class ObjectiveStep(torch.nn.Module):
                 **{k: v.float() for k, v in out.stats.items()}}
         return StepLoss(out.loss, logs)
 
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """``{"objective": state_dict, "memory_bank": the bank's state or None}``."""
+        return {"objective": self.state_dict(),
+                "memory_bank": self.bank.state_dict() if self.bank is not None else None}
 
-def build_objective(cfg: ObjectiveConfig, embed_dim: int) -> ObjectiveStep:
-    return ObjectiveStep(cfg, embed_dim)
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Restore what :meth:`checkpoint_state` returned (a checkpoint of a run without a bank
+        leaves this one's bank empty)."""
+        self.load_state_dict(state["objective"], strict=False)
+        if self.bank is not None and state.get("memory_bank") is not None:
+            self.bank.load_state_dict(state["memory_bank"])
+
+
+def build_objective(cfg: ObjectiveConfig, embed_dim: int, seed: int = 0) -> ObjectiveStep:
+    return ObjectiveStep(cfg, embed_dim, seed)
 
 
 def offline_triplets(t: int, device) -> Triplets:
