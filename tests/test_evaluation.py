@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
 
 from medtrim_ext import MetaEntities
 from medtrim_ext.evaluation import (attribute_keys, disease_set_keys, entity_keys, evaluate_retrieval,
@@ -212,6 +214,22 @@ def test_retrieval_random_embeddings_and_memory_cap(monkeypatch):
     _assert_matches(got, ref, (1, 5, 10), True)
     best = F.cosine_similarity(q[:, None], g[None], dim=-1).argmax(1)
     assert retrieval_metrics(q, g, qk, gk, (1,), pair_index=best)["pair_recall@1"] == 1.0
+
+
+def test_retrieval_map_is_scikit_learn_average_precision():
+    """Without ties, mAP is the mean over queries with a relevant item of sklearn's
+    average_precision_score, and recall@K its top-K hit rate."""
+    gen = torch.Generator().manual_seed(3)
+    q, g = torch.randn(40, 6, generator=gen), torch.randn(90, 6, generator=gen)
+    qk, gk = torch.randint(0, 8, (40,), generator=gen), torch.randint(0, 7, (90,), generator=gen)
+    res = retrieval_metrics(q, g, qk, gk, ks=(1, 5), chunk_size=7)
+    sims = _similarities(q, g).numpy()
+    rel = (qk[:, None] == gk[None, :]).numpy()
+    aps = [average_precision_score(r, s) for r, s in zip(rel, sims) if r.any()]
+    assert res["mAP"] == pytest.approx(sum(aps) / len(aps), abs=1e-12)
+    for k in (1, 5):
+        top = (-sims).argsort(1)[:, :k]
+        assert res[f"recall@{k}"] == pytest.approx(np.take_along_axis(rel, top, 1).any(1).mean(), abs=1e-12)
 
 
 @pytest.mark.parametrize("compute_map", [True, False])

@@ -9,6 +9,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from medtrim_ext.evaluation import linear_probe, roc_auc
 
@@ -135,3 +139,72 @@ def test_probe_accepts_numpy_and_bool_labels():
     y = (x[:, :1] > 0)
     res = linear_probe(x[:60].numpy(), y[:60].numpy(), x[60:].numpy(), y[60:].numpy(), ["a"])
     assert res["auc"]["a"] > 0.95
+
+
+def _structured(seed=0, n=700, d=24, c=6):
+    """Embeddings with class structure, badly scaled and off-centre; rare classes; 10% unknown."""
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, c, generator=gen) < torch.linspace(0.4, 0.02, c)).float()
+    x = (torch.randn(n, d, generator=gen) * 2 + y @ torch.randn(c, d, generator=gen) + 1) * torch.linspace(0.5, 3, d)
+    y[torch.rand(n, c, generator=gen) < 0.1] = float("nan")
+    return x[:500], y[:500], x[500:], y[500:], [f"c{j}" for j in range(c)]
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 0.1])
+def test_probe_is_scikit_learn(weight_decay):
+    """linear_probe = StandardScaler on all training rows, then per class LogisticRegression with
+    C = 1 / (known labels * weight_decay) on the known labels, scored by roc_auc_score."""
+    tx, ty, vx, vy, names = _structured()
+    res = linear_probe(tx, ty, vx, vy, names, weight_decay=weight_decay)
+    scaler = StandardScaler().fit(tx.double().numpy())
+    sx, svx = scaler.transform(tx.double().numpy()), scaler.transform(vx.double().numpy())
+    assert res["scored"] == names
+    for j, name in enumerate(names):
+        known, test_known = ~torch.isnan(ty[:, j]).numpy(), ~torch.isnan(vy[:, j]).numpy()
+        model = LogisticRegression(C=1 / (known.sum() * weight_decay), tol=1e-8, max_iter=200)
+        model.fit(sx[known], ty[known, j].numpy())
+        want = roc_auc_score(vy[test_known, j].numpy(), model.decision_function(svx[test_known]))
+        assert res["auc"][name] == want
+    # with every label known, the same as one scikit-learn pipeline per class
+    full = torch.nan_to_num(ty, nan=0.0), torch.nan_to_num(vy, nan=0.0)
+    res = linear_probe(tx, full[0], vx, full[1], names, weight_decay=weight_decay)
+    for j, name in enumerate(names):
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (500 * weight_decay), tol=1e-8, max_iter=200))
+        pipe.fit(tx.double().numpy(), full[0][:, j].numpy())
+        want = roc_auc_score(full[1][:, j].numpy(), pipe.decision_function(vx.double().numpy()))
+        assert res["auc"][name] == want
+
+
+def test_probe_penalty_is_mean_loss_plus_half_weight_decay():
+    """train_loss is sum_c (mean log-loss + weight_decay/2 ||w_c||^2), and the fit is its minimum:
+    scaling the weights either way raises it."""
+    tx, ty, vx, vy, names = _structured(seed=1, c=1)
+    ty = torch.nan_to_num(ty, nan=0.0)
+    res = linear_probe(tx, ty, vx, vy, names, weight_decay=0.05)
+    sx = StandardScaler().fit_transform(tx.double().numpy())
+    model = LogisticRegression(C=1 / (500 * 0.05), tol=1e-8, max_iter=200).fit(sx, ty[:, 0].numpy())
+    y = ty[:, 0].double().numpy()
+
+    def objective(scale):
+        z = sx @ (scale * model.coef_.ravel()) + model.intercept_[0]
+        return np.mean(np.logaddexp(0, z) - y * z) + 0.025 * scale ** 2 * (model.coef_ ** 2).sum()
+
+    assert res["train_loss"] == pytest.approx(objective(1.0), rel=1e-12)
+    assert objective(0.99) > objective(1.0) < objective(1.01)
+
+
+def test_probe_without_penalty_and_all_unknown_class():
+    tx, ty, vx, vy, names = _structured(seed=2, c=3)
+    ty[:, 2] = float("nan")
+    res = linear_probe(tx, ty, vx, vy, names, weight_decay=0)
+    assert res["skipped"] == ["c2"] and "0 positive, 0 negative" in res["skip_reasons"]["c2"]
+    assert res["auc"]["c0"] > 0.8 and math.isfinite(res["train_loss"])
+
+
+def test_roc_auc_is_roc_auc_score():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        s = torch.randint(0, 6, (300,), generator=gen).float()          # ties
+        y = torch.rand(300, generator=gen) < 0.2
+        assert roc_auc(s, y) == roc_auc_score(y.numpy(), s.numpy())
+    assert math.isnan(roc_auc([], []))

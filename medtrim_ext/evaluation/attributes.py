@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..utils.checks import check_int
 from .keys import _canonical_attributes
 from .retrieval import _check_embeddings, _inverse_norms, _top_indices
 
@@ -91,8 +92,7 @@ def evaluate_attributes(img_emb: torch.Tensor, txt_emb: torch.Tensor, attributes
     if not (img_emb.shape[0] == txt_emb.shape[0] == len(attributes)):
         raise ValueError(f"img_emb ({img_emb.shape[0]} rows), txt_emb ({txt_emb.shape[0]}) and "
                          f"attributes ({len(attributes)}) must describe the same samples")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    check_int("k", k)
     out = {}
     for direction, (q, g) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
         top = top_k(q, g, k)

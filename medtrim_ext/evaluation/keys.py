@@ -128,6 +128,7 @@ def _canonical_attributes(attributes: Sequence[Mapping]) -> list[dict]:
 
 
 def _ids_of_strings(strings: list[str]) -> torch.Tensor:
+    # a dict, not np.unique: numpy's fixed-width strings would cost N x the longest string
     index = {s: i for i, s in enumerate(sorted(set(strings)))}
     return torch.tensor([index[s] for s in strings], dtype=torch.int64)
 

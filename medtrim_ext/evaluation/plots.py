@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..utils.checks import check_number
 from ..utils.io import atomic_write
 
 __all__ = ["plot_attributes", "plot_probe_auc", "plot_results", "plot_retrieval",
@@ -289,11 +290,7 @@ def plot_training_curves(csv_paths_by_method_and_seed: Mapping[str, Mapping | Se
 def _check_breakdown(name: str, parts) -> dict[str, float]:
     if not isinstance(parts, Mapping) or not parts:
         raise ValueError(f"{name} must be a non-empty dict {{part: seconds}}")
-    out = {}
-    for k, v in parts.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name}[{k!r}] must be a finite number of seconds >= 0, got {v!r}")
-        out[str(k)] = float(v)
+    out = {str(k): check_number(f"{name}[{k!r}] (seconds)", v, minimum=0) for k, v in parts.items()}
     total = out.pop(TOTAL, None)   # the whole step, not a part of it
     if not out:
         raise ValueError(f"{name} has no parts besides {TOTAL!r}")

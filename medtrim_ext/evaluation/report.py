@@ -86,8 +86,8 @@ def summarize_runs(runs: Mapping[str, Sequence[Mapping]]) -> dict:
             values = [f.get(p, float("nan")) for f in flat]
             finite = [v for v in values if math.isfinite(v)]
             n = len(finite)
-            mean = sum(finite) / n if n else float("nan")
-            std = (math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else float("nan"))
+            mean = float(np.mean(finite)) if n else float("nan")
+            std = float(np.std(finite, ddof=1)) if n > 1 else float("nan")
             metrics[p] = {"mean": mean, "std": std, "n": n, "n_missing": len(values) - n, "values": values}
         methods[method] = {"n_runs": len(results),
                            "seeds": seeds if all(s is not None for s in seeds) else None,

@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.checks import check_ids, check_int, check_tensor
+
 __all__ = ["evaluate_retrieval", "retrieval_metrics"]
 
 # at most this many similarities per chunk: with the sort, the relevance mask and the cumulative
@@ -21,12 +23,8 @@ MAX_CHUNK_ELEMENTS = 1 << 22
 
 
 def _check_embeddings(name: str, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (samples, dim), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    """``x`` after checking it is a finite 2-D floating-point tensor with rows and columns."""
+    check_tensor(name, x, floating=True, dim=2)
     if x.shape[0] == 0:
         raise ValueError(f"{name} has no rows")
     if x.shape[1] == 0:
@@ -37,17 +35,8 @@ def _check_embeddings(name: str, x) -> torch.Tensor:
     return x
 
 
-def _check_keys(name: str, keys, n: int, emb_name: str) -> torch.Tensor:
-    if not isinstance(keys, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(keys).__name__}")
-    if keys.dtype == torch.bool or keys.is_floating_point() or keys.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got {keys.dtype}")
-    if tuple(keys.shape) != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match {emb_name}, got {tuple(keys.shape)}")
-    return keys.to(torch.int64)
-
-
 def _check_ks(ks) -> list[int]:
+    """The distinct cut-offs in ``ks`` (an int or a sequence of positive ints), sorted."""
     if isinstance(ks, int):
         ks = (ks,)
     try:
@@ -56,10 +45,7 @@ def _check_ks(ks) -> list[int]:
         raise TypeError(f"ks must be a sequence of positive ints, got {ks!r}") from None
     if not ks:
         raise ValueError("ks must not be empty")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"ks must be positive ints, got {k!r}")
-    return sorted(set(ks))
+    return sorted({check_int("every K in ks", k) for k in ks})
 
 
 def _inverse_norms(x: torch.Tensor) -> torch.Tensor:
@@ -138,15 +124,14 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
         raise ValueError(f"query is on {query.device} but gallery on {gallery.device}")
     n, m = query.shape[0], gallery.shape[0]
     device = query.device
-    qk = _check_keys("query_keys", query_keys, n, "query").to(device)
-    gk = _check_keys("gallery_keys", gallery_keys, m, "gallery").to(device)
+    qk = check_ids("query_keys", query_keys, n, None).to(device)
+    gk = check_ids("gallery_keys", gallery_keys, m, None).to(device)
     ks = _check_ks(ks)
     if pair_index is not None:
-        pair_index = _check_keys("pair_index", pair_index, n, "query").to(device)
+        pair_index = check_ids("pair_index", pair_index, n, None).to(device)
         if n and (int(pair_index.min()) < 0 or int(pair_index.max()) >= m):
             raise ValueError(f"pair_index must lie in [0, {m}) (gallery positions)")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("chunk_size", chunk_size)
 
     eff = {k: min(k, m) for k in ks}
     kmax = max(eff.values())
@@ -230,7 +215,7 @@ def evaluate_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, keys: Mappi
     for name, k in keys.items():
         if not isinstance(name, str):
             raise TypeError(f"keys must be named by strings, got {name!r}")
-        k = _check_keys(f"keys[{name!r}]", k, n, "the embeddings")
+        k = check_ids(f"keys[{name!r}]", k, n, None)
         for direction, (qe, ge) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
             out[direction][name] = retrieval_metrics(qe, ge, k, k, ks, pair_index=pair,
                                                      chunk_size=chunk_size, compute_map=compute_map,
