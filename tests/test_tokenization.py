@@ -10,7 +10,7 @@ from medtrim_ext.models.tokenization import load_tokenizer, save_tokenizer, trai
 @pytest.fixture(scope="module")
 def corpus():
     from medtrim_ext.datasets.phantoms import _streams, sample_attributes
-    from medtrim_ext.datasets.phantom_reports import compose_report
+    from medtrim_ext.datasets.phantoms import compose_report
 
     out = []
     for i in range(300):

@@ -20,10 +20,8 @@ from .factory import KINDS, load_dataset
 from .manifest import ManifestDataset
 from .mimic import MimicCxrDataset
 from .openi import OpenIDataset
-from .phantom_dataset import PhantomDataset
-from .phantom_reports import attributes_to_record, compose_report
-from .phantoms import (ATTRIBUTE_SPACE, DISEASES, PhantomSet, generate_phantoms, save_montage,
-                       write_phantom_dataset)
+from .phantoms import (ATTRIBUTE_SPACE, DISEASES, PhantomDataset, PhantomSet, attributes_to_record,
+                       compose_report, generate_phantoms, save_montage, write_phantom_dataset)
 from .transforms import ImageTransform
 
 __all__ = ["ATTRIBUTE_SPACE", "Collator", "DISEASES", "EntityCache", "ImageTransform", "KINDS",

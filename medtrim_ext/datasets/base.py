@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.checks import check_int
 from .transforms import ImageTransform
 
 SPLITS = ("train", "validate", "test")
@@ -185,8 +186,8 @@ class ReportImageDataset(Dataset):
         if transform is not None and normalize != "half":
             raise ValueError(f"normalize={normalize!r} applies to the default ImageTransform; a "
                              "custom transform normalises its images itself")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if seed is not None:
+            check_int("seed", seed, minimum=0)  # SeedSequence takes no negative seeds
         self.reports = list(reports)
         self.texts = [image_text(r) for r in self.reports] if sections else list(self.reports)
         self.study_ids = [str(s) for s in study_ids]

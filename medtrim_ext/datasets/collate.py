@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from ..entities.meta_entities import MetaEntities
+from ..utils.checks import check_int
 
 
 class Collator:
@@ -28,8 +29,7 @@ class Collator:
     def __init__(self, tokenizer, max_length: int = 128, vocabulary=None, padding: str = "longest"):
         if not callable(tokenizer):
             raise TypeError(f"tokenizer must be a callable Hugging Face tokenizer, got {type(tokenizer).__name__}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        check_int("max_length", max_length, minimum=2)
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
         self.tokenizer, self.max_length, self.vocabulary, self.padding = tokenizer, max_length, vocabulary, padding

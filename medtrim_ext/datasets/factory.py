@@ -49,7 +49,7 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
 def dataset_class(kind: str):
     """The dataset class of ``kind`` (imported on demand)."""
     if kind == "phantoms":
-        from .phantom_dataset import PhantomDataset as cls
+        from .phantoms import PhantomDataset as cls
     elif kind == "manifest":
         from .manifest import ManifestDataset as cls
     elif kind == "mimic":

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.checks import check_int
+
 FITS = ("pad", "stretch", "crop")
 NORMALIZATIONS = ("half", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,9 +81,8 @@ class ImageTransform:
                  fit: str = "pad", rotate: float = 5.0, translate: float = 0.04,
                  scale: tuple[float, float] = (0.95, 1.05), brightness: float = 0.1,
                  contrast: float = 0.1, normalize: str = "half"):
-        for name, v, lo in (("image_size", image_size, 8), ("in_chans", in_chans, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        check_int("image_size", image_size, minimum=8)
+        check_int("in_chans", in_chans)
         if not isinstance(train, bool):
             raise TypeError(f"train must be a bool, got {type(train).__name__}")
         if normalize not in NORMALIZATIONS:

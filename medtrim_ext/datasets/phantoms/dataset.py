@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .base import ReportImageDataset, normalize_split, resolve_records
-from .phantoms import generate_phantoms, split_seed
+from ...utils.checks import check_int
+from ..base import ReportImageDataset, normalize_split, resolve_records
+from .attributes import split_seed
+from .generate import generate_phantoms
 
 DEFAULT_SIZES = {"train": 4000, "validate": 500, "test": 500}
 
@@ -37,12 +39,8 @@ class PhantomDataset(ReportImageDataset):
                  entities: str = "ground_truth", cache_dir=None, progress: bool = False,
                  sections: bool = True, aug_seed: int | None = None, extractor=None):
         self.split = normalize_split(split)
-        n = DEFAULT_SIZES[self.split] if n is None else n
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.base_seed = seed
+        n = check_int("n", DEFAULT_SIZES[self.split] if n is None else n)
+        self.base_seed = check_int("seed", seed, minimum=0)
         self.phantoms = generate_phantoms(n, seed=split_seed(seed, self.split),
                                           image_size=phantom_size or image_size, progress=progress)
         ph = self.phantoms

@@ -32,7 +32,7 @@ def attributes_to_record(attributes: dict, vocabulary=None) -> dict:
     ``adjs``. Diseases come in vocabulary order and descriptor lists are sorted, as
     :class:`~medtrim_ext.extraction.EntityExtractor` returns them.
     """
-    from ..entities.vocabulary import Vocabulary
+    from ...entities.vocabulary import Vocabulary
 
     vocab = vocabulary if vocabulary is not None else Vocabulary.default()
     record = {}
@@ -126,15 +126,37 @@ def _edema(rng, a) -> str:
     ))
 
 
+def _regional(rng, side: str, zone: str, templates, **words) -> str:
+    """One of ``templates`` (``str.format`` patterns) about the region of one side and zone,
+    ``{r}``, and the given ``words``; the region is drawn before the template."""
+    r = _region(rng, side, zone)
+    return _pick(rng, templates).format(r=r, **words)
+
+
+_CONSOLIDATION = (
+    "Dense consolidation in the {r}.",
+    "Dense {r} consolidation.",
+    "There is dense consolidation of the {r}.",
+    "Dense airspace consolidation in the {r}.",
+    "The {r} shows dense consolidation.",
+)
+_OPACITY = (
+    "Patchy opacity in the {r}.",
+    "Patchy {r} opacity.",
+    "There are patchy opacities in the {r}.",
+    "Patchy airspace opacity in the {r}.",
+    "Patchy {r} airspace disease.",
+)
+_LESION = (
+    "A {z} {noun} in the {r}.",
+    "{Z} {r} {noun}.",
+    "There is a {z} {noun} in the {r}.",
+    "A {z} {noun} is seen in the {r}.",
+)
+
+
 def _consolidation(rng, a) -> str:
-    r = _region(rng, a["side"], a["zone"])
-    return _pick(rng, (
-        f"Dense consolidation in the {r}.",
-        f"Dense {r} consolidation.",
-        f"There is dense consolidation of the {r}.",
-        f"Dense airspace consolidation in the {r}.",
-        f"The {r} shows dense consolidation.",
-    ))
+    return _regional(rng, a["side"], a["zone"], _CONSOLIDATION)
 
 
 def _opacity(rng, a) -> str:
@@ -146,27 +168,14 @@ def _opacity(rng, a) -> str:
             f"There are patchy airspace opacities in {r}.",
             f"Patchy bilateral {zone} lung opacities.",
         ))
-    r = _region(rng, side, zone)
-    return _pick(rng, (
-        f"Patchy opacity in the {r}.",
-        f"Patchy {r} opacity.",
-        f"There are patchy opacities in the {r}.",
-        f"Patchy airspace opacity in the {r}.",
-        f"Patchy {r} airspace disease.",
-    ))
+    return _regional(rng, side, zone, _OPACITY)
 
 
 def _lesion(rng, a) -> str:
     z = "small" if a["size"] == "small" else _pick(rng, ("large", "large", "massive"))
     noun = _pick(rng, ("nodule", "nodular opacity", "nodular density") if a["size"] == "small"
                  else ("mass", "mass", "nodule"))
-    r = _region(rng, a["side"], a["zone"])
-    return _pick(rng, (
-        f"A {z} {noun} in the {r}.",
-        f"{_cap(z)} {r} {noun}.",
-        f"There is a {z} {noun} in the {r}.",
-        f"A {z} {noun} is seen in the {r}.",
-    ))
+    return _regional(rng, a["side"], a["zone"], _LESION, z=z, Z=_cap(z), noun=noun)
 
 
 def _pneumothorax(rng, a) -> str:
