@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from ..utils.checks import read_json
+
 NO_FINDING = "no finding"
 MAX_DISEASES = 32  # the kernels keep one 32-bit disease mask per sample
 
@@ -139,14 +141,7 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str | Path) -> "Vocabulary":
         """Load a JSON ontology file (see ``medtrim_ext/data/ontology.json`` for the layout)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ValueError(f"cannot read vocabulary file {str(path)!r}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"vocabulary file {str(path)!r} is not valid JSON: {exc}") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "vocabulary file"), source=str(path))
 
     @classmethod
     def default(cls) -> "Vocabulary":

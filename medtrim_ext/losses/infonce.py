@@ -12,7 +12,7 @@ from torch import nn
 
 from ..entities.meta_entities import MetaEntities
 from ..mining.miner import TripletMiner
-from ..utils.checks import check_ids
+from ..utils.checks import check_ids, check_number, check_tensor
 from .objectives import ObjectiveOutput, check_queries, phase
 
 
@@ -44,10 +44,8 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.07, learnable: bool = True, max_logit_scale: float = 100.0):
         super().__init__()
-        for name, value in (("temperature", temperature), ("max_logit_scale", max_logit_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        check_number("temperature", temperature, positive=True)
+        check_number("max_logit_scale", max_logit_scale, positive=True)
         if 1.0 / temperature > max_logit_scale:
             raise ValueError(f"1 / temperature = {1.0 / temperature:g} exceeds max_logit_scale="
                              f"{max_logit_scale:g}")
@@ -96,10 +94,7 @@ def _check(img, txt, cand_img, cand_txt, targets):
     if cand_img is not None:
         named += [("cand_img", cand_img), ("cand_txt", cand_txt)]
     for name, x in named:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        check_tensor(name, x, floating=True)
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(x.shape)}")
         if x.device != img.device:
@@ -216,9 +211,8 @@ class SoftInfoNCEObjective(nn.Module):
             raise TypeError(f"loss must be an InfoNCELoss, got {type(self.loss).__name__}")
         if not isinstance(self.miner, TripletMiner):
             raise TypeError(f"miner must be a TripletMiner, got {type(self.miner).__name__}")
-        for name, value in (("own_weight", own_weight), ("temperature", temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        check_number("own_weight", own_weight)
+        check_number("temperature", temperature)
         if not 0 <= own_weight <= 1:
             raise ValueError(f"own_weight must be in [0, 1], got {own_weight!r}")
         if temperature <= 0:

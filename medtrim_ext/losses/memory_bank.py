@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..entities.meta_entities import MetaEntities
-from ..utils.checks import check_ids
+from ..utils.checks import check_ids, check_int, check_tensor
 from ..entities.vocabulary import Vocabulary
 
 _STATE_KEYS = ("size", "dim", "ptr", "count", "vocabulary", "img", "txt", "disease_bits",
@@ -39,9 +39,8 @@ class MemoryBank:
     """
 
     def __init__(self, size: int, dim: int, vocabulary: Vocabulary | None = None):
-        for name, value in (("size", size), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("size", size)
+        check_int("dim", dim)
         if vocabulary is not None and not isinstance(vocabulary, Vocabulary):
             raise TypeError(f"vocabulary must be a Vocabulary, got {type(vocabulary).__name__}")
         self.size, self.dim = size, dim
@@ -188,10 +187,7 @@ class MemoryBank:
 
     def _check_batch(self, img, txt, entities, ids):
         for name, x in (("img", img), ("txt", txt)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-            if not x.dtype.is_floating_point:
-                raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+            check_tensor(name, x, floating=True)
             if x.dim() != 2 or x.shape[1] != self.dim:
                 raise ValueError(f"{name} must have shape (rows, {self.dim}), got {tuple(x.shape)}")
         if txt.shape[0] != img.shape[0] or txt.device != img.device:

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from .. import ops
+from ..utils.checks import check_number, check_tensor
 from ..mining.miner import Triplets
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -48,8 +49,7 @@ class MultimodalTripletLoss(torch.nn.Module):
 
     def __init__(self, margin: float = 0.3, reduction: str = "mean"):
         super().__init__()
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
-            raise ValueError(f"margin must be a finite number, got {margin!r}")
+        check_number("margin", margin)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.margin = float(margin)
@@ -92,17 +92,13 @@ def reduce_losses(per_img: torch.Tensor, per_txt: torch.Tensor, anchor: torch.Te
 
 
 def _check_embeddings(img, txt, cand_img, cand_txt):
-    for name, x in (("img_emb", img), ("txt_emb", txt)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor("img_emb", img)
+    check_tensor("txt_emb", txt)
     if (cand_img is None) != (cand_txt is None):
         raise ValueError("pass both cand_img and cand_txt, or neither")
     named = [("img_emb", img), ("txt_emb", txt)]
     if cand_img is not None:
-        for name, x in (("cand_img", cand_img), ("cand_txt", cand_txt)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        named += [("cand_img", cand_img), ("cand_txt", cand_txt)]
+        named += [("cand_img", check_tensor("cand_img", cand_img)), ("cand_txt", check_tensor("cand_txt", cand_txt))]
     for name, x in named:
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(x.shape)}")
@@ -137,8 +133,7 @@ def _check_triplets(triplets, device):
     out = []
     lengths = set()
     for name, idx in zip(("anchor", "positive", "negative"), triplets):
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"triplets.{name} must be a torch.Tensor, got {type(idx).__name__}")
+        check_tensor(f"triplets.{name}", idx)
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise TypeError(f"triplets.{name} must be an integer tensor, got {idx.dtype}")
         if idx.dim() != 1:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from .. import ops
-from ..utils.checks import check_generator, check_ids
+from ..utils.checks import check_generator, check_ids, check_number
 from ..entities.meta_entities import MetaEntities
 
 
@@ -82,24 +82,17 @@ class MiningDraw(NamedTuple):
 
 
 def _check_fraction_args(w_dis, w_adj, w_dir, threshold, upper, semi_hard_prob, min_positive_score):
-    for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir),
-                        ("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob),
-                        ("min_positive_score", min_positive_score)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
+    for name, value in (("threshold", threshold), ("upper", upper), ("semi_hard_prob", semi_hard_prob)):
+        check_number(name, value)
+    check_number("min_positive_score", min_positive_score, minimum=0)
     for name, value in (("w_dis", w_dis), ("w_adj", w_adj), ("w_dir", w_dir)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
+        check_number(name, value, minimum=0)
         if not math.isfinite(float(torch.tensor(value, dtype=torch.float32))):
             raise ValueError(f"{name} must fit in float32, got {value!r}")
     if not 0 <= threshold <= upper:
         raise ValueError(f"need 0 <= threshold <= upper, got threshold={threshold!r}, upper={upper!r}")
     if not 0 <= semi_hard_prob <= 1:
         raise ValueError(f"semi_hard_prob must be in [0, 1], got {semi_hard_prob!r}")
-    if min_positive_score < 0:
-        raise ValueError(f"min_positive_score must be >= 0, got {min_positive_score!r}")
 
 
 class TripletMiner:

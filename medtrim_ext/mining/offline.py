@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..entities.meta_entities import MetaEntities
+from ..utils.checks import check_int
 from .miner import TripletMiner, Triplets
 
 _STATE_KEYS = ("seed", "step", "num_samples", "triplets_per_batch", "pool_size")
@@ -69,10 +70,7 @@ class OfflineTripletSampler:
             raise TypeError(f"miner must be a TripletMiner, got {type(miner).__name__}")
         for name, value, low in (("triplets_per_batch", triplets_per_batch, 1), ("pool_size", pool_size, 3),
                                  ("seed", seed, 0), ("max_redraws", max_redraws, 1)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+            check_int(name, value, minimum=low)
         if len(entities) < 3:
             raise ValueError(f"offline mining needs at least 3 samples (anchor, positive, negative), "
                              f"got {len(entities)}")
@@ -196,10 +194,7 @@ def mine_offline_triplets(entities: MetaEntities, miner: TripletMiner, *, num_tr
         raise TypeError(f"miner must be a TripletMiner, got {type(miner).__name__}")
     for name, value, low in (("num_triplets", num_triplets, 1), ("pool_size", pool_size, 3),
                              ("set_size", set_size, 0), ("seed", seed, 0), ("max_redraws", max_redraws, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
+        check_int(name, value, minimum=low)
     n = len(entities)
     if n < 3:
         raise ValueError(f"offline mining needs at least 3 samples (anchor, positive, negative), got {n}")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .image import ImageEncoder
+from ..utils.checks import check_int
 from .text import TextEncoder
 
 PROJECTIONS = ("linear", "mlp", "none")
@@ -63,8 +64,7 @@ class DualEncoder(nn.Module):
             raise TypeError(f"image must be an ImageEncoder, got {type(image).__name__}")
         if not isinstance(text, TextEncoder):
             raise TypeError(f"text must be a TextEncoder, got {type(text).__name__}")
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        check_int("embed_dim", embed_dim)
         self.image, self.text = image, text
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")

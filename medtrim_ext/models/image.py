@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .freezing import freeze_first_layers, keep_frozen_in_eval, timm_layer_groups
+from ..utils.checks import check_int, check_tensor
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -46,9 +47,8 @@ class ImageEncoder(nn.Module):
         super().__init__()
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a timm model name, got {name!r}")
-        for arg, value in (("in_chans", in_chans), ("img_size", img_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        check_int("in_chans", in_chans)
+        check_int("img_size", img_size)
         if not isinstance(freeze_stem, bool):
             raise TypeError(f"freeze_stem must be a bool, got {freeze_stem!r}")
         for reserved in ("pretrained", "num_classes", "pretrained_cfg_overlay", "features_only"):
@@ -89,8 +89,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, feature_dim)`` of float images ``(B, C, H, W)``."""
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        check_tensor("images", images)
         if images.dim() != 4:
             raise ValueError(f"images must be 4-D (batch, channels, height, width), got shape "
                              f"{tuple(images.shape)}")

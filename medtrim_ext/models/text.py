@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .freezing import freeze_first_layers, hf_layer_groups, keep_frozen_in_eval
+from ..utils.checks import check_int, check_tensor, read_json
 
 # BERT-base, shaped like BioClinicalBERT (cased BERT vocabulary of 28996 word pieces)
 DEFAULT_TEXT_CONFIG = {
@@ -60,9 +61,8 @@ class TextEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not isinstance(freeze_stem, bool):
             raise TypeError(f"freeze_stem must be a bool, got {freeze_stem!r}")
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
-                                       or vocab_size < 1):
-            raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+        if vocab_size is not None:
+            check_int("vocab_size", vocab_size)
         missing: set = set()
         if pretrained is not None:
             self.model, missing = _load_pretrained(pretrained)
@@ -155,12 +155,7 @@ def _build_config(config, vocab_size):
         p = Path(config)
         if p.is_dir():
             p = p / "config.json"
-        try:
-            args = json.loads(p.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ValueError(f"cannot read text config file {str(p)!r}: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"text config file {str(p)!r} is not valid JSON: {exc}") from None
+        args = read_json(p, "text config file")
         if not isinstance(args, dict):
             raise ValueError(f"text config file {str(p)!r} must hold a JSON object")
     elif isinstance(config, Mapping):
@@ -180,8 +175,7 @@ def _build_config(config, vocab_size):
 
 def _check_tokens(input_ids, attention_mask, vocab_size: int) -> None:
     for name, t in (("input_ids", input_ids), ("attention_mask", attention_mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_tensor(name, t)
         if t.dtype.is_floating_point or t.dtype.is_complex:
             raise TypeError(f"{name} must be an integer or bool tensor, got {t.dtype}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:

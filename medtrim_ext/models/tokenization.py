@@ -25,6 +25,8 @@ from pathlib import Path
 from collections import Counter
 from typing import Iterable
 
+from ..utils.checks import check_int
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] gets id 0
 
 
@@ -53,10 +55,9 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, min_
             corpus.append(t)
     if not corpus:
         raise ValueError("texts has no non-empty text to train a tokenizer on")
-    for name, v, lo in (("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1), ("min_frequency", min_frequency, 1),
-                        ("model_max_length", model_max_length, 2)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    check_int("vocab_size", vocab_size, minimum=len(SPECIAL_TOKENS) + 1)
+    check_int("min_frequency", min_frequency)
+    check_int("model_max_length", model_max_length, minimum=2)
 
     normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                             strip_accents=None, lowercase=bool(lowercase))

@@ -38,7 +38,7 @@ def check_number(name: str, value, *, minimum: float | None = None, positive: bo
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if minimum is not None and value < minimum:
