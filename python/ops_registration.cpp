@@ -1,9 +1,8 @@
 // Declares the medtrim:: torch ops and registers their CPU kernels. Importing medtrim_ext._C runs
-// these static registrations; Python adds fake (meta) kernels in medtrim_ext/ops.py.
+// these static registrations; Python adds fake (meta) kernels in medtrim_ext/ops/torch_ops.py.
 #include <torch/library.h>
 
-#include "meta_entity_ops.h"
-#include "triplet_loss_ops.h"
+#include "kernel_impls.h"
 #include "triplet_loss_plan.h"
 
 TORCH_LIBRARY(medtrim, m) {
@@ -21,7 +20,7 @@ TORCH_LIBRARY(medtrim, m) {
       "pair_scores(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "
       "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, "
       "Tensor anchor_index, Tensor candidate_index, float w_dis, float w_adj, float w_dir) -> Tensor");
-  // Fused multimodal triplet loss, per triplet; autograd is attached in medtrim_ext/ops.py.
+  // Fused multimodal triplet loss, per triplet; autograd is attached in medtrim_ext/ops/torch_ops.py.
   m.def(
       "triplet_loss_forward(Tensor img, Tensor txt, Tensor? cand_img, Tensor? cand_txt, "
       "Tensor anchor, Tensor positive, Tensor negative, float margin) "
@@ -37,13 +36,7 @@ TORCH_LIBRARY(medtrim, m) {
       "Tensor anchor, Tensor positive, Tensor negative, bool counting) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
-  m.impl("score_matrix", &medtrim::score_matrix_cpu);
-  m.impl("mine_triplets", &medtrim::mine_triplets_cpu);
-  m.impl("pair_scores", &medtrim::pair_scores_cpu);
-  m.impl("triplet_loss_forward", &medtrim::triplet_loss_forward_cpu);
-  m.impl("triplet_loss_backward", &medtrim::triplet_loss_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(medtrim, CPU, m) { MEDTRIM_IMPL_KERNELS(m, cpu); }
 
 // Runs on any device (ATen ops only), so it is registered once for all backends.
 TORCH_LIBRARY_IMPL(medtrim, CompositeExplicitAutograd, m) {

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from .. import _build_config
+from .. import _C
 from ..entities.meta_entities import MetaEntities
 
 
+# what the compiled module says it holds (the one source of build information)
+_HAS_CUDA_KERNELS = bool(_C.build_info()["cuda"])
+
+
 def _require_backend(device: torch.device) -> None:
-    if device.type == "cuda" and not _build_config.WITH_CUDA:
+    if device.type == "cuda" and not _HAS_CUDA_KERNELS:
         raise RuntimeError(
             "medtrim_ext was built without its CUDA kernels (no CUDA torch or nvcc at build time), "
             "so it cannot run on cuda tensors: rebuild with MEDTRIM_CUDA=ON, or use .cpu()")
