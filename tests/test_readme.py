@@ -1,8 +1,10 @@
-"""The README cannot rot: every ```python block of README.md runs as written.
+"""The README and docs/ cannot rot: every ```python block of README.md and of docs/*.md runs as
+written, and every link, repository path and module name they mention exists.
 
 Each block runs on its own (a fresh namespace: a block defines what it uses) in a temporary
 working folder, so files it writes (runs/, mydata/) go there. Lines that need a GPU are guarded in
-the block itself (``if torch.cuda.is_available():``), so every block runs on a CPU.
+the block itself (``if torch.cuda.is_available():``), so every block runs on a CPU. Test ids name
+the file and the line of the opening fence (``README.md:line48``, ``docs/ops.md:line60``).
 
 A block that genuinely needs data that cannot be made here (MIMIC-CXR, local model weights) may
 be preceded, on the line just before its opening fence, by the marker
@@ -15,16 +17,25 @@ The shell recipe of "Train on your own data" runs in ``tests/test_train_cli.py``
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
 MARKER = re.compile(r"<!--\s*readme-test:\s*compile-only:?(.*?)-->")
 
 
-def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
+def page_name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def python_blocks(text: str, name: str = "README.md") -> list[tuple[int, str, str | None]]:
     """(line of the opening fence, source, compile-only reason or None) of each ```python block."""
     blocks, lines = [], text.splitlines()
     k = 0
@@ -32,7 +43,7 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
         if lines[k].strip() == "```python":
             start = k
             end = next((j for j in range(k + 1, len(lines)) if lines[j].strip() == "```"), None)
-            assert end is not None, f"README.md:{start + 1}: a ```python block is never closed"
+            assert end is not None, f"{name}:{start + 1}: a ```python block is never closed"
             marker = MARKER.search(lines[start - 1]) if start > 0 else None
             reason = marker.group(1).strip() if marker else None
             blocks.append((start + 1, "\n".join(lines[start + 1:end]) + "\n", reason))
@@ -41,19 +52,129 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
     return blocks
 
 
-BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+BLOCKS = [(page_name(page), line, source, reason)
+          for page in PAGES
+          for line, source, reason in python_blocks(page.read_text(encoding="utf-8"), page_name(page))]
 
 
 def test_the_readme_has_its_python_blocks():
-    assert len(BLOCKS) >= 7  # guards the parser: an unparsed README would pass vacuously
-    for line, _, reason in BLOCKS:
-        assert reason is None or reason, f"README.md:{line}: a compile-only marker needs a reason"
+    readme_blocks = [b for b in BLOCKS if b[0] == "README.md"]
+    assert len(readme_blocks) >= 7  # guards the parser: an unparsed README would pass vacuously
+    assert (DOCS / "README.md").is_file() and len(PAGES) > 2  # docs/ is collected too
+    for name, line, _, reason in BLOCKS:
+        assert reason is None or reason, f"{name}:{line}: a compile-only marker needs a reason"
 
 
-@pytest.mark.parametrize("line, source, reason", BLOCKS, ids=[f"line{b[0]}" for b in BLOCKS])
-def test_readme_python_block_runs(line, source, reason, tmp_path, monkeypatch):
-    code = compile(source, f"README.md:{line}", "exec")  # tracebacks name the README line
+@pytest.mark.parametrize("name, line, source, reason", BLOCKS, ids=[f"{b[0]}:line{b[1]}" for b in BLOCKS])
+def test_readme_python_block_runs(name, line, source, reason, tmp_path, monkeypatch):
+    code = compile(source, f"{name}:{line}", "exec")  # tracebacks name the file and line
     if reason is not None:
         pytest.skip(f"compile-only: {reason}")
     monkeypatch.chdir(tmp_path)
     exec(code, {"__name__": "__readme__"})
+
+
+# ---- links, paths and module names ------------------------------------------------------------
+
+def prose(text: str) -> str:
+    """The text outside fenced blocks (shell examples name files that do not exist here)."""
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        out.append("" if fenced else line)
+    return "\n".join(out)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a markdown page's headings."""
+    heads = re.findall(r"^#+\s+(.*)$", prose(page.read_text(encoding="utf-8")), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def spans(page: Path) -> list[tuple[int, str]]:
+    """(line, content) of every inline code span outside fenced blocks."""
+    return [(n, m.group(1)) for n, line in enumerate(prose(page.read_text(encoding="utf-8")).splitlines(), 1)
+            for m in re.finditer(r"`([^`]+)`", line)]
+
+
+def test_links_point_at_files_and_headings_that_exist():
+    bad = []
+    for page in PAGES:
+        for n, line in enumerate(prose(page.read_text(encoding="utf-8")).splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):
+                    continue  # http(s), mailto
+                path, _, fragment = target.partition("#")
+                dest = (page.parent / path).resolve() if path else page
+                if not dest.exists():
+                    bad.append(f"{page_name(page)}:{n}: {target} (no such file)")
+                elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
+                    bad.append(f"{page_name(page)}:{n}: {target} (no such heading)")
+    assert not bad, "\n".join(bad)
+
+
+REPO_PREFIXES = ("medtrim_ext/", "csrc/", "python/", "benchmarks/", "tests/", "docs/", ".ci/")
+REPO_FILES = {"CMakeLists.txt", "pyproject.toml", "Makefile", "constraints.txt"}
+GENERATED = ("benchmarks/out/",)  # written by make demo / make bench
+SOURCE_SUFFIXES = (".py", ".cpp", ".cu", ".h", ".md", ".yaml", ".json", ".sh")
+
+
+def test_repository_paths_exist():
+    sources = [p.relative_to(ROOT).as_posix() for d in ("medtrim_ext", "csrc", "python", "benchmarks", "tests")
+               for p in (ROOT / d).rglob("*") if p.is_file()]
+    bad = []
+    for page in PAGES:
+        for n, span in spans(page):
+            if any(c in span for c in "<>*{} ") or span.startswith(GENERATED):
+                continue
+            if span.startswith(REPO_PREFIXES) or span in REPO_FILES:
+                if not (ROOT / span.rstrip("/")).exists():
+                    bad.append(f"{page_name(page)}:{n}: {span}")
+            elif page != DOCS / "paper.md" and (  # paper.md cites the published repository's files
+                    ("/" in span and span.endswith(SOURCE_SUFFIXES)) or span.endswith((".py", ".cpp", ".cu", ".h"))):
+                # a file named relative to its folder (docs/architecture.md: `models/image.py`)
+                if not any(s == span or s.endswith("/" + span) for s in sources):
+                    bad.append(f"{page_name(page)}:{n}: {span}")
+    assert not bad, "paths that do not exist:\n" + "\n".join(bad)
+
+
+# modules of the earlier flat layout: docs/architecture.md lists where they went; they no longer import
+MOVED = {"medtrim_ext.loss", "medtrim_ext.contrastive", "medtrim_ext.objective", "medtrim_ext.memory_bank",
+         "medtrim_ext.vocabulary", "medtrim_ext.bits", "medtrim_ext.synthetic", "medtrim_ext.offline",
+         "medtrim_ext.reference", "medtrim_ext.tokenization", "medtrim_ext.io", "medtrim_ext.cli",
+         "medtrim_ext.demo", "medtrim_ext.mining_demo", "medtrim_ext.training.objectives"}
+
+
+def resolves(name: str) -> bool:
+    """Whether ``a.b.c`` is a module, or an attribute of the longest importable module prefix."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            for part in parts[k:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_module_names_exist():
+    bad = []
+    for page in PAGES:
+        for n, span in spans(page):
+            m = re.fullmatch(r"(medtrim_ext(?:\.\w+)+)(\(.*\))?", span)
+            if m is None:
+                continue
+            name = m.group(1)
+            if name in MOVED and page == DOCS / "architecture.md":
+                if importlib.util.find_spec(name) is not None:
+                    bad.append(f"{page_name(page)}:{n}: {name} is listed as moved but still imports")
+            elif not resolves(name):
+                bad.append(f"{page_name(page)}:{n}: {name}")
+    assert not bad, "module names that do not resolve:\n" + "\n".join(bad)
