@@ -31,6 +31,19 @@ REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP")
 ATTRIBUTES = tuple(f"attributes/{d}/{k}/{s}@5" for d in ("i2t", "t2i") for k in ("side", "size", "zone")
                    for s in ("same", "same_given_disease"))
 
+ATTR_WEIGHTS = "objective.soft_weights=[0.5, 0.3, 0.2]"
+MEDTRIM_X2 = "objective.weights={medtrim: 2.0}"
+
+
+def _soft(kind: str, temperature: float, own_weight: float, *extra: str) -> list[str]:
+    """The overrides of an arm with soft InfoNCE targets (``extra``: weights of the sum, score)."""
+    out = [f"objective.kind={kind}"]
+    if MEDTRIM_X2 in extra:
+        out.append(MEDTRIM_X2)
+    out += [f"objective.soft_temperature={temperature}", f"objective.soft_own_weight={own_weight}"]
+    return out + [e for e in extra if e != MEDTRIM_X2]
+
+
 # name -> (family, config overrides). Families: the arms of the demo.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "infonce": ("infonce", ["objective.kind=infonce"]),
@@ -49,41 +62,19 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "medtrim+infonce-minpos0.5": ("combined", ["objective.kind=medtrim+infonce",
                                                "objective.min_positive_score=0.5"]),
     # InfoNCE with meta-entity soft targets
-    "soft-t0.05-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.05",
-                                     "objective.soft_own_weight=0.5"]),
-    "soft-t0.1-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.1",
-                                    "objective.soft_own_weight=0.5"]),
-    "soft-t0.1-w0.25": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.1",
-                                     "objective.soft_own_weight=0.25"]),
-    "soft-t0.2-w0.5": ("combined", ["objective.kind=soft_infonce", "objective.soft_temperature=0.2",
-                                    "objective.soft_own_weight=0.5"]),
-    "medtrim+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                            "objective.soft_temperature=0.1",
-                                            "objective.soft_own_weight=0.5"]),
-    "medtrim+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                             "objective.soft_temperature=0.05",
-                                             "objective.soft_own_weight=0.5"]),
+    "soft-t0.05-w0.5": ("combined", _soft("soft_infonce", 0.05, 0.5)),
+    "soft-t0.1-w0.5": ("combined", _soft("soft_infonce", 0.1, 0.5)),
+    "soft-t0.1-w0.25": ("combined", _soft("soft_infonce", 0.1, 0.25)),
+    "soft-t0.2-w0.5": ("combined", _soft("soft_infonce", 0.2, 0.5)),
+    "medtrim+soft-t0.1-w0.5": ("combined", _soft("medtrim+soft_infonce", 0.1, 0.5)),
+    "medtrim+soft-t0.05-w0.5": ("combined", _soft("medtrim+soft_infonce", 0.05, 0.5)),
     # round 2, after the validation diagnostic (within a disease, soft targets at temperature 0.1
     # agree less on size and zone than InfoNCE): targets that reward descriptor matches more
-    "medtrim+soft-t0.02-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                             "objective.soft_temperature=0.02",
-                                             "objective.soft_own_weight=0.5"]),
-    "medtrim+soft-t0.05-w0.5-attr": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                                  "objective.soft_temperature=0.05",
-                                                  "objective.soft_own_weight=0.5",
-                                                  "objective.soft_weights=[0.5, 0.3, 0.2]"]),
-    "medtrim+soft-t0.1-w0.5-attr": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                                 "objective.soft_temperature=0.1",
-                                                 "objective.soft_own_weight=0.5",
-                                                 "objective.soft_weights=[0.5, 0.3, 0.2]"]),
-    "medtrim2+soft-t0.1-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                             "objective.weights={medtrim: 2.0}",
-                                             "objective.soft_temperature=0.1",
-                                             "objective.soft_own_weight=0.5"]),
-    "medtrim2+soft-t0.05-w0.5": ("combined", ["objective.kind=medtrim+soft_infonce",
-                                              "objective.weights={medtrim: 2.0}",
-                                              "objective.soft_temperature=0.05",
-                                              "objective.soft_own_weight=0.5"]),
+    "medtrim+soft-t0.02-w0.5": ("combined", _soft("medtrim+soft_infonce", 0.02, 0.5)),
+    "medtrim+soft-t0.05-w0.5-attr": ("combined", _soft("medtrim+soft_infonce", 0.05, 0.5, ATTR_WEIGHTS)),
+    "medtrim+soft-t0.1-w0.5-attr": ("combined", _soft("medtrim+soft_infonce", 0.1, 0.5, ATTR_WEIGHTS)),
+    "medtrim2+soft-t0.1-w0.5": ("combined", _soft("medtrim+soft_infonce", 0.1, 0.5, MEDTRIM_X2)),
+    "medtrim2+soft-t0.05-w0.5": ("combined", _soft("medtrim+soft_infonce", 0.05, 0.5, MEDTRIM_X2)),
 }
 
 

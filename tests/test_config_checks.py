@@ -55,6 +55,25 @@ def test_exponent_floats_are_numbers(tmp_path):
     ("eval.max_samples=0", "eval.max_samples must be >= 1"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1"),
     ("train.steps=1.5e3x", "train.steps must be int"),
+    # sections and keys
+    ("train.stepz=3", r"unknown key\(s\) \['stepz'\]"),
+    ("trian.steps=3", r"unknown section\(s\) \['trian'\]"),
+    ("train.steps=many", r"train.steps must be int"),
+    ("train.amp=fp8", "train.amp must be one of"),
+    ("objective.kind=clip", "objective.kind must be one of"),
+    ("train.batch_size=1", "train.batch_size must be >= 2"),
+    # the objective
+    ("objective.kind=medtrim+medtrim_offline", "two mining modes"),
+    ("objective.kind=medtrim+medtrim", "repeats a part"),
+    ("objective.kind=medtrim+clip", "objective.kind must be one of"),
+    ("objective.weights={infonce: 1.0}", "names parts not in objective.kind"),
+    ("objective.weights={medtrim: -1}", "objective.weights must map parts to finite numbers"),
+    ("objective.tie_break=lowest", "objective.tie_break must be one of"),
+    ("objective.soft_own_weight=2", "objective.soft_own_weight must be in"),
+    ("objective.soft_temperature=0", "objective.soft_temperature must be > 0"),
+    ("objective.min_positive_score=-1", "objective.min_positive_score must be >= 0"),
+    ("objective.soft_weights=[1, 2]", "objective.soft_weights must be"),
+    ("objective.soft_weights=[1, -2, 0]", "objective.soft_weights must be"),
 ])
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ValueError, match=match):

@@ -184,7 +184,7 @@ def test_cuda_loss_too_wide_is_an_error():
 
 
 # The widest embedding: 48 KiB minus the backward kernels' static shared memory, in accumulator
-# elements (README): 32 B (64 B in float64) in the sm_80 build, 1 KiB more in nvcc 13's sm_90 build.
+# elements (docs/ops.md): 32 B (64 B in float64) in the sm_80 build, 1 KiB more in nvcc 13's sm_90 build.
 DOCUMENTED_MAX_DIM = {torch.float32: (12280, 12024), torch.float16: (12280, 12024),
                       torch.bfloat16: (12280, 12024), torch.float64: (6136, 6008)}
 

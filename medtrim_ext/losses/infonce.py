@@ -12,7 +12,7 @@ from torch import nn
 
 from ..entities.meta_entities import MetaEntities
 from ..mining.miner import TripletMiner
-from ..utils.checks import check_ids, check_number, check_tensor
+from ..utils.checks import check_ids, check_instance, check_number, check_tensor
 from .objectives import ObjectiveOutput, check_queries, phase
 
 
@@ -178,9 +178,7 @@ class InfoNCEObjective(nn.Module):
 
     def __init__(self, loss: InfoNCELoss | None = None):
         super().__init__()
-        self.loss = loss if loss is not None else InfoNCELoss()
-        if not isinstance(self.loss, InfoNCELoss):
-            raise TypeError(f"loss must be an InfoNCELoss, got {type(self.loss).__name__}")
+        self.loss = check_instance("loss", loss if loss is not None else InfoNCELoss(), InfoNCELoss)
 
     def forward(self, img_emb, txt_emb, entities=None, *, cand_img=None, cand_txt=None,
                 cand_entities=None, own_index=None, timer=None, **_unused) -> ObjectiveOutput:
@@ -205,12 +203,8 @@ class SoftInfoNCEObjective(nn.Module):
     def __init__(self, loss: InfoNCELoss | None = None, miner: TripletMiner | None = None,
                  own_weight: float = 0.5, temperature: float = 0.1):
         super().__init__()
-        self.loss = loss if loss is not None else InfoNCELoss()
-        self.miner = miner if miner is not None else TripletMiner()
-        if not isinstance(self.loss, InfoNCELoss):
-            raise TypeError(f"loss must be an InfoNCELoss, got {type(self.loss).__name__}")
-        if not isinstance(self.miner, TripletMiner):
-            raise TypeError(f"miner must be a TripletMiner, got {type(self.miner).__name__}")
+        self.loss = check_instance("loss", loss if loss is not None else InfoNCELoss(), InfoNCELoss)
+        self.miner = check_instance("miner", miner if miner is not None else TripletMiner(), TripletMiner)
         check_number("own_weight", own_weight)
         check_number("temperature", temperature)
         if not 0 <= own_weight <= 1:

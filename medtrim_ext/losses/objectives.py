@@ -36,6 +36,7 @@ import torch
 from ..entities.meta_entities import MetaEntities
 from .triplet import MultimodalTripletLoss, reduce_losses
 from ..mining.miner import TripletMiner, Triplets
+from ..utils.checks import check_instance
 
 
 class ObjectiveOutput(NamedTuple):
@@ -101,12 +102,9 @@ class MedTrimObjective(torch.nn.Module):
 
     def __init__(self, miner: TripletMiner | None = None, loss: MultimodalTripletLoss | None = None):
         super().__init__()
-        self.miner = miner if miner is not None else TripletMiner()
-        self.loss = loss if loss is not None else MultimodalTripletLoss()
-        if not isinstance(self.miner, TripletMiner):
-            raise TypeError(f"miner must be a TripletMiner, got {type(self.miner).__name__}")
-        if not isinstance(self.loss, MultimodalTripletLoss):
-            raise TypeError(f"loss must be a MultimodalTripletLoss, got {type(self.loss).__name__}")
+        self.miner = check_instance("miner", miner if miner is not None else TripletMiner(), TripletMiner)
+        self.loss = check_instance("loss", loss if loss is not None else MultimodalTripletLoss(),
+                                   MultimodalTripletLoss)
         if self.loss.reduction == "none":
             raise ValueError("MedTrimObjective needs a loss with reduction 'mean' or 'sum' "
                              "(per-triplet losses: MultimodalTripletLoss.per_triplet)")

@@ -119,6 +119,20 @@ def freeze_first_layers(model: nn.Module, stem: list[str], blocks: list[list[str
     return frozen_modules(model)
 
 
+def freeze_encoder(encoder: nn.Module, layer_groups, n: int, what: str, *,
+                   freeze_stem: bool = True) -> list[str]:
+    """Freeze the stem and the first ``n`` blocks of ``encoder.model`` (``layer_groups(model)``
+    gives them: :func:`timm_layer_groups`, :func:`hf_layer_groups`) and put the frozen parts in
+    eval mode; returns their names under ``encoder``, for its ``train()`` to keep them there."""
+    if not n:
+        return []
+    stem, blocks = layer_groups(encoder.model)
+    frozen = [f"model.{m}" if m else "model" for m in
+              freeze_first_layers(encoder.model, stem, blocks, n, what, freeze_stem=freeze_stem)]
+    keep_frozen_in_eval(encoder, frozen)
+    return frozen
+
+
 def frozen_modules(model: nn.Module) -> list[str]:
     """Names of the maximal submodules that have parameters and all of them frozen."""
     out: list[str] = []

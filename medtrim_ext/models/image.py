@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .freezing import freeze_first_layers, keep_frozen_in_eval, timm_layer_groups
+from .freezing import freeze_encoder, keep_frozen_in_eval, timm_layer_groups
 from ..utils.checks import check_int, check_tensor
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -62,13 +62,8 @@ class ImageEncoder(nn.Module):
         # the model has one, else num_features
         self.feature_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         self.freeze_layers, self.freeze_stem = freeze_layers, freeze_stem
-        self._frozen: list[str] = []
-        if freeze_layers:
-            stem, blocks = timm_layer_groups(self.model)
-            self._frozen = [f"model.{m}" if m else "model" for m in
-                            freeze_first_layers(self.model, stem, blocks, freeze_layers,
-                                                f"the image model {name!r}", freeze_stem=freeze_stem)]
-            keep_frozen_in_eval(self, self._frozen)
+        self._frozen = freeze_encoder(self, timm_layer_groups, freeze_layers, f"the image model {name!r}",
+                                      freeze_stem=freeze_stem)
 
     @property
     def num_layers(self) -> int:

@@ -10,7 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .freezing import freeze_first_layers, hf_layer_groups, keep_frozen_in_eval
+from .freezing import freeze_encoder, hf_layer_groups, keep_frozen_in_eval
 from ..utils.checks import check_int, check_tensor, read_json
 
 # BERT-base, shaped like BioClinicalBERT (cased BERT vocabulary of 28996 word pieces)
@@ -86,14 +86,8 @@ class TextEncoder(nn.Module):
         self.feature_dim = int(self.model.config.hidden_size)
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         self.freeze_layers, self.freeze_stem = freeze_layers, freeze_stem
-        self._frozen: list[str] = []
-        if freeze_layers:
-            stem, layers = hf_layer_groups(self.model)
-            self._frozen = [f"model.{m}" if m else "model" for m in
-                            freeze_first_layers(self.model, stem, layers, freeze_layers,
-                                                f"the text model ({self.model.config.model_type})",
-                                                freeze_stem=freeze_stem)]
-            keep_frozen_in_eval(self, self._frozen)
+        self._frozen = freeze_encoder(self, hf_layer_groups, freeze_layers,
+                                      f"the text model ({self.model.config.model_type})", freeze_stem=freeze_stem)
 
     @property
     def num_layers(self) -> int:

@@ -173,12 +173,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "Config":
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-        sections = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(sections))
-        if unknown:
-            raise ValueError(f"{where}: unknown section(s) {unknown}; expected {sorted(sections)}")
+        sections = _known_fields(cls, data, where, "section(s)", "a mapping of sections", "")
         kwargs = {}
         for name, f in sections.items():
             section_cls = f.default_factory  # the section dataclass
@@ -316,13 +311,19 @@ def objective_parts(kind: str) -> list[str]:
     return parts
 
 
-def _section(section_cls, values: dict, where: str):
+def _known_fields(dataclass_type, values, where: str, what: str, mapping: str, some: str) -> dict:
+    """The fields of ``dataclass_type`` after checking that ``values`` is a dict naming only them."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in fields(section_cls)}
+        raise ValueError(f"{where}: expected {mapping}, got {type(values).__name__}")
+    known = {f.name: f for f in fields(dataclass_type)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        raise ValueError(f"{where}: unknown {what} {unknown}; expected {some}{sorted(known)}")
+    return known
+
+
+def _section(section_cls, values: dict, where: str):
+    _known_fields(section_cls, values, where, "key(s)", "a mapping", "some of ")
     hints = typing.get_type_hints(section_cls)
     out = {}
     for key, value in values.items():

@@ -96,3 +96,11 @@ def read_json(path: str | Path, what: str):
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {what} {str(path)!r}: {exc}") from None
     return parse_json(text, f"{what} {str(path)!r}")
+
+
+def check_instance(name: str, value, cls: type):
+    """``value`` if it is a ``cls``, else a TypeError: ``"loss must be an InfoNCELoss, got X"``."""
+    if not isinstance(value, cls):
+        article = "an" if cls.__name__[0] in "AEIOU" else "a"
+        raise TypeError(f"{name} must be {article} {cls.__name__}, got {type(value).__name__}")
+    return value
