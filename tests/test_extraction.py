@@ -270,14 +270,16 @@ def test_parallel_extraction_matches_serial(ex):
 
 
 def test_parallel_extraction_without_fork(monkeypatch):
-    # where fork is unavailable (macOS, Windows) each spawned worker rebuilds the extractor
+    # where workers are not forked (macOS, Windows, Python 3.14) spaCy would pickle medspacy's
+    # extensions, whose getters are lambdas: the texts are analysed in this process, with a warning
     import multiprocessing
 
-    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
     ex = EntityExtractor(uncertain="positive")
     texts = ["Possible left lower lobe pneumonia.", "No effusion.", ""] * 50
-    assert ex.extract(texts, n_process=2, batch_size=32) == [
-        {"pneumonia": E(["lower"], ["left"])}, {}, {}] * 50
+    with pytest.warns(ExtractionWarning, match="needs the 'fork' start method"):
+        assert ex.extract(texts, n_process=2, batch_size=32) == [
+            {"pneumonia": E(["lower"], ["left"])}, {}, {}] * 50
 
 
 @given(st.text(max_size=300))
@@ -410,21 +412,24 @@ def test_context_per_sentence_gives_medspacy_marks():
     """ConText once per sentence marks exactly what medspacy's ConText marks on the whole doc."""
     import random
 
+    from medspacy.context import ConTextRule
+
     ex = EntityExtractor(uncertain="positive")
     whole = EntityExtractor(uncertain="positive")
-
-    def on_whole_doc(doc, sent):  # medspacy's ConText on the whole document
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"\[W036\]")
-            whole._context(doc)
-
-    whole._apply_context = on_whole_doc
+    # medspacy's own ConText component, on the whole document, in place of the per-sentence one
+    whole.nlp.replace_pipe("medspacy_context", "medspacy_context", config={"rules": None})
+    whole.nlp.get_pipe("medspacy_context").add(
+        [ConTextRule(phrase, category, direction=direction)
+         for phrase, category, direction in whole.ontology.context_rules])
     words = ["no", "No", "not", "without", "effusion", "pneumothorax", "opacity", "left", "small", "heart",
              "enlarged", "may", "represent", "possible", "history", "of", "evaluate", "for", "but", "there",
              "is", "no evidence of", "cannot exclude", "is not seen", "resolved", ",", ";", ".", "and", "with"]
     rng = random.Random(0)
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))) for _ in range(300)]
-    assert ex.extract(texts) == whole.extract(texts)
+    with warnings.catch_warnings():
+        # medspacy's matcher has an empty token-pattern matcher: spaCy warns on every document
+        warnings.filterwarnings("ignore", message=r"\[W036\]")
+        assert ex.extract(texts) == whole.extract(texts)
 
 
 def test_report_longer_than_spacy_max_length_is_analysed_in_pieces(monkeypatch):
@@ -449,11 +454,13 @@ def test_report_over_a_million_characters(ex):
 def test_run_without_full_stops_is_cut_into_sentences(ex):
     from medtrim_ext.extraction.pipeline import MAX_SENTENCE_TOKENS
 
-    doc = ex._doc("no effusion , " * 500)
+    doc = ex.nlp("no effusion , " * 500)
     lengths = [len(s) for s in doc.sents]
     assert max(lengths) <= MAX_SENTENCE_TOKENS and sum(lengths) == len(doc)
     # real sentences are never cut
-    assert [len(s) for s in ex._doc(_LONG_UNIT).sents] == [len(s) for s in ex.nlp(_LONG_UNIT).sents]
+    with ex.nlp.select_pipes(enable="sentencizer"):
+        uncut = ex.nlp(_LONG_UNIT)
+    assert [len(s) for s in ex.nlp(_LONG_UNIT).sents] == [len(s) for s in uncut.sents]
 
 
 # -- text normalization, one bad report ----------------------------------------------------------
@@ -515,3 +522,91 @@ def test_building_an_extractor_keeps_warnings_visible():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.returncode == 0, out.stderr
     assert "UserWarning: still shown" in out.stderr
+
+
+# -- spaCy components ------------------------------------------------------------------------------
+PIPE_NAMES = ["sentencizer", "medtrim_sentence_cap", "medtrim_targets", "medspacy_context",
+              "medtrim_descriptors", "medtrim_record"]
+
+
+def test_pipeline_is_made_of_registered_components(ex):
+    from medspacy.context import ConText
+
+    assert ex.nlp.pipe_names == PIPE_NAMES
+    factories = {name: ex.nlp.get_pipe_meta(name).factory for name in ex.nlp.pipe_names}
+    assert factories["medspacy_context"] == "medtrim_context"
+    assert isinstance(ex.nlp.get_pipe("medspacy_context"), ConText)  # medspacy's, once per sentence
+    doc = ex.nlp(ex.preprocess("FINDINGS: Small left pleural effusion. No pneumothorax."))
+    assert doc._.medtrim_record == {"pleural effusion": E(["small"], ["left"])}
+    assert [(e.text, e.label_, e._.is_negated) for e in doc.ents] == [
+        ("pleural effusion", "D|pleural effusion", False), ("pneumothorax", "D|pneumothorax", True)]
+    assert (0, 1, "A", "small") in doc._.medtrim_descriptors
+
+
+def test_components_can_be_added_to_a_blank_pipeline_by_name(ex):
+    import spacy
+
+    import medtrim_ext.extraction.components  # noqa: F401  (registers the factories)
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("medtrim_targets")
+    text = "Mild cardiomegaly. No effusion. Small left pneumothorax, no pericardial effusion."
+    assert [e.label_ for e in nlp(text).ents] == ["D|cardiomegaly", "D|pleural effusion", "D|pneumothorax"]
+    nlp.add_pipe("medtrim_context", name="medspacy_context")
+    nlp.add_pipe("medtrim_descriptors")
+    nlp.add_pipe("medtrim_record", config={"uncertain": "positive"})
+    assert nlp(text)._.medtrim_record == ex(text) == {
+        "cardiomegaly": E(["mild"]), "pneumothorax": E(["small"], ["left"])}
+    assert nlp("Possible pneumonia.")._.medtrim_record == {"pneumonia": E()}
+    with pytest.raises(ValueError, match="uncertain must be one of"):
+        nlp.add_pipe("medtrim_record", name="other", config={"uncertain": "maybe"})
+    with pytest.raises(ValueError, match="max_tokens must be a positive int, got 0"):
+        nlp.add_pipe("medtrim_sentence_cap", config={"max_tokens": 0})
+    nlp.add_pipe("medtrim_sentence_cap", config={"max_tokens": 4}, after="sentencizer")
+    assert [len(s) for s in nlp("a b c d e f g h i j").sents] == [4, 4, 2]
+
+
+def test_pipeline_rebuilds_from_its_config():
+    # the components' state is their config (JSON values): spaCy rebuilds them from it alone
+    from spacy.util import load_model_from_config
+    from thinc.api import Config
+
+    d = ExtractionOntology.default().to_config()
+    d["diseases"]["pneumonia"] = d["diseases"]["pneumonia"] + ["pneumonitis"]
+    ex = EntityExtractor(d, uncertain="positive")
+    nlp = load_model_from_config(Config().from_str(ex.nlp.config.to_str()), auto_fill=True)
+    assert nlp.pipe_names == PIPE_NAMES
+    for text in ["pneumonitis . possible left effusion .", "no pneumonitis ."]:
+        assert nlp(text)._.medtrim_record == ex(text)
+    assert nlp("pneumonitis .")._.medtrim_record == {"pneumonia": E()}
+
+
+def test_a_failing_component_names_the_report_in_and_out_of_workers(monkeypatch):
+    from medtrim_ext.extraction import components
+
+    ex = EntityExtractor()
+    real = components.RecordBuilder.process
+
+    def fragile(self, doc):
+        if "boom" in doc.text:
+            raise RuntimeError("kaboom")
+        real(self, doc)
+
+    monkeypatch.setattr(components.RecordBuilder, "process", fragile)  # forked workers inherit it
+    texts = ["Small left pleural effusion.", "boom effusion.", "Mild cardiomegaly."] * 200
+    expected = [{"pleural effusion": E(["small"], ["left"])}, {}, {"cardiomegaly": E(["mild"])}] * 200
+    for n_process in (1, 2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert ex.extract(texts, n_process=n_process, batch_size=64) == expected
+        messages = [str(w.message) for w in caught if issubclass(w.category, ExtractionWarning)]
+        assert len(messages) == 200
+        assert messages[0] == ("texts[1]: extraction failed (RuntimeError: kaboom) in component "
+                               "'medtrim_record'; recorded as no finding")
+    # without the extractor's error handler, spaCy's default raises
+    from spacy.util import raise_error
+
+    ex.nlp.set_error_handler(raise_error)
+    with pytest.raises(RuntimeError, match="kaboom"):
+        ex.nlp("boom effusion.")
