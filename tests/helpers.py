@@ -112,15 +112,16 @@ def loss_problems(draw, max_rows: int = 40, max_dim: int = 70, candidates: bool 
 
 
 def make_extraction_fail_on(monkeypatch, word: str = "boom") -> None:
-    """Make EntityExtractor raise RuntimeError("kaboom") on every report containing ``word``
-    (the others are analysed as usual): one bad report among good ones."""
-    from medtrim_ext.extraction import EntityExtractor
+    """Make the extraction pipeline's ``medtrim_record`` component raise RuntimeError("kaboom")
+    on every report containing ``word`` (the others are analysed as usual): one bad report among
+    good ones. Forked extraction workers inherit the patch."""
+    from medtrim_ext.extraction import components
 
-    real = EntityExtractor._analyse
+    real = components.RecordBuilder.process
 
     def fragile(self, doc):
         if word in doc.text:
             raise RuntimeError("kaboom")
-        return real(self, doc)
+        real(self, doc)
 
-    monkeypatch.setattr(EntityExtractor, "_analyse", fragile)
+    monkeypatch.setattr(components.RecordBuilder, "process", fragile)

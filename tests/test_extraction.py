@@ -270,14 +270,15 @@ def test_parallel_extraction_matches_serial(ex):
 
 
 def test_parallel_extraction_without_fork(monkeypatch):
-    # where workers are not forked (macOS, Windows, Python 3.14) spaCy would pickle medspacy's
-    # extensions, whose getters are lambdas: the texts are analysed in this process, with a warning
+    # where fork is unavailable (macOS, Windows) each spawned worker rebuilds the pipeline from
+    # the extractor's JSON settings
     import multiprocessing
 
-    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "spawn")
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     ex = EntityExtractor(uncertain="positive")
     texts = ["Possible left lower lobe pneumonia.", "No effusion.", ""] * 50
-    with pytest.warns(ExtractionWarning, match="needs the 'fork' start method"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExtractionWarning)
         assert ex.extract(texts, n_process=2, batch_size=32) == [
             {"pneumonia": E(["lower"], ["left"])}, {}, {}] * 50
 
