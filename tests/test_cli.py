@@ -208,3 +208,190 @@ def test_synthetic_records_are_seeded_and_valid():
     assert 0.15 < share_empty < 0.5
     with pytest.raises(ValueError, match="n must be a non-negative int"):
         synthetic_records(-1)
+
+
+# -- the command line's conventions: help, --version, train's flags, extract's columns, extras -----
+def _subcommands():
+    import argparse
+
+    from medtrim_ext.apps.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, sub.choices
+
+
+def test_every_option_has_help_and_shows_its_default():
+    from medtrim_ext.mining import MINER_DEFAULTS
+
+    parser, commands = _subcommands()
+    assert set(commands) == {"info", "demo", "train", "evaluate", "mine-demo", "mine", "extract"}
+    for name, p in commands.items():
+        text = " ".join(p.format_help().split())   # wrapped lines joined
+        assert p.description and p.description.split(".")[0] in text, name
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            where = f"{name} {action.option_strings[-1]}"
+            assert action.help, f"{where} has no help text"
+            if action.required or action.default is False:   # required options and flags
+                continue
+            if action.default is None:   # unset unless given: the help says what happens then
+                assert "default" in action.help, where
+                continue
+            value = (" ".join(map(str, action.default)) if isinstance(action.default, list)
+                     else str(action.default))
+            assert f"(default: {value})" in text, (where, value)
+    mine = " ".join(commands["mine"].format_help().split())
+    for option, value in (("--w-dis", MINER_DEFAULTS.w_dis), ("--threshold", MINER_DEFAULTS.threshold),
+                          ("--upper", MINER_DEFAULTS.upper), ("--tie-break", MINER_DEFAULTS.tie_break)):
+        after = mine.split(option + " ")[-1]     # the option's own help, not the usage line
+        assert f"(default: {value})" in after.split(" --")[0], option
+    demo = " ".join(commands["demo"].format_help().split())
+    assert "(default: 0 1 2)" in demo and "(default: infonce medtrim+soft_infonce)" in demo
+    assert "(default: 4096)" in " ".join(commands["mine-demo"].format_help().split())
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib import metadata
+
+    import medtrim_ext
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"medtrim {metadata.version('medtrim_ext')}\n"
+    assert metadata.version("medtrim_ext") == medtrim_ext.__version__
+
+
+def test_train_flags_set_the_run_folder_device_and_progress(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from medtrim_ext.apps.cli import build_parser, parse_args
+    from medtrim_ext.apps.train import preset_names, train_config
+    from medtrim_ext.training.config import preset_names as config_presets
+    from training_helpers import tiny_config_file
+
+    assert preset_names() == config_presets()   # the parser's copy lists what the config reads
+    config = tiny_config_file(tmp_path)
+    # no flags: the config's values stand
+    cfg = train_config(parse_args(build_parser(), ["train", "--config", str(config)]))
+    assert (cfg.train.out_dir, cfg.train.device, cfg.train.progress) == (None, "cpu", False)
+    # the flags win over overrides of the same keys; a path is taken as it is (not parsed as YAML)
+    run = tmp_path / "run: 1"
+    args = ["train", "--config", str(config), "train.progress=true", "train.device=cuda",
+            "--out", str(run), "--device", "cpu", "--no-progress", "--no-eval", "train.steps=3"]
+    cfg = train_config(parse_args(build_parser(), args))
+    assert (cfg.train.out_dir, cfg.train.device, cfg.train.progress) == (str(run), "cpu", False)
+    assert cfg.train.steps == 3
+    # and the run honours them: on the CPU (cuda would fail here without a GPU), into --out, no bar
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.split("wrote:")[0])
+    assert summary["out_dir"] == str(run) and summary["device"] == "cpu" and summary["steps"] == 3
+    assert (run / "last.pt").exists() and "train medtrim" not in captured.err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["device"] == "cpu" and saved["train"]["progress"] is False
+
+
+def test_extract_reads_a_named_text_column(tmp_path, capsys):
+    pytest.importorskip("medspacy")
+    table = tmp_path / "reports.csv"
+    with table.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["accession", "radiology_report", "findings"])
+        w.writerow(["a1", "FINDINGS: Small left pleural effusion.", "no finding here"])
+        w.writerow(["a2", "IMPRESSION: Mild cardiomegaly. No pneumothorax.", ""])
+    out = tmp_path / "entities.jsonl"
+    # the default columns would read `findings`; the named one is read instead, ids from --id-column
+    assert main(["extract", str(table), "-o", str(out), "--no-progress", "--text-column",
+                 "radiology_report", "--id-column", "accession"]) == 0
+    records, ids = read_records(out)
+    assert ids == ["a1", "a2"]
+    assert records[0] == {"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}
+    assert set(records[1]) == {"cardiomegaly"}
+    # a missing column: exit 2, the error names the column and lists those present
+    capsys.readouterr()
+    assert main(["extract", str(table), "-o", str(out), "--text-column", "report_text"]) == 2
+    err = capsys.readouterr().err
+    assert "no column 'report_text' (text_column)" in err
+    assert "['accession', 'radiology_report', 'findings']" in err and "Traceback" not in err
+    # not a table: the column cannot apply, said before anything is read
+    (tmp_path / "one.txt").write_text("FINDINGS: edema.")
+    assert main(["extract", str(tmp_path / "one.txt"), "-o", str(out), "--text-column", "x"]) == 2
+    assert "text_column applies to CSV/Parquet tables only" in capsys.readouterr().err
+
+
+# run in a fresh interpreter in which the optional extras' modules cannot be imported
+_CORE_ONLY = r'''
+import contextlib, importlib.abc, io, sys
+OPTIONAL = {"spacy", "medspacy", "timm", "transformers", "tokenizers", "pandas", "pyarrow",
+            "matplotlib", "sklearn", "tensorboard", "yaml", "tqdm", "PIL", "open_clip",
+            "pytorch_metric_learning"}
+
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in OPTIONAL:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Missing())
+from medtrim_ext.apps.cli import main
+
+def run(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+    return {"code": code, "out": out.getvalue(), "err": err.getvalue()}
+'''
+
+
+def test_core_only_commands_work_and_the_others_name_their_extra(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "r.json").write_text(json.dumps([{"edema": {}}, {"edema": {"adjs": ["mild"]}}, {}]))
+    (tmp_path / "r.csv").write_text("report\nedema\n")
+    script = _CORE_ONLY + r'''
+import json
+results = {
+    "help": run("--help"), "version": run("--version"), "mine_help": run("mine", "--help"),
+    "mine": run("mine", "r.json", "-o", "t.csv", "--device", "cpu"),
+    "extract": run("extract", "r.csv", "-o", "e.jsonl", "--no-progress"),
+    "train": run("train", "--no-eval"),
+    "evaluate": run("evaluate", "--checkpoint", "x"),
+}
+print(json.dumps(results))
+'''
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout.splitlines()[-1])
+    assert r["help"]["code"] == 0 and "extract" in r["help"]["out"]
+    assert r["version"]["code"] == 0 and r["version"]["out"].startswith("medtrim ")
+    assert r["mine_help"]["code"] == 0 and "(default: 0.85)" in " ".join(r["mine_help"]["out"].split())
+    assert r["mine"]["code"] == 0, r["mine"]["err"]
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 4
+    for command, extra in (("extract", "extract"), ("train", "train"), ("evaluate", "train")):
+        assert r[command]["code"] == 2, (command, r[command])
+        assert f'pip install "medtrim_ext[{extra}]"' in r[command]["err"], (command, r[command]["err"])
+        assert "Traceback" not in r[command]["err"]
+
+
+def test_only_a_missing_extra_is_turned_into_an_error_line():
+    from medtrim_ext.apps.cli import missing_extra_message
+
+    spacy = ModuleNotFoundError("No module named 'spacy'", name="spacy")
+    assert missing_extra_message(spacy, "extract", "extract") == (
+        "error: `medtrim extract` needs the [extract] extra (No module named 'spacy'): "
+        'pip install "medtrim_ext[extract]"')
+    # a command of the core, or a module of the package itself: a bug, which keeps its traceback
+    assert missing_extra_message(spacy, "mine", None) is None
+    own = ModuleNotFoundError("No module named 'medtrim_ext.nope'", name="medtrim_ext.nope")
+    assert missing_extra_message(own, "extract", "extract") is None
+    assert missing_extra_message(ImportError("cannot import name 'x' from 'tqdm'", name="tqdm"),
+                                 "train", "train") is None
+    # the package's own error already names the extra: printed as it is
+    named = ImportError('EntityExtractor needs spaCy: pip install "medtrim_ext[extract]"')
+    assert missing_extra_message(named, "mine", None) == f"error: {named}"

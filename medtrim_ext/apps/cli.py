@@ -1,5 +1,11 @@
 """The ``medtrim`` command line: ``info``, ``demo``, ``train``, ``evaluate``, ``mine``,
-``mine-demo`` and ``extract``."""
+``mine-demo`` and ``extract``.
+
+Building the parser imports only the core (torch, numpy): each subcommand imports its own modules
+when it runs, so ``medtrim --help``, ``medtrim --version``, ``medtrim info`` and ``medtrim mine``
+work without the optional extras, and a subcommand whose extra is missing says which one to
+install (exit code 2, no traceback).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,62 @@ from pathlib import Path
 
 import torch
 
+DISTRIBUTION = "medtrim_ext"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none
+    to show (a flag, or an option that is unset unless given: its help says what happens then)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("(default" in text or not action.option_strings or default is None or default is False
+                or default is argparse.SUPPRESS):
+            return text
+        if isinstance(default, (list, tuple)):   # as typed on the command line: 0 1 2
+            return text + " (default: " + " ".join(map(str, default)).replace("%", "%%") + ")"
+        return text + " (default: %(default)s)"
+
+
+def package_version() -> str:
+    """The installed distribution's version; the package's ``__version__`` where no metadata is
+    installed (sources on ``PYTHONPATH``). Neither imports more than the core."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+# one line of help per miner setting (MinerSettings holds the defaults)
+_MINER_HELP = {
+    "w_dis": "weight of the disease-label Jaccard index in the pair score",
+    "w_adj": "weight of the agreement (IoU) of the adjectives (e.g. small, mild) of shared diseases",
+    "w_dir": "weight of the agreement (IoU) of the directions (left, right, bilateral) of shared diseases",
+    "threshold": "semi-hard rule: the negative is the lowest kept score >= THRESHOLD (else the "
+                 "highest kept score)",
+    "upper": "only candidates scoring < UPPER are kept as possible negatives",
+    "semi_hard_prob": "share of anchors mined with the semi-hard rule; the others (hard rule) take "
+                      "the lowest kept score",
+}
+
 
 def _add_miner_args(p: argparse.ArgumentParser) -> None:
     from ..mining import MINER_DEFAULTS as D, TIE_BREAKS
 
     g = p.add_argument_group("mining (defaults: the published MedTrim settings)")
-    for name in ("w_dis", "w_adj", "w_dir", "threshold", "upper", "semi_hard_prob"):
-        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(D, name))
+    for name, text in _MINER_HELP.items():
+        g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(D, name), help=text,
+                       metavar=name.upper())
     g.add_argument("--tie-break", choices=TIE_BREAKS, default=D.tie_break,
-                   help="equal scores: a random tied candidate per anchor (default, as the published "
-                        "random pools do in effect) or the lowest index")
+                   help="equal scores: a random tied candidate per anchor (as the published random "
+                        "pools do in effect) or the lowest index")
     g.add_argument("--min-positive-score", type=float, default=D.min_positive_score,
-                   help="no triplet for an anchor whose best candidate scores less (default 0: off)")
+                   help="no triplet for an anchor whose best candidate scores less (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw and the ties")
 
 
@@ -67,9 +117,19 @@ def _mining_ids(anchors, candidates) -> tuple[list, list]:
     return anchor_ids, (anchor_ids if candidates is anchors else key_ids(candidates, 1))
 
 
-def cmd_mine(args) -> int:
-    from tqdm import tqdm
+def _bar(iterable, enabled: bool, **kwargs):
+    """``tqdm(iterable)`` when asked for and installed (tqdm is not a core dependency): the core
+    commands run without it, with no bar."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return iterable
+        return tqdm(iterable, **kwargs)
+    return iterable
 
+
+def cmd_mine(args) -> int:
     from ..entities.meta_entities import MetaEntities
     from ..utils.io import atomic_write, check_writable, load_records
     from ..mining.miner import Triplets
@@ -93,7 +153,8 @@ def cmd_mine(args) -> int:
     # one draw for the whole file, so the result does not depend on the chunk size
     draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
     parts = []
-    for start in tqdm(range(0, len(anchors), args.chunk_size), desc="mining", unit="chunk"):
+    for start in _bar(range(0, len(anchors), args.chunk_size), not args.no_progress, desc="mining",
+                      unit="chunk"):
         sl = slice(start, start + args.chunk_size)
         t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t,
                   draw=draw.rows(sl))
@@ -169,7 +230,7 @@ def cmd_extract(args) -> int:
     if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
         raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")
     check_writable(args.output, "output")   # before reading and extracting every report
-    reports = read_reports(args.reports)
+    reports = read_reports(args.reports, text_column=args.text_column, id_column=args.id_column)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
     records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress,
@@ -181,33 +242,54 @@ def cmd_extract(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medtrim", description="MedTrim meta-entity triplet mining.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``medtrim`` parser. It imports nothing beyond the core: a subcommand's own modules load
+    when it runs (see :func:`main`)."""
+    parser = argparse.ArgumentParser(
+        prog="medtrim", formatter_class=_HelpFormatter,
+        description="MedTrim meta-entity triplet mining: extract meta-entities from radiology reports, "
+                    "mine triplets with the C++/CUDA kernels, train and evaluate image-text encoders. "
+                    "`medtrim COMMAND --help` describes each command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="how the extension was built and what runs here")
+    def command(name: str, summary: str, details: str = "", extra: str | None = None):
+        """A subcommand whose ``--help`` starts with ``summary`` (the line ``medtrim --help`` lists)
+        and its ``details``; ``extra``: the optional extra its modules need."""
+        description = f"{summary[0].upper()}{summary[1:]}. {details}".strip()
+        p = sub.add_parser(name, help=summary, formatter_class=_HelpFormatter, description=description)
+        p.set_defaults(extra=extra)
+        return p
+
+    p = command("info", "how the extension was built and what runs here",
+                "Prints the compiled backends, the torch they were built for and the torch that runs.")
     p.set_defaults(func=cmd_info)
 
-    from .demo import ARMS, DEFAULT_ARMS
+    from .demo import ARMS, DEFAULT_ARMS   # plain data; the demo's training modules load in cmd_demo
 
-    p = sub.add_parser("demo", help="train MedTrim-based objectives and InfoNCE on the built-in phantoms "
-                                    "and compare them seed by seed")
+    p = command("demo", "train MedTrim-based objectives and InfoNCE on the built-in phantoms and "
+                        "compare them seed by seed",
+                "Writes the runs, results tables and plots into --out; finished runs are reused when "
+                "the demo is run again.", extra="train")
     p.add_argument("--out", default="medtrim-demo", help="output folder (runs, results, plots)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
-    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=[*ARMS, "all"],
-                   help=f"objectives to compare (default: {' '.join(DEFAULT_ARMS)}; 'all': {' '.join(ARMS)})")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=[*ARMS, "all"], metavar="ARM",
+                   help=f"objectives to compare: {', '.join(ARMS)}, or all")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
     p.set_defaults(func=cmd_demo)
 
     from .train import add_train_args
 
-    p = sub.add_parser("train", help="train image and text encoders (MedTrim or InfoNCE) from a config")
+    p = command("train", "train image and text encoders (MedTrim or InfoNCE) from a config",
+                "Trains one run (under torchrun: one process per GPU), then evaluates it unless "
+                "--no-eval.", extra="train")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="retrieval and linear-probe evaluation of a checkpoint")
+    p = command("evaluate", "retrieval and linear-probe evaluation of a checkpoint",
+                "Writes results.json, results.md and the figures into --out.", extra="train")
     p.add_argument("--checkpoint", required=True,
                    help="a run folder (runs/x: its last.pt) or a training checkpoint (runs/x/last.pt)")
     p.add_argument("--data", help="dataset root or manifest (default: the run's own data)")
@@ -215,39 +297,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset kind of --data (default: the run's)")
     p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
     p.add_argument("--out", help="output folder (default: <run>/eval)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("mine-demo", help="mine triplets on generated records, check against the reference")
+    p = command("mine-demo", "mine triplets on generated records, check against the reference",
+                "Writes triplets.csv, summary.json and scores.png (with matplotlib) into --out.")
     p.add_argument("--n", type=int, default=4096, help="number of generated records")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated records and the mining")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", default="medtrim-mine-demo", help="output folder")
     p.set_defaults(func=cmd_mine_demo)
 
-    p = sub.add_parser("mine", help="mine one triplet per record of a records file "
-                                    "(what `extract` writes)")
+    p = command("mine", "mine one triplet per record of a records file (what `extract` writes)",
+                "Writes a CSV with one row per anchor: its id, the positive's and the negative's ids "
+                "and their scores (empty where an anchor has none).")
     p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
                                    "of records or of {'id', 'entities'} objects")
     p.add_argument("-o", "--output", required=True, help="CSV of (anchor, positive, negative) ids")
     p.add_argument("--candidates", help="records to draw positives/negatives from (default: the "
                                         "records); equal given ids never pair across the two files, "
                                         "records without ids are distinct samples")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_miner_args(p)
     p.set_defaults(func=cmd_mine)
 
-    p = sub.add_parser("extract", help="extract meta-entities from radiology reports")
-    p.add_argument("reports", help="CSV/Parquet (findings/impression or report column), a MIMIC-CXR "
-                                   "report tree (folder of .txt), or IU/OpenI XML (.tgz or folder)")
+    p = command("extract", "extract meta-entities from radiology reports",
+                "Runs the spaCy/medspacy pipeline over every report and writes one record per report "
+                "(diseases present, with their adjectives and directions).", extra="extract")
+    p.add_argument("reports", help="CSV/Parquet (findings/impression or report/text column, or "
+                                   "--text-column), a MIMIC-CXR report tree (folder of .txt), or "
+                                   "IU/OpenI XML (.tgz or folder)")
     p.add_argument("-o", "--output", required=True,
                    help="entities.parquet (one row per report), or .jsonl/.json records for 'mine'")
+    p.add_argument("--text-column", metavar="NAME",
+                   help="CSV/Parquet: the column holding the report text (default: findings and/or "
+                        "impression, else report / text / report_text)")
+    p.add_argument("--id-column", metavar="NAME",
+                   help="CSV/Parquet: the column holding the study ids (default: study_id / id / uid / "
+                        "report_id / filename / path, else the row number)")
     p.add_argument("--ontology", help="extraction ontology YAML/JSON (default: the packaged one)")
     p.add_argument("--uncertain", choices=["negative", "positive"], default="negative",
-                   help="hedged mentions ('may represent atelectasis') count as absent (default) or present")
+                   help="hedged mentions ('may represent atelectasis') count as absent (negative) or "
+                        "present (positive)")
     p.add_argument("--all-sections", action="store_true",
                    help="analyse the whole report, not only FINDINGS/IMPRESSION")
     p.add_argument("--n-process", type=int, default=1, help="worker processes (0: all cores)")
@@ -272,6 +367,25 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     return args
 
 
+def missing_extra_message(exc: ImportError, command: str, extra: str | None) -> str | None:
+    """The error line for an ImportError that means "install an extra", else None (a genuine bug,
+    which keeps its traceback). The package's own modules raise ``MissingExtraError``, whose
+    message names the extra; a third-party module missing under a command that needs an extra is
+    reported with that command's extra."""
+    try:
+        from ..utils.extras import MissingExtraError
+    except ImportError:   # a package without the helper: its messages still name the extra
+        MissingExtraError = ()
+    if isinstance(exc, MissingExtraError) or 'pip install "medtrim_ext[' in str(exc):
+        return f"error: {exc}"
+    missing = getattr(exc, "name", None) or ""
+    if (isinstance(exc, ModuleNotFoundError) and extra is not None and missing
+            and not missing.startswith(DISTRIBUTION)):
+        return (f"error: `medtrim {command}` needs the [{extra}] extra ({exc}): "
+                f'pip install "{DISTRIBUTION}[{extra}]"')
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -281,6 +395,12 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        message = missing_extra_message(exc, args.command, args.extra)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
 
 

@@ -3,8 +3,10 @@
 Works as a plain process (one CPU or GPU) and under ``torchrun`` (one process per GPU, or gloo on
 CPUs): the process group comes from torchrun's environment. After training, the main process
 evaluates the final model unless ``--no-eval`` is given, then prints the paths written. Without
-``train.out_dir`` every run writes into a new ``runs/<objective.kind>-<time>`` folder; see
-:mod:`medtrim_ext.training.rundir` for ``train.resume``. ``medtrim train`` is the same command.
+``--out`` (``train.out_dir``) every run writes into a new ``runs/<objective.kind>-<time>`` folder;
+see :mod:`medtrim_ext.training.rundir` for ``train.resume``. ``--device`` and ``--no-progress`` set
+``train.device`` and ``train.progress`` and apply to the evaluation too. ``medtrim train`` is the
+same command.
 """
 
 from __future__ import annotations
@@ -14,25 +16,55 @@ import json
 import sys
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    from ..training.config import preset_names
+def preset_names() -> list[str]:
+    """The packaged config presets, as :func:`medtrim_ext.training.config.preset_names` lists them,
+    without importing the training package (the parser must build with only the core installed)."""
+    from importlib import resources
 
+    folder = resources.files("medtrim_ext") / "data" / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None,
-                   help=f"YAML config file or packaged preset name ({', '.join(preset_names())}); "
-                        "default: built-in defaults")
+                   help=f"YAML config file or packaged preset name ({', '.join(preset_names())}) "
+                        "(default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.steps=200 objective.kind=infonce")
+    p.add_argument("--out", metavar="FOLDER",
+                   help="run folder, sets train.out_dir (default: the config's, else a new "
+                        "runs/<objective.kind>-<time>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto; sets train.device (default: the "
+                                    "config's, auto unless set)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (sets train.progress=false)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
 
 
+def train_config(args):
+    """The run's :class:`~medtrim_ext.training.Config`: ``--config`` plus the overrides, then the
+    flags, which win over an override of the same key (they are the more specific request)."""
+    from ..training import load_config, replace
+
+    cfg = load_config(args.config, args.overrides)
+    flags = {}
+    if args.out is not None:
+        flags["out_dir"] = str(args.out)   # set as a value: a path is never parsed as YAML
+    if args.device is not None:
+        flags["device"] = args.device
+    if args.no_progress:
+        flags["progress"] = False
+    return replace(cfg, train=flags) if flags else cfg
+
+
 def run_train(args) -> int:
-    from ..training import load_config, train
+    from ..training import train
     from ..training.evaluate import evaluate_run
 
     from ..utils.io import check_writable
     from ..training.rundir import DEFAULT_RUNS_ROOT
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = train_config(args)
     # before any work; without train.out_dir the run gets a new folder under runs/
     check_writable(cfg.train.out_dir if cfg.train.out_dir is not None else DEFAULT_RUNS_ROOT,
                    "train.out_dir", folder=True)
@@ -42,7 +74,8 @@ def run_train(args) -> int:
                          indent=1))
         written = list(result.get("paths", {}).values())
         if not args.no_eval:
-            report = evaluate_run(result["checkpoint"])
+            report = evaluate_run(result["checkpoint"], device=cfg.train.device,
+                                  progress=cfg.train.progress)
             print(report["markdown"])
             written += [str(p) for p in report["paths"].values()]
         print("wrote:\n" + "\n".join(f"  {p}" for p in written))

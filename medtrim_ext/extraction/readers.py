@@ -16,6 +16,7 @@ from pathlib import Path
 
 _ID_COLUMNS = ("study_id", "id", "uid", "report_id", "filename", "path")
 _TEXT_COLUMNS = ("report", "text", "report_text")
+_TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # Largest report file / archive member read (a report is a few KB; this guards memory against a
 # mislabelled or malicious member, which would otherwise be read whole)
 MAX_REPORT_BYTES = 16 * 2**20
@@ -36,12 +37,16 @@ class Reports:
         return len(self.texts)
 
 
-def read_reports(path, *, max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
+def read_reports(path, *, text_column: str | None = None, id_column: str | None = None,
+                 max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
     """Read reports from ``path``, by its kind:
 
-    - ``.csv`` / ``.parquet``: a ``findings`` and/or ``impression`` column, or a ``report``
-      (``text``) column; ids from ``study_id`` / ``id`` (else the row number). A list-valued
-      Parquet cell (a report stored as its sentences) is joined with line breaks;
+    - ``.csv`` / ``.parquet``: the ``text_column`` if given (e.g. ``"radiology_report"``), else a
+      ``findings`` and/or ``impression`` column, else a ``report`` (``text``, ``report_text``)
+      column; ids from ``id_column`` if given, else ``study_id`` / ``id`` / ... (else the row
+      number). Column names match exactly, else up to case and surrounding spaces; a named column
+      that is not there raises ``ValueError`` listing the table's columns. A list-valued Parquet
+      cell (a report stored as its sentences) is joined with line breaks;
     - a folder of ``.txt`` files (the MIMIC-CXR ``files/p10/p10000032/s5....txt`` tree); ids are
       the file stems (``s50414267``);
     - a folder of ``.xml`` files or a ``.tgz`` / ``.tar.gz`` / ``.tar`` of them (IU / OpenI).
@@ -53,10 +58,18 @@ def read_reports(path, *, max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
     """
     if not isinstance(max_report_bytes, int) or isinstance(max_report_bytes, bool) or max_report_bytes < 1:
         raise ValueError(f"max_report_bytes must be a positive int, got {max_report_bytes!r}")
+    for arg, value in (("text_column", text_column), ("id_column", id_column)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"{arg} must be a column name (a non-empty str), got {value!r}")
     p = Path(path)
     if not p.exists():
         raise ValueError(f"reports path {str(p)!r} does not exist")
     name = p.name.lower()
+    table = p.is_file() and name.endswith(_TABLE_SUFFIXES)
+    if (text_column is not None or id_column is not None) and not table:
+        # ignoring the named column would read something other than what was asked for
+        arg = "text_column" if text_column is not None else "id_column"
+        raise ValueError(f"{arg} applies to CSV/Parquet tables only; reports path {str(p)!r} is not one")
     if p.is_dir():
         reports = _read_dir(p, max_report_bytes)
     elif not p.is_file():
@@ -66,8 +79,8 @@ def read_reports(path, *, max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
         reports = _read_iu_tar(p, max_report_bytes)
     elif name.endswith(".xml"):
         reports = _collect([_parse_iu(_read_bytes(p, max_report_bytes), str(p))], str(p), "iu-xml")
-    elif name.endswith((".csv", ".csv.gz", ".parquet", ".pq")):
-        reports = _read_table(p)
+    elif name.endswith(_TABLE_SUFFIXES):
+        reports = _read_table(p, text_column, id_column)
     elif name.endswith(".txt"):
         reports = _collect([(p.stem, _read_text(p, max_report_bytes), {"path": str(p)})], str(p), "text")
     else:
@@ -104,7 +117,7 @@ def _read_dir(root: Path, max_bytes: int) -> Reports:
 
 
 # -- tables --------------------------------------------------------------------------------------
-def _read_table(p: Path) -> Reports:
+def _read_table(p: Path, text_column: str | None = None, id_column: str | None = None) -> Reports:
     if p.name.lower().endswith((".parquet", ".pq")):
         from ..utils.io import read_parquet_columns
 
@@ -119,12 +132,27 @@ def _read_table(p: Path) -> Reports:
         data = {c: df[c].tolist() for c in df.columns}
     n = len(next(iter(data.values()))) if data else 0
     cols = {str(c).strip().lower(): c for c in data}
-    findings, impression = cols.get("findings"), cols.get("impression")
-    text_col = next((cols[c] for c in _TEXT_COLUMNS if c in cols), None)
+
+    def named(column: str, arg: str):
+        """The column the caller named: exactly, else up to case and surrounding spaces."""
+        if column in data:
+            return column
+        if column.strip().lower() in cols:
+            return cols[column.strip().lower()]
+        raise ValueError(f"table {str(p)!r} has no column {column!r} ({arg}); its columns: {list(data)}")
+
+    if text_column is not None:   # the named column alone, even where findings/impression exist
+        findings = impression = None
+        text_col = named(text_column, "text_column")
+    else:
+        findings, impression = cols.get("findings"), cols.get("impression")
+        text_col = next((cols[c] for c in _TEXT_COLUMNS if c in cols), None)
     if findings is None and impression is None and text_col is None:
         raise ValueError(f"table {str(p)!r} needs a 'findings' and/or 'impression' column, or a "
-                         f"'report' / 'text' column; it has {list(data)}")
-    id_col = next((cols[c] for c in _ID_COLUMNS if c in cols), None)
+                         f"'report' / 'text' column, or the text column named (text_column=, "
+                         f"`medtrim extract --text-column NAME`); its columns: {list(data)}")
+    id_col = (named(id_column, "id_column") if id_column is not None else
+              next((cols[c] for c in _ID_COLUMNS if c in cols), None))
 
     def cell(k: int, col, lists: bool = True) -> str:
         """Row ``k`` of ``col`` as text: missing is "", a list of texts (a report stored as its
