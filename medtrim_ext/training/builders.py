@@ -63,6 +63,10 @@ def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):
     ``<out_dir>/tokenizer`` by the main process and loaded from there by the others)."""
     from ..models.tokenization import load_tokenizer, train_wordpiece_tokenizer
 
+    if cfg.model.kind == "open_clip":   # the model's own tokenizer (BPE, or its local HF one)
+        from ..integrations.open_clip import OpenCLIPTokenizer
+
+        return OpenCLIPTokenizer.from_config(model_config(cfg, None))
     if cfg.model.tokenizer:
         return load_tokenizer(cfg.model.tokenizer)
     path = out_dir / "tokenizer"
@@ -74,7 +78,12 @@ def build_tokenizer(cfg: Config, texts, out_dir: Path, ctx: DistContext):
 
 def model_config(cfg: Config, vocab_size: int | None) -> dict:
     """The :class:`DualEncoder` config (stored in checkpoints: it rebuilds the model); a text model
-    built from a config gets the tokenizer's size."""
+    built from a config gets the tokenizer's size. With ``model.kind=open_clip``: the open_clip
+    model config it names, resolved (:func:`medtrim_ext.integrations.open_clip.model_config`)."""
+    if cfg.model.kind == "open_clip":
+        from ..integrations.open_clip import model_config as open_clip_config
+
+        return open_clip_config(cfg.model.name, tokenizer=cfg.model.tokenizer, input_normalize=cfg.data.normalize)
     text = copy.deepcopy(cfg.model.text)
     if vocab_size is not None and not text.get("pretrained"):
         text["config"] = {**(text.get("config") or {}), "vocab_size": vocab_size}
@@ -84,7 +93,41 @@ def model_config(cfg: Config, vocab_size: int | None) -> dict:
             "text_projection": m.text_projection or m.projection}
 
 
+def check_model(cfg: Config) -> None:
+    """What can be checked of the model before a run writes anything: with
+    ``model.kind=open_clip``, that the extra is installed, the model name resolves without a
+    download, its image size is ``data.image_size`` and ``model.checkpoint`` exists."""
+    if cfg.model.kind == "open_clip":
+        from ..integrations.open_clip import check_image_size
+
+        check_image_size(model_config(cfg, None), cfg.data.image_size)
+        if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
+            raise ValueError(f"model.checkpoint {cfg.model.checkpoint!r} does not exist")
+
+
 def build_model(cfg: Config, vocab_size: int | None):
+    """The dual encoder: :class:`~medtrim_ext.models.DualEncoder`, or with ``model.kind=open_clip``
+    an :class:`~medtrim_ext.integrations.open_clip.OpenCLIPDualEncoder` with the weights of
+    ``model.checkpoint`` (or of its ``local-dir:`` folder)."""
+    if cfg.model.kind == "open_clip":
+        from ..integrations.open_clip import build
+
+        model, _ = build(cfg.model.name, checkpoint=cfg.model.checkpoint, tokenizer=cfg.model.tokenizer,
+                         input_normalize=cfg.data.normalize, image_size=cfg.data.image_size)
+        return model
     from ..models import DualEncoder
 
     return DualEncoder.from_config(model_config(cfg, vocab_size))
+
+
+def model_from_config(model_cfg: dict):
+    """A checkpoint's model rebuilt from its stored model config (random weights: load its
+    ``state_dict``), and the tokenizer an open_clip model brings (None for the dual kind, whose
+    tokenizer is a saved folder)."""
+    if model_cfg.get("kind") == "open_clip":
+        from ..integrations.open_clip import OpenCLIPDualEncoder, OpenCLIPTokenizer
+
+        return OpenCLIPDualEncoder.from_config(model_cfg), OpenCLIPTokenizer.from_config(model_cfg)
+    from ..models import DualEncoder
+
+    return DualEncoder.from_config(model_cfg), None

@@ -30,7 +30,7 @@ import torch
 
 from ..utils.io import atomic_write
 from .batches import OFFLINE_TRIPLETS_FILE, build_batch_sampler
-from .builders import build_dataset, build_model, build_tokenizer, model_config, resolve_device
+from .builders import build_dataset, build_model, build_tokenizer, check_model, model_config, resolve_device
 from .checkpoint import CHECKPOINT_NAME, rng_state, save_checkpoint, set_rng_state
 from .config import Config, replace
 from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object, init_distributed, shutdown
@@ -85,6 +85,7 @@ class Trainer:
             warnings.warn(f"train.steps={cfg.train.steps} <= optim.warmup_steps="
                           f"{cfg.optim.warmup_steps}: the whole run is warm-up (the learning rate "
                           f"rises towards optim.lr={cfg.optim.lr:g} and never decays)")
+        check_model(cfg)  # e.g. an open_clip name that does not resolve: before any file is written
         torch.manual_seed(cfg.train.seed)  # same initial weights on every process
         self.dataset = build_dataset(cfg, cfg.data.train_split, train=True, progress=self.progress)
 
@@ -103,7 +104,8 @@ class Trainer:
                 print(f"run folder {self.out_dir} ({what})", file=sys.stderr)
         self.tokenizer = build_tokenizer(cfg, self.dataset.texts, self.out_dir, self.ctx)
         model = build_model(cfg, len(self.tokenizer)).to(self.device)
-        self.objective = build_objective(cfg.objective, cfg.model.embed_dim, cfg.train.seed).to(self.device)
+        # the model's embedding width (an open_clip model's comes from its own config)
+        self.objective = build_objective(cfg.objective, model.embed_dim, cfg.train.seed).to(self.device)
         self.optimizer = build_optimizer(model, self.objective, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.amp == "fp16" else None
@@ -198,7 +200,9 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
     def checkpoint_state(self, step: int) -> dict:
         model = unwrap(self.model)
-        return {"step": step, "config": self.cfg.to_dict(), "model_config": model_config(self.cfg, len(self.tokenizer)),
+        # an open_clip model's resolved config: the run rebuilds without the file its model.name named
+        built = model.to_config() if self.cfg.model.kind == "open_clip" else model_config(self.cfg, len(self.tokenizer))
+        return {"step": step, "config": self.cfg.to_dict(), "model_config": built,
                 "model": model.state_dict(), **self.objective.checkpoint_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -245,6 +249,10 @@ class Trainer:
                   "wall_s": time.perf_counter() - t0, "step_time": self.timer.mean(),
                   "final": last_logs, "plots": self._plot_curves() if self.main else {}}
         if self.main:
+            if cfg.model.kind == "open_clip":   # the folder open_clip loads: create_model("local-dir:...")
+                from ..integrations.open_clip import export_open_clip
+
+                export_open_clip(unwrap(self.model), self.out_dir / "open_clip")
             with atomic_write(summary_path) as f:
                 json.dump(result, f, indent=1)
         return {**result, "paths": self.written_paths()}
@@ -253,7 +261,8 @@ class Trainer:
         """What the run folder holds: name -> path, for the files and folders that exist."""
         names = {"checkpoint": CHECKPOINT_NAME, "config": CONFIG_NAME, "metrics": "metrics.csv",
                  "summary": "train_summary.json", "tensorboard": "tb", "tokenizer": "tokenizer",
-                 "offline_triplets": OFFLINE_TRIPLETS_FILE, "entity_cache": "entity-cache"}
+                 "offline_triplets": OFFLINE_TRIPLETS_FILE, "entity_cache": "entity-cache",
+                 "open_clip": "open_clip"}
         return {k: str(self.out_dir / v) for k, v in names.items() if (self.out_dir / v).exists()}
 
     def _plot_curves(self) -> dict[str, str]:
