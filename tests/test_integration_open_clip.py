@@ -199,7 +199,7 @@ def test_missing_library_names_the_extra(monkeypatch):
     import importlib
     import sys
 
-    monkeypatch.setitem(sys.modules, "open_clip", None)   # import fails
+    monkeypatch.setitem(sys.modules, "open_clip", None)   # as if not installed
     monkeypatch.delitem(sys.modules, "medtrim_ext.integrations.open_clip")
     with pytest.raises(ImportError, match=r'pip install "medtrim_ext\[open_clip\]"'):
         importlib.import_module("medtrim_ext.integrations.open_clip")

@@ -177,7 +177,7 @@ def test_missing_library_names_the_extra(monkeypatch):
     import importlib
     import sys
 
-    monkeypatch.setitem(sys.modules, "pytorch_metric_learning.miners", None)   # import fails
+    monkeypatch.setitem(sys.modules, "pytorch_metric_learning", None)   # as if not installed
     monkeypatch.delitem(sys.modules, "medtrim_ext.integrations.pml")
     with pytest.raises(ImportError, match=r'pip install "medtrim_ext\[pml\]"'):
         importlib.import_module("medtrim_ext.integrations.pml")

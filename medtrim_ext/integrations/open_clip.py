@@ -48,14 +48,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-try:
-    import open_clip
-    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
-except ImportError as exc:  # the extra is missing: say which one to install
-    raise ImportError('medtrim_ext.integrations.open_clip needs open_clip: '
-                      'pip install "medtrim_ext[open_clip]"') from exc
+from ..utils.extras import require_extra
 
-from ..utils.checks import check_tensor
+require_extra("open_clip", "medtrim_ext.integrations.open_clip")   # names the extra
+
+import open_clip  # noqa: E402
+from open_clip.tokenizer import HFTokenizer, SimpleTokenizer  # noqa: E402
+
+from ..utils.checks import check_tensor  # noqa: E402
 
 KIND = "open_clip"
 TINY = "medtrim-tiny-clip"                 # packaged: medtrim_ext/data/open_clip/medtrim-tiny-clip.json

@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from pytorch_metric_learning.miners import BaseMiner
-except ImportError as exc:  # the extra is missing: say which one to install
-    raise ImportError('medtrim_ext.integrations.pml needs pytorch-metric-learning: '
-                      'pip install "medtrim_ext[pml]"') from exc
+from ..utils.extras import require_extra
 
-from ..entities.meta_entities import MetaEntities
-from ..mining import TripletMiner, Triplets
-from ..utils.checks import check_generator, check_ids, check_instance, check_tensor
+require_extra("pml", "medtrim_ext.integrations.pml")   # names the extra, not "No module named ..."
+
+from pytorch_metric_learning.miners import BaseMiner  # noqa: E402
+
+from ..entities.meta_entities import MetaEntities  # noqa: E402
+from ..mining import TripletMiner, Triplets  # noqa: E402
+from ..utils.checks import check_generator, check_ids, check_instance, check_tensor  # noqa: E402
 
 
 class MedTrimMiner(BaseMiner):
