@@ -11,35 +11,8 @@ import torch
 from .. import ops
 from ..utils.checks import check_generator, check_ids, check_number
 from ..entities.meta_entities import MetaEntities
-
-
-class Triplets(NamedTuple):
-    """Mined triplets as three int64 ``(N,)`` tensors. ``anchor`` indexes the anchors;
-    ``positive`` and ``negative`` index the candidate set and are -1 where no triplet exists."""
-
-    anchor: torch.Tensor
-    positive: torch.Tensor
-    negative: torch.Tensor
-
-    @property
-    def valid(self) -> torch.Tensor:
-        """Bool ``(N,)``: rows with both a positive and a negative."""
-        return (self.positive >= 0) & (self.negative >= 0)
-
-    def only_valid(self) -> "Triplets":
-        """The rows that form a full triplet."""
-        keep = self.valid
-        return Triplets(self.anchor[keep], self.positive[keep], self.negative[keep])
-
-    def to(self, device) -> "Triplets":
-        return Triplets(*(t.to(device) for t in self))
-
-
-def default_ids(n: int, m: int, self_mining: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids used when none are given: ``arange(N)`` for the anchors; the same ids for self-mining
-    (so an anchor never pairs with itself), ids that match no anchor for an external set."""
-    anchor_ids = torch.arange(n, device=device)
-    return anchor_ids, anchor_ids if self_mining else -1 - torch.arange(m, device=device)
+# Triplets and default_ids live below both ops and mining (no import circle); re-exported here
+from ..entities.triplets import Triplets, default_ids
 
 
 TIE_BREAKS = ("random", "first")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..entities.meta_entities import MetaEntities
-from ..mining.miner import Triplets, default_ids
+from ..entities.triplets import Triplets, default_ids
 
 
 def _counts(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
