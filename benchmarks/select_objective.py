@@ -40,14 +40,14 @@ def _soft(kind: str, temperature: float, own_weight: float, *extra: str) -> list
     out = [f"objective.kind={kind}"]
     if MEDTRIM_X2 in extra:
         out.append(MEDTRIM_X2)
-    out += [f"objective.soft_temperature={temperature}", f"objective.soft_own_weight={own_weight}"]
+    out += [f"objective.target_temperature={temperature}", f"objective.soft_own_weight={own_weight}"]
     return out + [e for e in extra if e != MEDTRIM_X2]
 
 
 # name -> (family, config overrides). Families: the arms of the demo.
 CANDIDATES: dict[str, tuple[str, list[str]]] = {
     "infonce": ("infonce", ["objective.kind=infonce"]),
-    "infonce-t0.1": ("infonce", ["objective.kind=infonce", "objective.temperature=0.1"]),
+    "infonce-t0.1": ("infonce", ["objective.kind=infonce", "objective.logit_temperature=0.1"]),
     # the published loss: in-batch (random ties) and the published offline pools
     "medtrim": ("medtrim", ["objective.kind=medtrim"]),
     "medtrim-offline": ("medtrim", ["objective.kind=medtrim_offline", "train.batch_size=63"]),
@@ -83,7 +83,7 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
     from medtrim_ext.training import load_config, train
     from medtrim_ext.training.builders import resolve_device
     from medtrim_ext.training.distributed import DistContext
-    from medtrim_ext.training.evaluate import evaluate_model, load_trained
+    from medtrim_ext.evaluation.run import evaluate_model, load_trained
     from medtrim_ext.utils.io import atomic_write
 
     run_dir = out / "runs" / f"{name}-seed{seed}"

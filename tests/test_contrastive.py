@@ -158,8 +158,9 @@ def test_errors(case, err, match):
         InfoNCELoss()(img, txt, **kw)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=0), dict(temperature=-1), dict(temperature=float("nan")),
-                                    dict(max_logit_scale=0), dict(temperature=0.001)])
+@pytest.mark.parametrize("kwargs", [dict(logit_temperature=0), dict(logit_temperature=-1),
+                                    dict(logit_temperature=float("nan")), dict(max_logit_scale=0),
+                                    dict(logit_temperature=0.001)])
 def test_bad_construction(kwargs):
     with pytest.raises(ValueError):
         InfoNCELoss(**kwargs)

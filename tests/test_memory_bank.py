@@ -92,6 +92,48 @@ def test_state_dict_roundtrip_gives_the_same_candidates(tmp_path):
     fresh = MemoryBank(6, DIM)
     fresh.load_state_dict(MemoryBank(6, DIM).state_dict())
     assert len(fresh) == 0
+    resumed.load_state_dict(MemoryBank(6, DIM).state_dict())  # an empty state empties a filled bank
+    assert len(resumed) == 0 and not resumed.allocated and resumed.device is None
+
+
+def test_the_bank_is_a_module_with_buffers():
+    """Its entries are buffers: they are in state_dict() (also of a module holding the bank),
+    move with .to(), and a state of the earlier plain-dict format still loads."""
+    holder = torch.nn.Module()
+    holder.bank = MemoryBank(6, DIM)
+    assert set(holder.state_dict()) == {f"bank.{k}" for k in ("img", "txt", "disease_bits", "adjective_bits",
+                                                              "direction_bits", "ids", "_extra_state")}
+    assert holder.state_dict()["bank.img"].shape == (0, DIM)  # nothing allocated before the first push
+    for k in range(4):
+        holder.bank.push(*batch(2, k, 2 * k))
+    state = holder.state_dict()
+    assert state["bank.img"].shape == (6, DIM) and state["bank._extra_state"]["count"] == 6
+    assert dict(holder.bank.named_buffers())["ids"] is holder.bank.ids
+    other = torch.nn.Module()
+    other.bank = MemoryBank(6, DIM)
+    other.load_state_dict(state)
+    query = batch(2, 7, 100)
+    assert torch.equal(other.bank.candidates(*query)[3], holder.bank.candidates(*query)[3])
+    # the earlier format: a plain dict holding the `count` filled rows
+    legacy = {**state["bank._extra_state"],
+              **{k: state[f"bank.{k}"][:6].clone() for k in ("img", "txt", "disease_bits", "adjective_bits",
+                                                             "direction_bits", "ids")}}
+    partial = MemoryBank(6, DIM)
+    partial.push(*batch(4, 1, 0))
+    old_partial = {**partial.get_extra_state(), **{k: getattr(partial, k)[:4].clone() for k in
+                                                   ("img", "txt", "disease_bits", "adjective_bits",
+                                                    "direction_bits", "ids")}}
+    for old, want in ((legacy, holder.bank), (old_partial, partial)):
+        converted = MemoryBank(6, DIM)
+        converted.load_state_dict(old)
+        assert len(converted) == len(want)
+        for a, b in zip(converted.candidates(*query), want.candidates(*query)):
+            assert records(a) == records(b) if isinstance(a, MetaEntities) else torch.equal(a, b)
+    empty_legacy = {"size": 6, "dim": DIM, "ptr": 0, "count": 0, "vocabulary": None,
+                    **dict.fromkeys(("img", "txt", "disease_bits", "adjective_bits", "direction_bits", "ids"))}
+    converted = MemoryBank(6, DIM)
+    converted.load_state_dict(empty_legacy)
+    assert len(converted) == 0
 
 
 def test_load_state_dict_errors():
@@ -107,8 +149,14 @@ def test_load_state_dict_errors():
     broken = dict(state, img=state["img"][:2])
     with pytest.raises(ValueError, match="'img'"):
         MemoryBank(4, DIM).load_state_dict(broken)
+    with pytest.raises(ValueError, match="'ids'"):
+        MemoryBank(4, DIM).load_state_dict(dict(state, ids=state["ids"].int()))
     with pytest.raises(ValueError, match="position"):
-        MemoryBank(4, DIM).load_state_dict(dict(state, ptr=1))
+        MemoryBank(4, DIM).load_state_dict(dict(state, _extra_state={**state["_extra_state"], "ptr": 1}))
+    with pytest.raises(ValueError, match="misses keys"):
+        MemoryBank(4, DIM).load_state_dict(dict(state, _extra_state={"size": 4}))
+    with pytest.raises(TypeError, match="state must be a dict"):
+        MemoryBank(4, DIM).load_state_dict([1, 2])
 
 
 def test_bad_inputs():
@@ -175,5 +223,9 @@ def test_bank_follows_the_device():
     assert ci.is_cuda and ce.device.type == "cuda" and cids.is_cuda and bank.device.type == "cuda"
     bank.push(*batch(2, 1, 10, device="cuda"))
     assert len(bank) == 5
-    state = bank.state_dict()
-    assert state["img"].device.type == "cpu"
+    restored = MemoryBank(8, DIM)
+    restored.load_state_dict({k: v.cpu() if isinstance(v, torch.Tensor) else v
+                              for k, v in bank.state_dict().items()})
+    assert restored.device.type == "cpu" and len(restored) == 5
+    restored.to("cuda")
+    assert restored.device.type == "cuda" and restored.ids.is_cuda

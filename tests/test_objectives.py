@@ -27,7 +27,7 @@ def test_soft_targets_rows_are_distributions_centred_on_exact_matches():
     ents = MetaEntities.from_records([{"edema": {"adjs": ["mild"]}}, {"edema": {"adjs": ["mild"]}},
                                       {"edema": {"adjs": ["severe"]}}, {}, {}])
     scores = TripletMiner().score_matrix(ents)
-    t = soft_targets(scores, torch.arange(5), own_weight=0.5, temperature=0.05)
+    t = soft_targets(scores, torch.arange(5), own_weight=0.5, target_temperature=0.05)
     assert torch.allclose(t.sum(1), torch.ones(5))
     # query 0: its own pair and the identical report 1 share the score mass; the other severity less
     assert t[0, 0] > t[0, 1] > t[0, 2] > t[0, 3]
@@ -37,15 +37,17 @@ def test_soft_targets_rows_are_distributions_centred_on_exact_matches():
     assert t[3, 3].item() == pytest.approx(0.75, abs=1e-5) and t[3, 4].item() == pytest.approx(0.25, abs=1e-5)
     with pytest.raises(ValueError, match="own_weight"):
         soft_targets(scores, torch.arange(5), own_weight=1.5)
-    with pytest.raises(ValueError, match="temperature"):
-        soft_targets(scores, torch.arange(5), temperature=0)
+    with pytest.raises(ValueError, match="target_temperature"):
+        soft_targets(scores, torch.arange(5), target_temperature=0)
+    with pytest.raises(TypeError, match="renamed 'target_temperature'"):
+        soft_targets(scores, torch.arange(5), temperature=0.05)
 
 
 def test_soft_infonce_is_cross_entropy_with_the_score_targets():
     ents = synthetic_entities(24, seed=1)
     img, txt = embeddings(24, seed=1)
-    loss = InfoNCELoss(temperature=0.1, learnable=False)
-    obj = SoftInfoNCEObjective(loss, TripletMiner(), own_weight=0.3, temperature=0.2)
+    loss = InfoNCELoss(logit_temperature=0.1, learnable=False)
+    obj = SoftInfoNCEObjective(loss, TripletMiner(), own_weight=0.3, target_temperature=0.2)
     out = obj(img, txt, ents)
     targets = soft_targets(TripletMiner().score_matrix(ents), torch.arange(24), 0.3, 0.2)
     logits = 10.0 * F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T
@@ -168,26 +170,199 @@ def test_soft_targets_may_use_their_own_score_weights():
     assert module.parts["medtrim"].miner.weights == {"w_dis": 0.85, "w_adj": 0.10, "w_dir": 0.05}
 
 
-def test_objective_step_checkpoint_state_restores_the_memory_bank():
+@pytest.mark.parametrize("legacy", [False, True])
+def test_objective_step_checkpoint_state_restores_the_memory_bank(legacy, tmp_path):
+    """The bank is part of the objective's state_dict; checkpoints of the earlier format (the bank
+    under "memory_bank", a plain dict of its filled rows) still restore it."""
     from medtrim_ext.training.distributed import DistContext
     from medtrim_ext.training.timing import StepTimer
 
-    cfg = load_config("demo", ["objective.memory_bank=40"]).objective
+    cfg = load_config("demo", ["objective.memory_bank=40", "objective.kind=medtrim+infonce"]).objective
     step = ObjectiveStep(cfg, 16, seed=5)
     ents = synthetic_entities(16, seed=2)
     img, txt = embeddings(16, seed=2)
     batch = {"entities": ents, "index": torch.arange(16)}
     step(img, txt, batch, DistContext(), StepTimer(torch.device("cpu")), step=0)
+    with torch.no_grad():
+        step.objective.parts["infonce"].loss.log_scale.add_(0.25)  # as if trained
     state = step.checkpoint_state()
-    assert set(state) == {"objective", "memory_bank"} and state["memory_bank"]["count"] == 16
+    assert set(state) == {"objective"}
+    assert state["objective"]["bank._extra_state"]["count"] == 16
+    assert state["objective"]["bank.img"].shape == (40, 16)
+    if legacy:  # the format before the bank was a module
+        objective = {k: v for k, v in state["objective"].items() if not k.startswith("bank.")}
+        n = 16
+        old = {**{k: v for k, v in state["objective"]["bank._extra_state"].items()},
+               **{k: state["objective"][f"bank.{k}"][:n].clone() for k in
+                  ("img", "txt", "disease_bits", "adjective_bits", "direction_bits", "ids")}}
+        state = {"objective": objective, "memory_bank": old}
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    state = torch.load(path, weights_only=True)
 
     restored = ObjectiveStep(cfg, 16, seed=5)
+    assert len(restored.bank) == 0
     restored.load_checkpoint_state(state)
+    assert len(restored.bank) == 16
+    assert restored.objective.parts["infonce"].loss.log_scale.item() == \
+        step.objective.parts["infonce"].loss.log_scale.item()
     nxt = {"entities": synthetic_entities(16, seed=3), "index": torch.arange(16, 32)}
     img2, txt2 = embeddings(16, seed=3)
     a = step(img2, txt2, nxt, DistContext(), StepTimer(torch.device("cpu")), step=1)
     b = restored(img2, txt2, nxt, DistContext(), StepTimer(torch.device("cpu")), step=1)
     assert a.loss.item() == b.loss.item()  # same bank, same generator of (seed, step): same triplets
+    # an empty bank's state empties a filled one; a run without a bank ignores a bank's entries
+    restored.load_checkpoint_state(ObjectiveStep(cfg, 16, seed=5).checkpoint_state())
+    assert len(restored.bank) == 0 and not restored.bank.allocated
+    no_bank = ObjectiveStep(load_config("demo", ["objective.kind=medtrim+infonce"]).objective, 16)
+    no_bank.load_checkpoint_state(step.checkpoint_state())
+    assert no_bank.bank is None
+    # a bank of another size does not take the entries
+    other = ObjectiveStep(load_config("demo", ["objective.memory_bank=8",
+                                               "objective.kind=medtrim+infonce"]).objective, 16)
+    with pytest.raises(ValueError, match="size=40"):
+        other.load_checkpoint_state(step.checkpoint_state())
+
+
+def test_the_objective_defaults_are_written_once():
+    """The config's loss and objective defaults are the modules' (OBJECTIVE_DEFAULTS), and so is
+    the offline pools' size: written in one place each."""
+    import inspect
+
+    from medtrim_ext.losses import OBJECTIVE_DEFAULTS
+    from medtrim_ext.mining.offline import OFFLINE_POOL_SIZE, OfflineTripletSampler, mine_offline_triplets
+    from medtrim_ext.training.config import MAX_LOGIT_SCALE, ObjectiveConfig
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    cfg, d = ObjectiveConfig(), OBJECTIVE_DEFAULTS
+    assert cfg.margin == default(MultimodalTripletLoss, "margin") == MultimodalTripletLoss().margin == d.margin
+    assert cfg.logit_temperature == default(InfoNCELoss, "logit_temperature") == d.logit_temperature
+    assert InfoNCELoss().logit_scale.item() == pytest.approx(1 / d.logit_temperature)
+    assert MAX_LOGIT_SCALE == default(InfoNCELoss, "max_logit_scale") == d.max_logit_scale
+    assert cfg.soft_own_weight == default(SoftInfoNCEObjective, "own_weight") == \
+        default(soft_targets, "own_weight") == d.own_weight
+    assert cfg.target_temperature == default(SoftInfoNCEObjective, "target_temperature") == \
+        default(soft_targets, "target_temperature") == SoftInfoNCEObjective().target_temperature == \
+        d.target_temperature
+    assert cfg.pool_size == default(OfflineTripletSampler, "pool_size") == \
+        default(mine_offline_triplets, "pool_size") == OFFLINE_POOL_SIZE == 32
+    # the published values (the demo's numbers rest on them)
+    assert d.as_kwargs() == {"margin": 0.3, "logit_temperature": 0.07, "max_logit_scale": 100.0,
+                             "own_weight": 0.5, "target_temperature": 0.1}
+
+
+def test_objectives_take_only_the_keywords_they_use():
+    """No keyword is swallowed: a misspelt or foreign one raises TypeError naming it; the
+    composite passes each part its own keywords and refuses those no part takes."""
+    from medtrim_ext.losses import objective_keywords
+
+    ents = synthetic_entities(12, seed=8)
+    img, txt = embeddings(12, seed=8)
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(TypeError, match="generatr"):
+        MedTrimObjective()(img, txt, ents, generatr=g)
+    with pytest.raises(TypeError, match="own_index"):  # MedTrim has no own pair among candidates
+        MedTrimObjective()(img, txt, ents, own_index=torch.arange(12))
+    with pytest.raises(TypeError, match="generator"):  # InfoNCE mines nothing
+        InfoNCEObjective()(img, txt, ents, generator=g)
+    with pytest.raises(TypeError, match="anchor_ids"):
+        SoftInfoNCEObjective()(img, txt, ents, anchor_ids=torch.arange(12))
+    assert objective_keywords(InfoNCEObjective()) == {"cand_img", "cand_txt", "own_index", "timer"}
+    assert objective_keywords(SoftInfoNCEObjective()) == {"cand_img", "cand_txt", "cand_entities",
+                                                          "own_index", "timer"}
+    assert "own_index" not in objective_keywords(MedTrimObjective())
+
+    both = CompositeObjective({"medtrim": MedTrimObjective(), "infonce": InfoNCEObjective()})
+    assert both.keywords == objective_keywords(MedTrimObjective()) | {"own_index"}
+    with pytest.raises(TypeError, match=r"\['cand_entites'\]"):
+        both(img, txt, ents, cand_entites=ents)
+    # each part gets its own share: MedTrim the generator, InfoNCE the own index
+    own = torch.arange(12)
+    out = both(img, txt, ents, generator=torch.Generator().manual_seed(1), own_index=own)
+    m = MedTrimObjective()(img, txt, ents, generator=torch.Generator().manual_seed(1))
+    i = InfoNCEObjective()(img, txt, ents, own_index=own)
+    assert out.loss.item() == pytest.approx(m.loss.item() + i.loss.item(), abs=1e-6)
+
+    class AnyKeywords(torch.nn.Module):  # a user's part that takes everything gets everything
+        def forward(self, img_emb, txt_emb, entities, **kwargs):
+            self.seen = set(kwargs)
+            return InfoNCEObjective()(img_emb, txt_emb, entities)
+
+    part = AnyKeywords()
+    loose = CompositeObjective({"infonce": InfoNCEObjective(), "mine": part})
+    assert loose.keywords is None
+    loose(img, txt, ents, own_index=own, anything=1)
+    assert part.seen == {"own_index", "anything"}
+
+
+def test_old_temperature_keywords_raise_with_the_new_name():
+    with pytest.raises(TypeError, match="renamed 'logit_temperature'"):
+        InfoNCELoss(temperature=0.05)
+    with pytest.raises(TypeError, match="renamed 'target_temperature'"):
+        SoftInfoNCEObjective(temperature=0.05)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        InfoNCELoss(temprature=0.05)
+    # the two temperatures are different things and say so
+    soft = SoftInfoNCEObjective(InfoNCELoss(logit_temperature=0.05), target_temperature=0.2)
+    assert soft.loss.logit_scale.item() == pytest.approx(20.0)
+    assert soft.target_temperature == 0.2
+    assert "logit_temperature=0.05" in repr(soft) and "target_temperature=0.2" in repr(soft)
+    # the config keys carry the same names; the old ones are refused with the new name
+    assert load_config("demo", ["objective.logit_temperature=0.05"]).objective.logit_temperature == 0.05
+    for old, new in (("temperature", "logit_temperature"), ("soft_temperature", "target_temperature")):
+        with pytest.raises(ValueError, match=f"objective.{old} was renamed objective.{new}"):
+            load_config("demo", [f"objective.{old}=0.05"])
+
+
+def test_stored_configs_of_earlier_versions_read_with_the_new_names():
+    """A run folder's config written before the rename (objective.temperature) still resumes and
+    evaluates: the stored config is read with the new names, a user's config is not."""
+    from medtrim_ext.training.config import Config, upgrade_config_dict
+    from medtrim_ext.training.rundir import config_changes
+
+    new = load_config("demo", ["objective.kind=infonce", "objective.logit_temperature=0.1"]).to_dict()
+    old = {**new, "objective": {k: v for k, v in new["objective"].items()
+                                if k not in ("logit_temperature", "target_temperature")}}
+    old["objective"].update(temperature=0.1, soft_temperature=0.1)
+    assert config_changes(old, new) == []
+    assert Config.from_dict(upgrade_config_dict(old)).objective.logit_temperature == 0.1
+    assert "objective.logit_temperature: 0.1 -> 0.2" in config_changes(
+        old, load_config("demo", ["objective.kind=infonce", "objective.logit_temperature=0.2"]).to_dict())
+    with pytest.raises(ValueError, match="objective.temperature was renamed objective.logit_temperature"):
+        Config.from_dict(old)
+
+
+def test_a_logit_temperature_in_no_optimizer_warns_once():
+    """A loop that forgets objective.parameters() trains with a frozen temperature: warned."""
+    import warnings
+
+    from medtrim_ext.losses.infonce import FROZEN_CHECK_CALLS
+
+    ents = synthetic_entities(12, seed=9)
+
+    def run(objective, with_params):
+        params = [*objective.parameters()] if with_params else []
+        w = torch.nn.Parameter(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))
+        opt = torch.optim.SGD([w, *params], lr=0.1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k in range(FROZEN_CHECK_CALLS + 3):
+                img, txt = embeddings(12, seed=k)
+                objective(img @ w, txt @ w, ents).loss.backward()
+                opt.step()
+                opt.zero_grad()
+        return [str(c.message) for c in caught if "in no optimizer" in str(c.message)]
+
+    assert len(run(InfoNCEObjective(), with_params=False)) == 1
+    assert run(InfoNCEObjective(), with_params=True) == []
+    assert run(InfoNCEObjective(InfoNCELoss(learnable=False)), with_params=False) == []
+    assert len(run(CompositeObjective({"medtrim": MedTrimObjective(),
+                                       "soft_infonce": SoftInfoNCEObjective()}), with_params=False)) == 1
+    frozen = InfoNCEObjective()
+    frozen.eval()  # evaluation calls are not training steps
+    assert run(frozen, with_params=False) == []
 
 
 def test_the_miner_defaults_are_written_once():

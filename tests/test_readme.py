@@ -74,6 +74,25 @@ def test_readme_python_block_runs(name, line, source, reason, tmp_path, monkeypa
     exec(code, {"__name__": "__readme__"})
 
 
+def test_the_objectives_example_trains_the_logit_temperature(tmp_path, monkeypatch):
+    """The README's own loop gives the optimizer the objective's parameters: InfoNCE's learnable
+    logit temperature changes over its steps (a copied loop without them would keep 1 / 0.07)."""
+    import torch
+
+    found = [b for b in BLOCKS if b[0] == "README.md" and "*objective.parameters()" in b[2]]
+    assert len(found) == 1, "the README's objectives example must optimise objective.parameters()"
+    _, line, source, _ = found[0]
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "__readme__"}
+    exec(compile(source, f"README.md:{line}", "exec"), ns)
+    objective, opt = ns["objective"], ns["opt"]
+    optimised = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in objective.parameters())
+    scale = objective.parts["infonce"].loss.logit_scale.item()
+    assert abs(scale - 1 / 0.07) > 1e-3, f"the logit scale did not train: {scale}"
+    assert torch.isfinite(torch.tensor(scale))
+
+
 # ---- links, paths and module names ------------------------------------------------------------
 
 def prose(text: str) -> str:
@@ -144,7 +163,8 @@ def test_repository_paths_exist():
 MOVED = {"medtrim_ext.loss", "medtrim_ext.contrastive", "medtrim_ext.objective", "medtrim_ext.memory_bank",
          "medtrim_ext.vocabulary", "medtrim_ext.bits", "medtrim_ext.synthetic", "medtrim_ext.offline",
          "medtrim_ext.reference", "medtrim_ext.tokenization", "medtrim_ext.io", "medtrim_ext.cli",
-         "medtrim_ext.demo", "medtrim_ext.mining_demo", "medtrim_ext.training.objectives"}
+         "medtrim_ext.demo", "medtrim_ext.mining_demo", "medtrim_ext.training.objectives",
+         "medtrim_ext.training.evaluate"}
 
 
 def resolves(name: str) -> bool:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
+from torch import nn
 
 from ..entities.meta_entities import MetaEntities
 from ..utils.checks import check_ids, check_int, check_tensor
 from ..entities.vocabulary import Vocabulary
 
-_STATE_KEYS = ("size", "dim", "ptr", "count", "vocabulary", "img", "txt", "disease_bits",
-               "adjective_bits", "direction_bits", "ids")
+ENTRIES = ("img", "txt", "disease_bits", "adjective_bits", "direction_bits", "ids")
+# what the state of versions before the module held (a checkpoint's "memory_bank"): still loads
+_LEGACY_KEYS = ("size", "dim", "ptr", "count", "vocabulary", *ENTRIES)
 
 
-class MemoryBank:
+class MemoryBank(nn.Module):
     """The last ``size`` (image embedding, text embedding, meta-entities, sample id) entries.
 
     A training step mines among the current batch plus the bank, then pushes the batch::
@@ -34,11 +38,17 @@ class MemoryBank:
     - The bank lives on the device of the embeddings it is given (it moves there if needed);
       entities and ids are moved there too.
     - ``vocabulary``: the entities' vocabulary; ``None`` adopts the first pushed one.
-    - ``state_dict()`` / ``load_state_dict()`` (CPU tensors and plain values) save and restore
-      the entries and the write position: a resumed run gets the same candidates.
+    - An ``nn.Module``: the entries are buffers (none before the first push, then ``size`` rows;
+      they move with ``.to(device)``), the write position, count and vocabulary its extra state.
+      ``state_dict()`` / ``load_state_dict()`` (tensors and plain values) save and restore them,
+      also as part of an enclosing module's state (the training step's objective): a resumed run
+      gets the same candidates. An empty bank loads a filled one's state and the other way round;
+      the plain-dict state of earlier versions loads too (:meth:`convert_legacy_state`).
+    - ``len(bank)`` is the number of entries, so an empty bank is falsy: test ``bank is None``.
     """
 
     def __init__(self, size: int, dim: int, vocabulary: Vocabulary | None = None):
+        super().__init__()
         check_int("size", size)
         check_int("dim", dim)
         if vocabulary is not None and not isinstance(vocabulary, Vocabulary):
@@ -47,28 +57,29 @@ class MemoryBank:
         self.vocabulary = vocabulary
         self._ptr = 0    # next slot to write
         self._count = 0  # valid entries (slots [0, count) until the ring is full)
-        self._buf: dict[str, torch.Tensor] | None = None
+        # empty (0-row) buffers until the first push or load: their widths follow the vocabulary
+        for key, (shape, dtype) in self._layout(0).items():
+            self.register_buffer(key, torch.zeros(shape, dtype=dtype))
 
     def __len__(self) -> int:
         return self._count
 
-    def __repr__(self) -> str:
-        return f"MemoryBank(size={self.size}, dim={self.dim}, entries={self._count}, device={self.device})"
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, entries={self._count}, device={self.device}"
 
     @property
     def device(self) -> torch.device | None:
-        """Where the entries live (``None`` before the first push)."""
-        return None if self._buf is None else self._buf["img"].device
+        """Where the entries live (``None`` before the first push or load)."""
+        return self.img.device if self.allocated else None
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the ring's ``size`` rows exist (after the first push or a load of entries)."""
+        return self.img.shape[0] > 0
 
     def reset(self) -> None:
         """Forget all entries (keeps the storage)."""
         self._ptr = self._count = 0
-
-    def to(self, device: torch.device | str) -> "MemoryBank":
-        """Move the entries to ``device`` (in place; returns self)."""
-        if self._buf is not None:
-            self._buf = {k: v.to(device) for k, v in self._buf.items()}
-        return self
 
     # -- writing and reading -----------------------------------------------------------------
     def push(self, img: torch.Tensor, txt: torch.Tensor, entities: MetaEntities, ids: torch.Tensor) -> None:
@@ -82,14 +93,13 @@ class MemoryBank:
             entities, k = entities[slice(k - self.size, k)], self.size
         self._allocate(img.device)
         slots = (self._ptr + torch.arange(k, device=img.device)) % self.size
-        buf = self._buf
         with torch.no_grad():
-            buf["img"][slots] = img.detach().float()
-            buf["txt"][slots] = txt.detach().float()
-            buf["disease_bits"][slots] = entities.disease_bits
-            buf["adjective_bits"][slots] = entities.adjective_bits
-            buf["direction_bits"][slots] = entities.direction_bits
-            buf["ids"][slots] = ids
+            self.img[slots] = img.detach().float()
+            self.txt[slots] = txt.detach().float()
+            self.disease_bits[slots] = entities.disease_bits
+            self.adjective_bits[slots] = entities.adjective_bits
+            self.direction_bits[slots] = entities.direction_bits
+            self.ids[slots] = ids
         self._ptr = (self._ptr + k) % self.size
         self._count = min(self._count + k, self.size)
 
@@ -103,33 +113,107 @@ class MemoryBank:
             return img, txt, entities, ids
         if self.device != img.device:
             self.to(img.device)
-        n, buf = self._count, self._buf
-        # pushed entities were checked when built, loaded ones in load_state_dict
-        bank_ents = MetaEntities._derived(buf["disease_bits"][:n], buf["adjective_bits"][:n],
-                                          buf["direction_bits"][:n], self.vocabulary)
-        return (torch.cat([img, buf["img"][:n].to(dtype)]), torch.cat([txt, buf["txt"][:n].to(dtype)]),
-                MetaEntities.cat([entities, bank_ents]), torch.cat([ids, buf["ids"][:n]]))
+        n = self._count
+        # pushed entities were checked when built, loaded ones when loaded
+        bank_ents = MetaEntities._derived(self.disease_bits[:n], self.adjective_bits[:n],
+                                          self.direction_bits[:n], self.vocabulary)
+        return (torch.cat([img, self.img[:n].to(dtype)]), torch.cat([txt, self.txt[:n].to(dtype)]),
+                MetaEntities.cat([entities, bank_ents]), torch.cat([ids, self.ids[:n]]))
 
     # -- checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The entries (CPU copies) and the write position."""
-        n = self._count
-        state = {"size": self.size, "dim": self.dim, "ptr": self._ptr, "count": n,
-                 "vocabulary": None if self.vocabulary is None else
-                 [list(self.vocabulary.diseases), list(self.vocabulary.adjectives),
-                  list(self.vocabulary.directions)]}
-        for key in ("img", "txt", "disease_bits", "adjective_bits", "direction_bits", "ids"):
-            state[key] = None if self._buf is None else self._buf[key][:n].detach().cpu().clone()
-        return state
+    # The entries are buffers (all `size` rows once allocated, none before), the write position
+    # and the vocabulary the module's extra state: ``state_dict()`` holds them, under the bank's
+    # prefix inside an enclosing module's (a training checkpoint's objective state).
+    def get_extra_state(self) -> dict:
+        """The plain values of the state: size, dim, write position, count, vocabulary names."""
+        return {"size": self.size, "dim": self.dim, "ptr": self._ptr, "count": self._count,
+                "vocabulary": None if self.vocabulary is None else
+                [list(self.vocabulary.diseases), list(self.vocabulary.adjectives),
+                 list(self.vocabulary.directions)]}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (size and dim must match; the entries are
-        moved to the bank's device, or stay on the CPU until the next use)."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        missing = [k for k in _STATE_KEYS if k not in state]
+    def set_extra_state(self, state: dict) -> None:
+        # checked by _load_from_state_dict before any buffer was touched
+        self._ptr, self._count = state["ptr"], state["count"]
+        self.vocabulary = self._saved_vocabulary(state)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Restore a ``state_dict()`` (size and dim must match; the entries go to the bank's
+        device, or stay on the CPU until the next use). The state of versions before the bank was
+        a module (a plain dict with ``size``, ``ptr``, ``img``, ...) is converted and loads too."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state must be a dict, got {type(state_dict).__name__}")
+        if "_extra_state" not in state_dict and any(k in state_dict for k in _LEGACY_KEYS):
+            state_dict = self.convert_legacy_state(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def convert_legacy_state(self, state: Mapping) -> dict:
+        """The ``state_dict()`` equal to a state saved before the bank was a module (its entries
+        held only the ``count`` filled rows)."""
+        missing = [k for k in _LEGACY_KEYS if k not in state]
         if missing:
             raise ValueError(f"memory bank state misses keys {missing}")
+        extra = {k: state[k] for k in ("size", "dim", "ptr", "count", "vocabulary")}
+        if state["img"] is None:  # nothing was ever pushed
+            return {"_extra_state": extra, **self._empty_buffers()}
+        out = {"_extra_state": extra}
+        n = state["count"]
+        for key in ENTRIES:
+            value = state[key]
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != n:
+                raise ValueError(f"memory bank state entry {key!r} does not fit the bank "
+                                 f"(expected {n} rows)")
+            pad = value.new_zeros((max(int(state["size"]) - n, 0), *value.shape[1:]))
+            out[key] = torch.cat([value, pad])
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is None:  # nothing of a bank in it (a run without one): torch lists what is missing
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        vocab = self._check_extra_state(extra)
+        # the buffers take the saved shapes (none or `size` rows) before torch copies into them
+        layout = self._layout(self.size, vocab)
+        shapes = {}
+        for key, (shape, dtype) in layout.items():
+            value = state_dict.get(prefix + key)
+            if value is None:
+                continue  # torch reports the missing key
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"memory bank state entry {key!r} must be a tensor, got "
+                                 f"{type(value).__name__}")
+            rows = value.shape[0] if value.dim() else -1
+            if rows not in (0, self.size) or (rows and tuple(value.shape) != shape) or value.dtype != dtype:
+                raise ValueError(f"memory bank state entry {key!r} does not fit the bank (expected 0 or "
+                                 f"{shape} {dtype}, got {tuple(value.shape)} {value.dtype})")
+            shapes[key] = value.shape
+        rows = {shape[0] for shape in shapes.values()}
+        if len(rows) > 1:
+            raise ValueError("memory bank state: its entries do not all hold the same number of rows")
+        if rows and extra["count"] > min(rows):
+            raise ValueError(f"memory bank state has {extra['count']} entries but no stored rows")
+        # checked: now the buffers take the saved shapes, on the bank's device
+        device = self.img.device
+        for key, shape in shapes.items():
+            self._buffers[key] = torch.zeros(shape, dtype=layout[key][1], device=device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        n = self._count
+        try:  # bits beyond the vocabulary's width would score differently from the reference
+            if n:
+                MetaEntities(self.disease_bits[:n], self.adjective_bits[:n], self.direction_bits[:n],
+                             self.vocabulary)
+        except ValueError as exc:
+            self._ptr = self._count = 0
+            raise ValueError(f"memory bank state: {exc}") from None
+
+    def _check_extra_state(self, state) -> Vocabulary | None:
+        """The saved vocabulary, after checking size, dim and the write position."""
+        if not isinstance(state, Mapping) or any(k not in state for k in ("size", "dim", "ptr", "count",
+                                                                             "vocabulary")):
+            raise ValueError("memory bank state misses keys: its extra state must hold size, dim, ptr, "
+                             "count and vocabulary")
         if state["size"] != self.size or state["dim"] != self.dim:
             raise ValueError(f"memory bank state has size={state['size']}, dim={state['dim']} but this "
                              f"bank has size={self.size}, dim={self.dim}")
@@ -137,53 +221,38 @@ class MemoryBank:
         if not (isinstance(n, int) and 0 <= n <= self.size and isinstance(ptr, int) and 0 <= ptr < self.size
                 and (n == self.size or ptr == n)):
             raise ValueError(f"memory bank state has an invalid position (count={n!r}, ptr={ptr!r})")
-        vocab = self.vocabulary
-        if state["vocabulary"] is not None:
-            saved = Vocabulary(*(tuple(names) for names in state["vocabulary"]), name="memory-bank")
-            if vocab is not None and saved != vocab:
-                raise ValueError("memory bank state was saved with a different vocabulary")
-            vocab = vocab or saved
-        device = self.device
-        self.vocabulary, self._ptr, self._count, self._buf = vocab, ptr, n, None
-        if n == 0 and state["img"] is None:
-            return
-        self._allocate(torch.device("cpu"))
-        for key in ("img", "txt", "disease_bits", "adjective_bits", "direction_bits", "ids"):
-            value = state[key]
-            if not isinstance(value, torch.Tensor) or value.shape[0] != n or \
-                    value.shape[1:] != self._buf[key].shape[1:] or value.dtype != self._buf[key].dtype:
-                raise ValueError(f"memory bank state entry {key!r} does not fit the bank "
-                                 f"(expected {n} rows of {tuple(self._buf[key].shape[1:])} "
-                                 f"{self._buf[key].dtype})")
-            self._buf[key][:n] = value
-        try:  # bits beyond the vocabulary's width would score differently from the reference
-            MetaEntities(*(self._buf[k][:n] for k in ("disease_bits", "adjective_bits", "direction_bits")),
-                         self.vocabulary)
-        except ValueError as exc:
-            self._buf, self._count, self._ptr = None, 0, 0
-            raise ValueError(f"memory bank state: {exc}") from None
-        if device is not None:
-            self.to(device)
+        return self._saved_vocabulary(state)
+
+    def _saved_vocabulary(self, state) -> Vocabulary | None:
+        if state["vocabulary"] is None:
+            return self.vocabulary
+        saved = Vocabulary(*(tuple(names) for names in state["vocabulary"]), name="memory-bank")
+        if self.vocabulary is not None and saved != self.vocabulary:
+            raise ValueError("memory bank state was saved with a different vocabulary")
+        return self.vocabulary or saved
 
     # -- helpers -----------------------------------------------------------------------------
+    def _layout(self, rows: int, vocabulary: Vocabulary | None = None) -> dict:
+        """``{entry: (shape, dtype)}`` of ``rows`` rows (bit widths 0 without a vocabulary)."""
+        vocabulary = vocabulary if vocabulary is not None else self.vocabulary
+        c, a, r = vocabulary.sizes if vocabulary is not None else (0, 0, 0)
+        wa, wr = (a + 31) // 32, (r + 31) // 32
+        return {"img": ((rows, self.dim), torch.float32), "txt": ((rows, self.dim), torch.float32),
+                "disease_bits": ((rows,), torch.int32), "adjective_bits": ((rows, c, wa), torch.int32),
+                "direction_bits": ((rows, c, wr), torch.int32), "ids": ((rows,), torch.int64)}
+
+    def _empty_buffers(self) -> dict:
+        return {k: torch.zeros(shape, dtype=dtype) for k, (shape, dtype) in self._layout(0).items()}
+
     def _allocate(self, device: torch.device) -> None:
-        if self._buf is not None:
+        if self.allocated:
             if self.device != device:
                 self.to(device)
             return
         if self.vocabulary is None:
             raise ValueError("the memory bank needs a vocabulary (pass one, or push entities first)")
-        c, a, r = self.vocabulary.sizes
-        wa, wr = (a + 31) // 32, (r + 31) // 32
-        s = self.size
-        self._buf = {
-            "img": torch.zeros(s, self.dim, device=device),
-            "txt": torch.zeros(s, self.dim, device=device),
-            "disease_bits": torch.zeros(s, dtype=torch.int32, device=device),
-            "adjective_bits": torch.zeros(s, c, wa, dtype=torch.int32, device=device),
-            "direction_bits": torch.zeros(s, c, wr, dtype=torch.int32, device=device),
-            "ids": torch.zeros(s, dtype=torch.int64, device=device),
-        }
+        for key, (shape, dtype) in self._layout(self.size).items():
+            self._buffers[key] = torch.zeros(shape, dtype=dtype, device=device)
 
     def _check_batch(self, img, txt, entities, ids):
         for name, x in (("img", img), ("txt", txt)):

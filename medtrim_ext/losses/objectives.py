@@ -1,11 +1,17 @@
 """Training objectives with one call signature: MedTrim (mining + triplet loss), InfoNCE, InfoNCE
 with meta-entity soft targets, and weighted sums of them.
 
-Every objective is a ``torch.nn.Module`` called as::
+Every objective is a ``torch.nn.Module`` called as ``objective(img_emb, txt_emb, entities,
+**keywords)`` and returning an :class:`ObjectiveOutput`; each takes the keywords it uses and no
+other (a misspelt or foreign keyword raises ``TypeError``)::
 
-    out = objective(img_emb, txt_emb, entities, *, cand_img=None, cand_txt=None,
-                    cand_entities=None, anchor_ids=None, candidate_ids=None, own_index=None,
-                    triplets=None, generator=None, count_reducer=None, timer=None)
+    out = MedTrimObjective()(img_emb, txt_emb, entities, cand_img=None, cand_txt=None,
+                             cand_entities=None, anchor_ids=None, candidate_ids=None,
+                             triplets=None, generator=None, count_reducer=None, timer=None)
+    out = InfoNCEObjective()(img_emb, txt_emb, entities, cand_img=None, cand_txt=None,
+                             own_index=None, timer=None)
+    out = SoftInfoNCEObjective()(img_emb, txt_emb, entities, cand_img=None, cand_txt=None,
+                                 cand_entities=None, own_index=None, timer=None)
     out.loss.backward()
 
 - ``img_emb``/``txt_emb`` ``(B, D)``: the queries (row k of each is sample k), ``entities`` their
@@ -22,20 +28,23 @@ Every objective is a ``torch.nn.Module`` called as::
 - ``timer``: anything with a ``phase(name)`` context manager (``StepTimer``), to time mining and
   the loss separately.
 
-Each objective ignores the arguments it has no use for, so they compose:
-``CompositeObjective({"medtrim": MedTrimObjective(), "infonce": InfoNCEObjective()})``.
+They compose: ``CompositeObjective({"medtrim": MedTrimObjective(), "infonce": InfoNCEObjective()})``
+takes the keywords of all its parts and passes each part only those in its own signature
+(:func:`objective_keywords`); a keyword that no part takes raises ``TypeError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Callable, Mapping, NamedTuple
 
 import torch
 
 from ..entities.meta_entities import MetaEntities
 from .triplet import MultimodalTripletLoss, reduce_losses
-from ..mining.miner import TripletMiner, Triplets
+from ..entities.triplets import Triplets
+from ..mining.miner import TripletMiner
 from ..utils.checks import check_instance
 
 
@@ -112,8 +121,7 @@ class MedTrimObjective(torch.nn.Module):
     def forward(self, img_emb: torch.Tensor, txt_emb: torch.Tensor, entities: MetaEntities, *,
                 cand_img: torch.Tensor | None = None, cand_txt: torch.Tensor | None = None,
                 cand_entities: MetaEntities | None = None, anchor_ids: torch.Tensor | None = None,
-                candidate_ids: torch.Tensor | None = None, own_index: torch.Tensor | None = None,
-                triplets: Triplets | None = None, generator: torch.Generator | None = None,
+                candidate_ids: torch.Tensor | None = None, triplets: Triplets | None = None, generator: torch.Generator | None = None,
                 count_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 timer=None) -> ObjectiveOutput:
         check_queries(img_emb, entities, cand_img, cand_txt, cand_entities)
@@ -155,16 +163,42 @@ class MedTrimObjective(torch.nn.Module):
         }
 
 
+def objective_keywords(objective: torch.nn.Module) -> frozenset[str] | None:
+    """The keyword arguments ``objective`` takes besides ``(img_emb, txt_emb, entities)``: the
+    names in its ``forward``'s signature after the first three positional parameters (a
+    :class:`CompositeObjective`: those of its parts); ``None`` when it takes any keyword
+    (``**kwargs``)."""
+    if isinstance(objective, CompositeObjective):
+        return objective.keywords
+    params = list(inspect.signature(objective.forward).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    named = positional[3:] + [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return frozenset(p.name for p in named)
+
+
+def select_keywords(keywords: frozenset[str] | None, kwargs: dict) -> dict:
+    """The part of ``kwargs`` that an objective taking ``keywords`` accepts (all with ``None``)."""
+    if keywords is None:
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in keywords}
+
+
 class CompositeObjective(torch.nn.Module):
-    """A weighted sum of objectives, each called with the same arguments.
+    """A weighted sum of objectives, each called with its own share of the arguments.
 
     >>> objective = CompositeObjective({"medtrim": MedTrimObjective(), "infonce": InfoNCEObjective()},
     ...                                weights={"medtrim": 1.0, "infonce": 1.0})
     >>> out = objective(img_emb, txt_emb, entities)   # out.loss = 1.0 * medtrim + 1.0 * infonce
 
-    ``weights`` default to 1 for every part. The output's ``triplets`` are those of the (one)
-    part that mines; its ``stats`` hold every part's stats and unweighted loss under
-    ``"<name>/<key>"``.
+    ``weights`` default to 1 for every part. Every part gets ``img_emb``, ``txt_emb`` and
+    ``entities``, and of the keywords only those its ``forward`` names (read once, when the
+    composite is built: :func:`objective_keywords`; a part whose ``forward`` takes ``**kwargs``
+    gets them all); a keyword that no part takes raises ``TypeError`` naming it. The output's
+    ``triplets`` are those of the (one) part that mines; its ``stats`` hold every part's stats and
+    unweighted loss under ``"<name>/<key>"``.
     """
 
     def __init__(self, parts: Mapping[str, torch.nn.Module], weights: Mapping[str, float] | None = None):
@@ -185,15 +219,25 @@ class CompositeObjective(torch.nn.Module):
                 raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
         self.parts = torch.nn.ModuleDict(dict(parts))
         self.weights = {name: float(weights.get(name, 1.0)) for name in parts}
+        self._part_keywords = {name: objective_keywords(part) for name, part in parts.items()}
+        taken = list(self._part_keywords.values())
+        #: the keywords this composite takes: the union of its parts' (None: any)
+        self.keywords: frozenset[str] | None = None if None in taken else frozenset().union(*taken)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights}"
 
-    def forward(self, img_emb, txt_emb, entities, **kwargs) -> ObjectiveOutput:
+    def forward(self, img_emb: torch.Tensor, txt_emb: torch.Tensor, entities: MetaEntities | None = None,
+                **kwargs) -> ObjectiveOutput:
+        if self.keywords is not None:
+            unknown = sorted(set(kwargs) - self.keywords)
+            if unknown:
+                raise TypeError(f"CompositeObjective got unexpected keyword argument(s) {unknown}: no "
+                                f"part takes them (the parts take {sorted(self.keywords)})")
         loss_img = loss_txt = None
         triplets, stats = None, {}
         for name, part in self.parts.items():
-            out = part(img_emb, txt_emb, entities, **kwargs)
+            out = part(img_emb, txt_emb, entities, **select_keywords(self._part_keywords[name], kwargs))
             w = self.weights[name]
             loss_img = w * out.loss_img if loss_img is None else loss_img + w * out.loss_img
             loss_txt = w * out.loss_txt if loss_txt is None else loss_txt + w * out.loss_txt

@@ -9,7 +9,8 @@ import torch
 
 from .. import ops
 from ..utils.checks import check_number, check_tensor
-from ..mining.miner import Triplets
+from ..entities.triplets import Triplets
+from .defaults import OBJECTIVE_DEFAULTS
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -47,7 +48,7 @@ class MultimodalTripletLoss(torch.nn.Module):
     pure PyTorch, for gradient penalties through the loss).
     """
 
-    def __init__(self, margin: float = 0.3, reduction: str = "mean"):
+    def __init__(self, margin: float = OBJECTIVE_DEFAULTS.margin, reduction: str = "mean"):
         super().__init__()
         check_number("margin", margin)
         if reduction not in REDUCTIONS:

@@ -4,8 +4,9 @@ A checkpoint is one ``torch.save`` file written to a temporary name and renamed 
 (:func:`medtrim_ext.utils.io.atomic_write`), so a crash while saving leaves the previous checkpoint intact.
 
 It holds only tensors and plain Python values (numbers, strings, None, lists, tuples, dicts): the
-step, the run's config and model config (dicts), the state dicts of the model, the objective, the
-optimizer, the LR schedule, the fp16 GradScaler and the memory bank, the random number generator
+step, the run's config and model config (dicts), the state dicts of the model, the objective step
+(its parameters and the memory bank's buffers), the optimizer, the LR schedule and the fp16
+GradScaler, the random number generator
 states (Python's as a tuple of ints, NumPy's as an int64 tensor, torch's and CUDA's as byte
 tensors), the world size and the tokenizer's folder. :func:`load_checkpoint` reads it with
 ``torch.load(weights_only=True)``, so a file that holds anything else (a pickle that would import

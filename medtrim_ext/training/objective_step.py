@@ -22,8 +22,10 @@ import torch
 from ..losses.infonce import InfoNCELoss, InfoNCEObjective, SoftInfoNCEObjective
 from ..entities.meta_entities import MetaEntities
 from ..losses.triplet import MultimodalTripletLoss
-from ..mining.miner import MINER_DEFAULTS, TripletMiner, Triplets
-from ..losses.objectives import CompositeObjective, MedTrimObjective
+from ..entities.triplets import Triplets
+from ..losses.memory_bank import MemoryBank
+from ..mining.miner import MINER_DEFAULTS, TripletMiner
+from ..losses.objectives import CompositeObjective, MedTrimObjective, objective_keywords, select_keywords
 from .config import ObjectiveConfig, objective_parts
 from .distributed import DistContext, ddp_count_reducer, gather, gather_entities, gather_with_grad
 from .timing import StepTimer
@@ -49,12 +51,12 @@ def build_objective_module(cfg: ObjectiveConfig, miner: TripletMiner | None = No
         if name in ("medtrim", "medtrim_offline"):
             parts[name] = MedTrimObjective(miner, MultimodalTripletLoss(margin=cfg.margin))
         elif name == "infonce":
-            parts[name] = InfoNCEObjective(InfoNCELoss(temperature=cfg.temperature))
+            parts[name] = InfoNCEObjective(InfoNCELoss(logit_temperature=cfg.logit_temperature))
         else:  # soft_infonce: its target score may weigh the descriptors differently
             scorer = TripletMiner(*cfg.soft_weights) if cfg.soft_weights else miner
-            parts[name] = SoftInfoNCEObjective(InfoNCELoss(temperature=cfg.temperature), scorer,
+            parts[name] = SoftInfoNCEObjective(InfoNCELoss(logit_temperature=cfg.logit_temperature), scorer,
                                                own_weight=cfg.soft_own_weight,
-                                               temperature=cfg.soft_temperature)
+                                               target_temperature=cfg.target_temperature)
     if len(parts) == 1 and not cfg.weights:
         return next(iter(parts.values()))
     return CompositeObjective(parts, cfg.weights)
@@ -68,8 +70,11 @@ class ObjectiveStep(torch.nn.Module):
     - The miner's random choices (semi-hard draws, the tie seed) come from a generator seeded by
       ``(seed, step)``: a resumed run mines the same triplets, and torch's global generator (the
       dropout masks) is left alone.
-    - :meth:`checkpoint_state` / :meth:`load_checkpoint_state` save and restore everything the
-      objective holds (its parameters, e.g. InfoNCE's temperature, and the memory bank).
+    - The objective gets only the keywords it takes (:func:`objective_keywords`): InfoNCE no
+      mining arguments, MedTrim no ``own_index``.
+    - The memory bank is a submodule: :meth:`state_dict` holds the objective's parameters (e.g.
+      InfoNCE's logit temperature) and the bank's entries (``bank.*``). :meth:`checkpoint_state` /
+      :meth:`load_checkpoint_state` save and restore it.
     """
 
     def __init__(self, cfg: ObjectiveConfig, embed_dim: int, seed: int = 0):
@@ -78,11 +83,8 @@ class ObjectiveStep(torch.nn.Module):
         self.objective = build_objective_module(cfg, self.miner)
         self.offline = "medtrim_offline" in objective_parts(cfg.kind)
         self.seed = int(seed)
-        self.bank = None
-        if cfg.memory_bank and not self.offline:
-            from ..losses.memory_bank import MemoryBank
-
-            self.bank = MemoryBank(cfg.memory_bank, embed_dim)
+        self.keywords = objective_keywords(self.objective)
+        self.bank = MemoryBank(cfg.memory_bank, embed_dim) if cfg.memory_bank and not self.offline else None
 
     def generator(self, step: int) -> torch.Generator:
         """The miner's generator at ``step``: a function of ``(seed, step)`` only."""
@@ -111,7 +113,7 @@ class ObjectiveStep(torch.nn.Module):
                 kwargs["own_index"] = ctx.rank * img.shape[0] + torch.arange(img.shape[0], device=img.device)
         if ctx.enabled:
             kwargs["count_reducer"] = ddp_count_reducer(ctx)
-        out = self.objective(img, txt, ents, **kwargs)
+        out = self.objective(img, txt, ents, **select_keywords(self.keywords, kwargs))
         if self.bank is not None:
             self.bank.push(current[0].detach(), current[1].detach(), current[2], current[3])
         # the objective's statistics (mean positive / negative score: NaN without a triplet), the
@@ -122,16 +124,16 @@ class ObjectiveStep(torch.nn.Module):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
-        """``{"objective": state_dict, "memory_bank": the bank's state or None}``."""
-        return {"objective": self.state_dict(),
-                "memory_bank": self.bank.state_dict() if self.bank is not None else None}
+        """``{"objective": state_dict}``: the objective's parameters and buffers and the bank's."""
+        return {"objective": self.state_dict()}
 
     def load_checkpoint_state(self, state: dict) -> None:
-        """Restore what :meth:`checkpoint_state` returned (a checkpoint of a run without a bank
-        leaves this one's bank empty)."""
+        """Restore what :meth:`checkpoint_state` returned. A checkpoint of a run without a bank
+        leaves this one's bank empty (and a bank's entries are ignored by a run without one);
+        checkpoints written before the bank was a module hold it under ``"memory_bank"``."""
         self.load_state_dict(state["objective"], strict=False)
         if self.bank is not None and state.get("memory_bank") is not None:
-            self.bank.load_state_dict(state["memory_bank"])
+            self.bank.load_state_dict(state["memory_bank"])  # the earlier format: converted
 
 
 def build_objective(cfg: ObjectiveConfig, embed_dim: int, seed: int = 0) -> ObjectiveStep:

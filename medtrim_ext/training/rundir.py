@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import Config, replace
+from .config import Config, replace, upgrade_config_dict
 
 DEFAULT_RUNS_ROOT = Path("runs")
 SHARED_CACHE = "entity-cache"
@@ -87,7 +87,9 @@ def _diff(before, after, path: tuple, out: list) -> None:
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """``"section.key: old -> new"`` for every key of ``new`` that differs from ``old`` and may
-    not change on resume (keys a config of an older version lacks count as their defaults)."""
+    not change on resume (keys a config of an older version lacks count as their defaults, keys it
+    names by an older name count under the new one)."""
+    old = upgrade_config_dict(old)
     defaults = Config().to_dict()
     before = {s: {**defaults.get(s, {}), **(old.get(s) or {})} for s in defaults}
     after = {s: {**defaults.get(s, {}), **(new.get(s) or {})} for s in defaults}

@@ -104,3 +104,15 @@ def check_instance(name: str, value, cls: type):
         article = "an" if cls.__name__[0] in "AEIOU" else "a"
         raise TypeError(f"{name} must be {article} {cls.__name__}, got {type(value).__name__}")
     return value
+
+
+def reject_renamed(owner: str, given: dict, renamed: dict[str, str]) -> None:
+    """Refuse keyword arguments that were renamed (``renamed``: old name -> new name) or never
+    existed, as Python would, but with the new name in the message: an old keyword must not be
+    accepted silently, since its meaning may differ (``temperature`` of one class set another
+    temperature than that of another)."""
+    for key in given:
+        if key in renamed:
+            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}: it was renamed "
+                            f"{renamed[key]!r}")
+        raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
