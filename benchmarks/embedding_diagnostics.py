@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from medtrim_ext.training.builders import build_dataset
-from medtrim_ext.training.evaluate import embed_dataset, load_trained
+from medtrim_ext.evaluation.run import embed_dataset, load_trained
 
 
 def effective_rank(e: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
-"""Evaluate a trained model: retrieval (disease-level and fine-grained) and a linear probe.
+"""Evaluate a trained run: retrieval (disease-level and fine-grained) and a linear probe.
 
-    from medtrim_ext.training.evaluate import evaluate_run
+    from medtrim_ext.evaluation import evaluate_run
     report = evaluate_run("runs/x/last.pt")              # the run's own test split
     report = evaluate_run("runs/x")                      # a run folder: its last.pt
     report = evaluate_run("runs/x/last.pt", overrides=["data.kind=manifest", "data.root=m.csv"])
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from .builders import build_dataset, resolve_device
-from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import Config, apply_overrides
-from .distributed import DistContext
-from .loop import autocast_context
+from ..training.builders import build_dataset, resolve_device
+from ..training.checkpoint import load_checkpoint, resolve_checkpoint
+from ..training.config import Config, apply_overrides, upgrade_config_dict
+from ..training.distributed import DistContext
+from ..training.loop import autocast_context
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def relevance_keys(dataset, n: int | None = None) -> dict:
     """``{"disease", "fine"}`` relevance keys of the first ``n`` samples: from the ground-truth
     attributes where the dataset has them, else from its meta-entities."""
     from ..entities.meta_entities import MetaEntities
-    from ..evaluation import keys_for
+    from .keys import keys_for
 
     n = len(dataset) if n is None else n
     return keys_for(entities=MetaEntities.from_records(dataset.records[:n]),
@@ -78,8 +78,9 @@ def class_labels(dataset, n: int) -> tuple[torch.Tensor, list[str]]:
 
 def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress: bool = True) -> dict:
     """Retrieval on ``data.eval_split`` and (with ``eval.probe``) the linear probe."""
-    from ..evaluation import evaluate_retrieval, linear_probe
-    from ..evaluation.attributes import ATTRIBUTE_KINDS, evaluate_attributes
+    from .attributes import ATTRIBUTE_KINDS, evaluate_attributes
+    from .probe import linear_probe
+    from .retrieval import evaluate_retrieval
 
     test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
     img, txt = embed_dataset(model, test, tokenizer, cfg, device, progress)
@@ -104,15 +105,16 @@ def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress
 def load_trained(checkpoint: str | Path, device: torch.device):
     """Model (eval mode, on ``device``), tokenizer and config of a training checkpoint (a
     ``last.pt`` file or a run folder)."""
-    from ..models import DualEncoder
     from ..models.tokenization import load_tokenizer
+    from ..training.builders import model_from_config
 
     checkpoint = resolve_checkpoint(checkpoint)
     state = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(state["config"], f"checkpoint {checkpoint}")
-    tok = Path(state["tokenizer"])
-    tokenizer = load_tokenizer(tok if tok.is_absolute() else Path(checkpoint).parent / tok)
-    model = DualEncoder.from_config(state["model_config"])
+    cfg = Config.from_dict(upgrade_config_dict(state["config"]), f"checkpoint {checkpoint}")
+    model, tokenizer = model_from_config(state["model_config"])   # open_clip brings its tokenizer
+    if tokenizer is None:
+        tok = Path(state["tokenizer"])
+        tokenizer = load_tokenizer(tok if tok.is_absolute() else Path(checkpoint).parent / tok)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), tokenizer, cfg, state
 
@@ -124,8 +126,8 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     ``probe_auc.png``, ``attributes.png``; see :func:`~medtrim_ext.evaluation.plots.plot_results`)
     into ``out_dir`` (default ``<run>/eval``), which is checked before any work.
     Returns {result, markdown, paths}."""
-    from ..evaluation import results_markdown, summarize_runs, write_results
-    from ..evaluation.plots import plot_results
+    from .plots import plot_results
+    from .report import results_markdown, summarize_runs, write_results
     from ..utils.io import check_writable
 
     checkpoint = resolve_checkpoint(checkpoint)
@@ -141,3 +143,6 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     paths = write_results(out, runs, summary)
     paths.update(plot_results(summary, out))
     return {"result": result, "markdown": results_markdown(summary), "paths": paths}
+
+
+__all__ = ["class_labels", "embed_dataset", "evaluate_model", "evaluate_run", "load_trained", "relevance_keys"]
