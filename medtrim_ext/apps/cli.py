@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..training.evaluate import evaluate_run
+    from ..evaluation.run import evaluate_run
 
     overrides = []
     if args.data is not None or args.kind is not None:

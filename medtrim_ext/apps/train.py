@@ -59,7 +59,7 @@ def train_config(args):
 
 def run_train(args) -> int:
     from ..training import train
-    from ..training.evaluate import evaluate_run
+    from ..evaluation.run import evaluate_run
 
     from ..utils.io import check_writable
     from ..training.rundir import DEFAULT_RUNS_ROOT

@@ -26,17 +26,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..losses.defaults import OBJECTIVE_DEFAULTS
 from ..mining.miner import MINER_DEFAULTS, TIE_BREAKS
+from ..mining.offline import OFFLINE_POOL_SIZE
 
 # parts of objective.kind, joined by "+" for a weighted sum (e.g. "medtrim+infonce")
 OBJECTIVE_PARTS = ("medtrim", "medtrim_offline", "infonce", "soft_infonce")
 AMP_MODES = ("none", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 PROJECTIONS = ("linear", "mlp", "none")   # medtrim_ext.models.dual.PROJECTIONS (not imported: light)
+MODEL_KINDS = ("dual", "open_clip")       # open_clip: medtrim_ext.integrations.open_clip
 NORMALIZATIONS = ("half", "imagenet")     # medtrim_ext.datasets.transforms.NORMALIZATIONS
 DATA_KINDS = ("phantoms", "manifest", "mimic", "iu")   # medtrim_ext.datasets.factory.KINDS
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
-MAX_LOGIT_SCALE = 100.0   # InfoNCELoss's default: 1 / temperature may not exceed it
+MAX_LOGIT_SCALE = OBJECTIVE_DEFAULTS.max_logit_scale   # InfoNCELoss's: 1 / logit_temperature may not exceed it
+# keys renamed since they were written: (section, old) -> new. A config file or override with the
+# old name is refused with the new one; a stored run config (a checkpoint's, config.json) of an
+# older version is read with the new names (upgrade_config_dict)
+RENAMED_KEYS = {("objective", "temperature"): "logit_temperature",
+                ("objective", "soft_temperature"): "target_temperature"}
 
 
 @dataclass
@@ -63,8 +71,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The two encoders and the shared embedding (see :class:`medtrim_ext.models.DualEncoder`)."""
+    """The two encoders and the shared embedding (see :class:`medtrim_ext.models.DualEncoder`),
+    or an open_clip model (``kind: open_clip``; :mod:`medtrim_ext.integrations.open_clip`)."""
 
+    kind: str = "dual"                # dual: timm image + transformers text encoders | open_clip
+    name: str | None = None           # open_clip: model name, model-config .json or local-dir:<folder>
+    checkpoint: str | None = None     # open_clip: local weights file (nothing is downloaded)
     image: dict = field(default_factory=lambda: {"name": "vit_base_patch16_224", "in_chans": 3,
                                                  "img_size": 224})
     text: dict = field(default_factory=dict)   # TextEncoder kwargs: pretrained dir or config
@@ -85,12 +97,15 @@ class ObjectiveConfig:
 
     medtrim: online in-batch mining + the MedTrim triplet loss; medtrim_offline: the published
     offline triplets (pools of ``pool_size``); infonce: CLIP's loss; soft_infonce: InfoNCE with
-    targets from the meta-entity score (``soft_own_weight``, ``soft_temperature``).
+    targets from the meta-entity score (``soft_own_weight``, ``target_temperature``).
+
+    The defaults of the loss and objective keys are those of the modules
+    (:data:`medtrim_ext.losses.defaults.OBJECTIVE_DEFAULTS`), the miner's :data:`MINER_DEFAULTS`.
     """
 
     kind: str = "medtrim"
     weights: dict = field(default_factory=dict)  # part -> weight of a sum (default 1 each)
-    margin: float = 0.3
+    margin: float = OBJECTIVE_DEFAULTS.margin
     # the miner (defaults: the published settings, mining.MINER_DEFAULTS)
     w_dis: float = MINER_DEFAULTS.w_dis
     w_adj: float = MINER_DEFAULTS.w_adj
@@ -102,16 +117,18 @@ class ObjectiveConfig:
     # no triplet for an anchor whose best candidate scores less
     min_positive_score: float = MINER_DEFAULTS.min_positive_score
     memory_bank: int = 0              # extra mining candidates from recent batches (0: off)
-    pool_size: int = 32               # medtrim_offline: samples per mining pool (published: 32)
+    pool_size: int = OFFLINE_POOL_SIZE  # medtrim_offline: samples per mining pool (published: 32)
     # medtrim_offline: 0 = mine fresh pools for every step; N > 0 = mine N triplets once before
     # training (<out_dir>/offline_triplets.csv, reused), every epoch iterates them in a new order
     offline_triplets: int = 0
     # with offline_triplets: 0 = pools drawn from the whole training set; S > 0 = draw a random set
     # of S samples, then pool_size pools of pool_size samples from it (published: 512)
     offline_set_size: int = 0
-    temperature: float = 0.07         # infonce, soft_infonce: initial temperature (learnable)
-    soft_own_weight: float = 0.5      # soft_infonce: target mass on the own pair
-    soft_temperature: float = 0.1     # soft_infonce: temperature of the score softmax
+    # infonce, soft_infonce: initial temperature of the logits (learnable; scale 1 / it)
+    logit_temperature: float = OBJECTIVE_DEFAULTS.logit_temperature
+    soft_own_weight: float = OBJECTIVE_DEFAULTS.own_weight  # soft_infonce: target mass on the own pair
+    # soft_infonce: temperature of the softmax over meta-entity scores that spreads the targets
+    target_temperature: float = OBJECTIVE_DEFAULTS.target_temperature
     soft_weights: list = field(default_factory=list)  # soft_infonce: [w_dis, w_adj, w_dir] of its
     # target score ([]: the miner's w_dis, w_adj, w_dir)
 
@@ -223,8 +240,9 @@ class Config:
              f"threshold={obj.threshold!r}, upper={obj.upper!r}")
         need(0 <= obj.semi_hard_prob <= 1, "objective.semi_hard_prob",
              f"must be in [0, 1] (a probability), got {obj.semi_hard_prob!r}")
-        need(obj.temperature <= 0 or 1 / obj.temperature <= MAX_LOGIT_SCALE, "objective.temperature",
-             f"must be >= {1 / MAX_LOGIT_SCALE} (1 / temperature is capped at {MAX_LOGIT_SCALE:g})")
+        need(obj.logit_temperature <= 0 or 1 / obj.logit_temperature <= MAX_LOGIT_SCALE,
+             "objective.logit_temperature", f"must be >= {1 / MAX_LOGIT_SCALE} (1 / logit_temperature "
+             f"is capped at {MAX_LOGIT_SCALE:g})")
         need(self.data.kind in DATA_KINDS, "data.kind", f"must be one of {DATA_KINDS}, got {self.data.kind!r}")
         need(self.data.image_size >= 1, "data.image_size", "must be >= 1")
         need(self.data.in_chans >= 1, "data.in_chans", "must be >= 1")
@@ -247,7 +265,7 @@ class Config:
         need(self.objective.tie_break in TIE_BREAKS, "objective.tie_break", f"must be one of {TIE_BREAKS}")
         need(self.objective.min_positive_score >= 0, "objective.min_positive_score", "must be >= 0")
         need(0 <= self.objective.soft_own_weight <= 1, "objective.soft_own_weight", "must be in [0, 1]")
-        need(self.objective.soft_temperature > 0, "objective.soft_temperature", "must be > 0")
+        need(self.objective.target_temperature > 0, "objective.target_temperature", "must be > 0")
         sw = self.objective.soft_weights
         need(sw == [] or (len(sw) == 3 and all(isinstance(w, (int, float)) and not isinstance(w, bool)
                                               and 0 <= w < float("inf") for w in sw)),
@@ -265,9 +283,20 @@ class Config:
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         need(self.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
         need(self.objective.memory_bank >= 0, "objective.memory_bank", "must be >= 0")
-        need(self.objective.temperature > 0, "objective.temperature", "must be > 0")
+        need(self.objective.logit_temperature > 0, "objective.logit_temperature", "must be > 0")
         need(self.objective.pool_size >= 2, "objective.pool_size", "must be >= 2")
         need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
+        need(self.model.kind in MODEL_KINDS, "model.kind", f"must be one of {MODEL_KINDS}, got {self.model.kind!r}")
+        if self.model.kind == "open_clip":
+            need(bool((self.model.name or "").strip()), "model.name",
+                 "must name the open_clip model (a name, a model-config .json or local-dir:<folder>) "
+                 "with model.kind=open_clip")
+            # the open_clip model is one module: a text learning rate would not reach its text tower
+            need(self.optim.text_lr is None, "optim.text_lr", "is not supported with model.kind=open_clip")
+        else:
+            for key in ("name", "checkpoint"):
+                need(getattr(self.model, key) is None, f"model.{key}",
+                     "is for model.kind=open_clip (the dual kind takes model.image and model.text)")
         need(self.model.projection in PROJECTIONS, "model.projection", f"must be one of {PROJECTIONS}")
         for key in ("image_projection", "text_projection"):
             need(getattr(self.model, key) in (None, *PROJECTIONS), f"model.{key}",
@@ -317,6 +346,11 @@ def _known_fields(dataclass_type, values, where: str, what: str, mapping: str, s
         raise ValueError(f"{where}: expected {mapping}, got {type(values).__name__}")
     known = {f.name: f for f in fields(dataclass_type)}
     unknown = sorted(set(values) - set(known))
+    section = next((f.name for f in fields(Config) if f.default_factory is dataclass_type), None)
+    renamed = [f"{section}.{k} was renamed {section}.{RENAMED_KEYS[section, k]}" for k in unknown
+               if (section, k) in RENAMED_KEYS]
+    if renamed:
+        raise ValueError(f"{where}: {'; '.join(renamed)}")
     if unknown:
         raise ValueError(f"{where}: unknown {what} {unknown}; expected {some}{sorted(known)}")
     return known
@@ -477,6 +511,22 @@ def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
     return data, where
 
 
+def upgrade_config_dict(data: dict) -> dict:
+    """A stored run config (a checkpoint's ``config``, a run's ``config.json``) of an older
+    version with its renamed keys (:data:`RENAMED_KEYS`) under their new names; other values are
+    left as they are (a mapping that is no config is left for :meth:`Config.from_dict` to refuse)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for (section, old), new in RENAMED_KEYS.items():
+        values = out.get(section)
+        if isinstance(values, dict) and old in values and new not in values:
+            values = dict(values)
+            values[new] = values.pop(old)
+            out[section] = values
+    return out
+
+
 def load_config(path_or_preset: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """A checked :class:`Config` from a YAML file (or preset name; None: the defaults) plus overrides."""
     data, where = read_config_file(path_or_preset) if path_or_preset is not None else ({}, "defaults")
@@ -493,4 +543,4 @@ def replace(cfg: Config, **sections) -> Config:
 
 __all__ = ["Config", "DataConfig", "EvalConfig", "ModelConfig", "OBJECTIVE_PARTS", "ObjectiveConfig",
            "OptimConfig", "RunConfig", "apply_overrides", "load_config", "objective_parts",
-           "parse_override", "preset_names", "read_config_file", "replace"]
+           "parse_override", "preset_names", "read_config_file", "replace", "upgrade_config_dict"]
