@@ -13,6 +13,11 @@
 ``label_names``.
 """
 
+from ..utils.extras import require_extra
+
+# a clear ImportError naming the extra, before any import of it fails bare
+require_extra("train", "medtrim_ext.datasets")
+
 from .base import SPLITS, ReportImageDataset, image_text, load_image
 from .collate import Collator
 from .entity_cache import EntityCache

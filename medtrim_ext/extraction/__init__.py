@@ -7,6 +7,11 @@
 Importing this package is cheap; spaCy and medspacy load when an extractor is built.
 """
 
+from ..utils.extras import require_extra
+
+# a clear ImportError naming the extra, before any import of it fails bare
+require_extra("extract", "medtrim_ext.extraction (entity extraction)", ["spacy", "medspacy"])
+
 from .normalize import normalize_text
 from .ontology import ExtractionOntology
 from .pipeline import UNCERTAIN_POLICIES, EntityExtractor, ExtractionWarning

@@ -28,6 +28,8 @@ from .miner import TripletMiner, Triplets
 
 _STATE_KEYS = ("seed", "step", "num_samples", "triplets_per_batch", "pool_size")
 TRIPLETS_FORMAT = "medtrim_ext.offline_triplets/1"
+# samples per mining pool, the published code's: the default here and of objective.pool_size
+OFFLINE_POOL_SIZE = 32
 TRIPLET_COLUMNS = ("anchor", "positive", "negative", "anchor_study", "positive_study", "negative_study")
 
 
@@ -63,7 +65,7 @@ class OfflineTripletSampler:
     """
 
     def __init__(self, entities: MetaEntities, miner: TripletMiner, *, triplets_per_batch: int,
-                 pool_size: int = 32, seed: int = 0, max_redraws: int = 100):
+                 pool_size: int = OFFLINE_POOL_SIZE, seed: int = 0, max_redraws: int = 100):
         if not isinstance(entities, MetaEntities):
             raise TypeError(f"entities must be MetaEntities, got {type(entities).__name__}")
         if not isinstance(miner, TripletMiner):
@@ -170,7 +172,7 @@ def _mine_pools(entities: MetaEntities, miner: TripletMiner, population, count: 
 
 # -- triplets mined once (the published generator) -----------------------------------------------
 def mine_offline_triplets(entities: MetaEntities, miner: TripletMiner, *, num_triplets: int,
-                          pool_size: int = 32, set_size: int = 0, seed: int = 0,
+                          pool_size: int = OFFLINE_POOL_SIZE, set_size: int = 0, seed: int = 0,
                           max_redraws: int = 100, progress: bool = False) -> torch.Tensor:
     """Mine ``num_triplets`` triplets once, as the published generator does; ``(N, 3)`` int64
     dataset indices (anchor, positive, negative).
@@ -202,12 +204,12 @@ def mine_offline_triplets(entities: MetaEntities, miner: TripletMiner, *, num_tr
         raise ValueError(f"set_size={set_size} is larger than the {n} samples")
     if 0 < set_size < pool_size:
         raise ValueError(f"set_size={set_size} must be >= pool_size={pool_size}")
-    from tqdm import tqdm
+    from ..utils.progress import progress_bar
 
     out = torch.empty(num_triplets, 3, dtype=torch.int64)
     done, k = 0, 0
-    with tqdm(total=num_triplets, desc="mining offline triplets", unit="triplet", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=num_triplets, desc="mining offline triplets", unit="triplet",
+                      enabled=progress, dynamic_ncols=True) as bar:
         while done < num_triplets:
             rng = np.random.default_rng([seed, k])
             population = rng.choice(n, size=set_size, replace=False) if set_size else n
@@ -238,9 +240,10 @@ def save_offline_triplets(path: str | Path, triplets: torch.Tensor, study_ids: S
     """Write ``triplets`` (``(N, 3)`` dataset indices) atomically as CSV: a first line ``# {meta
     as JSON}``, then the columns ``anchor, positive, negative`` (dataset indices) and
     ``anchor_study, positive_study, negative_study`` (their study ids)."""
-    import pandas as pd
-
+    from ..utils.extras import import_extra
     from ..utils.io import atomic_write
+
+    pd = import_extra("pandas", "train", "writing offline triplet files")
 
     t = torch.as_tensor(triplets).to(torch.int64).cpu()
     if t.dim() != 2 or t.shape[1] != 3:
@@ -264,8 +267,9 @@ def load_offline_triplets(path: str | Path, study_ids: Sequence[str], meta: dict
     checking that it was mined for this data and these settings (``meta``, from
     :func:`offline_triplets_meta`) and that its study ids match ``study_ids``; a ValueError
     naming the file and the difference otherwise."""
-    import pandas as pd
+    from ..utils.extras import import_extra
 
+    pd = import_extra("pandas", "train", "reading offline triplet files")
     path = Path(path)
     hint = "delete it to mine again, or use another train.out_dir"
     try:

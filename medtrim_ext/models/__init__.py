@@ -7,6 +7,11 @@ and may load local weight files.
 
 from __future__ import annotations
 
+from ..utils.extras import require_extra
+
+# a clear ImportError naming the extra, before any import of it fails bare
+require_extra("train", "medtrim_ext.models (the encoders)")
+
 from .dual import DualEncoder, projection_head
 from .freezing import trainable_parameters
 from .image import ImageEncoder
