@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 
 
-class _NoBar(contextlib.nullcontext):
+class _NoBar(contextlib.AbstractContextManager):
     """Stands in for a tqdm bar when tqdm is missing or the bar is off."""
+
+    def __exit__(self, *exc):
+        return None
 
     def update(self, n=1):
         pass
