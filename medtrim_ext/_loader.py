@@ -24,7 +24,8 @@ def load_extension():
             f"medtrim_ext at {package_dir} has no compiled extension. If this is the source tree, "
             "Python found it before the installed package (for example `python -m ...` run from "
             "the repository root): build and install with `make build` or `pip install .`, and run "
-            "tests with `.venv/bin/pytest`."
+            "tests with `.venv/bin/pytest`. To work on the source tree itself, install it in "
+            "editable mode: `.venv/bin/pip install --no-build-isolation -e .` (README, 'Install')."
         ) from None
     if build_config.TORCH_VERSION != torch.__version__:
         raise ImportError(

@@ -224,7 +224,9 @@ def test_bits_beyond_the_vocabulary_are_rejected():
     bank = MemoryBank(4, 2, vocab)
     bank.push(torch.randn(2, 2), torch.randn(2, 2), ents, torch.arange(2))
     state = bank.state_dict()
-    state["adjective_bits"] = adj
+    stray = state["adjective_bits"].clone()   # the bank's buffers hold all its `size` rows
+    stray[1, 0, 1] |= 1 << 13
+    state["adjective_bits"] = stray
     with pytest.raises(ValueError, match="memory bank state: adjective_bits"):
         MemoryBank(4, 2, vocab).load_state_dict(state)
     # widths that fill their words have no padding: every bit is a name
