@@ -174,6 +174,17 @@ def test_core_install_with_numpy2(tmp_path):
          {"edema": {"adjs": ["severe"], "dirs": ["left"]}}, {}, {}])) + "\n")
     run([medtrim, "mine", str(records), "-o", str(tmp_path / "triplets.csv")], env=env, cwd=tmp_path)
     assert (tmp_path / "triplets.csv").read_text().count("\n") >= 2
+    # Parquet records need pyarrow, which the core lacks: the error names the extra
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"study_id": ["a", "b", "c"],
+                             "entities": ["{}", '{"edema": {"adjs": [], "dirs": []}}', "{}"]}),
+                   tmp_path / "records.parquet")
+    failed = subprocess.run([medtrim, "mine", str(tmp_path / "records.parquet"), "-o",
+                             str(tmp_path / "t2.csv")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert failed.returncode == 2 and 'pip install "medtrim_ext[extract]"' in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "t2.csv").exists()
     failed = subprocess.run([medtrim, "extract", str(records), "-o", str(tmp_path / "x.jsonl")],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert failed.returncode == 2 and 'pip install "medtrim_ext[extract]"' in failed.stderr, failed.stderr

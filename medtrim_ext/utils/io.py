@@ -304,8 +304,10 @@ def read_parquet_columns(path, columns: Sequence[str] | None = None, *, what: st
     20 runs with 16 Arrow threads). Reading by path, on the calling thread, has not aborted in
     any run.
     """
-    import pyarrow.parquet as pq
+    from .extras import import_extra
 
+    # Parquet is not in the core install: JSON lines are; name the extra rather than fail bare
+    pq = import_extra("pyarrow.parquet", "extract", f"reading the Parquet {what}")
     path = Path(path)
     try:
         with pq.ParquetFile(str(path), pre_buffer=False) as f:
