@@ -201,5 +201,5 @@ def test_missing_library_names_the_extra(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "open_clip", None)   # as if not installed
     monkeypatch.delitem(sys.modules, "medtrim_ext.integrations.open_clip")
-    with pytest.raises(ImportError, match=r'pip install "medtrim_ext\[open_clip\]"'):
+    with pytest.raises(ImportError, match=r'pip install "medtrim_ext\[open-clip\]"'):
         importlib.import_module("medtrim_ext.integrations.open_clip")

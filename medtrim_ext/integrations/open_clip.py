@@ -33,7 +33,7 @@ A finished run writes ``<out_dir>/open_clip/`` (:func:`export_open_clip`):
 ``open_clip.create_model(name, pretrained=".../open_clip_pytorch_model.bin")`` too when ``name`` is
 registered with open_clip.
 
-Needs the ``open_clip`` extra: ``pip install "medtrim_ext[open_clip]"``.
+Needs the ``open-clip`` extra: ``pip install "medtrim_ext[open-clip]"``.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ from torch import nn
 
 from ..utils.extras import require_extra
 
-require_extra("open_clip", "medtrim_ext.integrations.open_clip")   # names the extra
+require_extra("open-clip", "medtrim_ext.integrations.open_clip")   # names the extra
 
 import open_clip  # noqa: E402
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer  # noqa: E402
 
-from ..utils.checks import check_tensor  # noqa: E402
+from ..utils.checks import check_tensor, read_json  # noqa: E402
 
 KIND = "open_clip"
 TINY = "medtrim-tiny-clip"                 # packaged: medtrim_ext/data/open_clip/medtrim-tiny-clip.json
@@ -89,10 +89,7 @@ def _default_preprocess(model_cfg: dict) -> dict:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"model.name: cannot read the {what} {str(path)!r}: {exc}") from None
+    data = read_json(path, f"model.name's {what}")
     if not isinstance(data, dict):
         raise ValueError(f"model.name: the {what} {str(path)!r} is not a JSON object")
     return data

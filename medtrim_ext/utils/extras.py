@@ -17,7 +17,7 @@ EXTRAS = {
     "train": ("timm", "transformers", "tokenizers", "tensorboard", "PIL", "sklearn", "matplotlib",
               "pandas", "pyarrow", "yaml", "tqdm"),
     "pml": ("pytorch_metric_learning",),
-    "open_clip": ("open_clip",),
+    "open-clip": ("open_clip",),
 }
 
 
