@@ -97,3 +97,24 @@ def test_custom_vocabulary_file(tmp_path):
     v = Vocabulary.from_file(path)
     ents = MetaEntities.from_records([{"lump": {"adjs": ["tiny"]}}], vocabulary=v)
     assert ents.to_records() == [{"nodule": {"adjs": ["tiny"], "dirs": []}}]
+
+
+@pytest.mark.parametrize("kind", ["disease", "adjective", "direction"])
+def test_synonym_equal_to_another_canonical_name_is_refused(kind, tmp_path):
+    # {"b": "a"} with "b" canonical would silently move every "b" record to "a" (issue 24, item 9).
+    names = {"diseases": ["nodule"], "adjectives": ["tiny"], "directions": ["left"]}
+    names[kind + "s"] = ["a", "b"]
+    with pytest.raises(ValueError, match=rf"{kind}_synonyms entry 'B'.*'B' is itself a canonical name"):
+        Vocabulary(**names, **{f"{kind}_synonyms": {"B": "a"}})
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({**names, f"{kind}_synonyms": {"b": "a"}}))
+    with pytest.raises(ValueError, match=rf"vocab.json: {kind}_synonyms entry 'b' maps to 'a'"):
+        Vocabulary.from_file(path)
+    # A synonym naming its own canonical class is harmless and still accepted.
+    v = Vocabulary(**names, **{f"{kind}_synonyms": {"B": "b"}})
+    assert getattr(v, f"{kind}_index")("B") == 1
+
+
+def test_synonyms_that_normalise_alike_must_agree():
+    with pytest.raises(ValueError, match=r"normalised 'lump'\) already maps to 'a'"):
+        Vocabulary(("a", "b"), ("x",), ("l",), disease_synonyms={"lump": "a", " Lump ": "b"})

@@ -50,7 +50,20 @@ def _check_synonyms(kind: str, synonyms: Mapping[str, str], canonical: tuple[str
         target_n = _normalize(target)
         if target_n not in known:
             raise ValueError(f"{kind} entry {syn!r} maps to {target!r}, which is not in the vocabulary")
-        out[_normalize(syn)] = target_n
+        syn_n = _normalize(syn)
+        # A synonym spelled like another canonical name would silently move that class's records.
+        if syn_n in known and syn_n != target_n:
+            raise ValueError(
+                f"{kind} entry {syn!r} maps to {target!r}, but {syn!r} is itself a canonical name "
+                f"in the vocabulary; remove the synonym or the canonical name"
+            )
+        # Two spellings that normalise alike must not map to different names (the last would win).
+        if syn_n in out and out[syn_n] != target_n:
+            raise ValueError(
+                f"{kind} entry {syn!r} maps to {target!r}, but the same synonym (normalised "
+                f"{syn_n!r}) already maps to {out[syn_n]!r}"
+            )
+        out[syn_n] = target_n
     return out
 
 
