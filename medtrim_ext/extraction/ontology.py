@@ -104,7 +104,9 @@ class ExtractionOntology:
         """Parse YAML text; duplicate keys are an error (PyYAML would keep the last silently)."""
         import yaml
 
-        class _Loader(yaml.SafeLoader):
+        from ..utils.yamlsafe import no_alias_safe_loader
+
+        class _Loader(no_alias_safe_loader()):  # aliases refused: they can expand without bound
             pass
 
         def _mapping(loader, node, deep=False):

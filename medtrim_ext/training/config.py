@@ -424,13 +424,13 @@ def _numbers(values, key: str):
 
 @functools.lru_cache(maxsize=None)
 def _yaml_loader():
-    """PyYAML's safe loader, plus YAML 1.2's floats without a dot (``1e-4``, ``5E3``), which
+    """PyYAML's safe loader without aliases, plus YAML 1.2's floats without a dot (``1e-4``, ``5E3``), which
     YAML 1.1 reads as strings: the most common way to write a learning rate."""
     import re
 
-    import yaml
+    from ..utils.yamlsafe import no_alias_safe_loader
 
-    class Loader(yaml.SafeLoader):
+    class Loader(no_alias_safe_loader()):  # no aliases: an alias bomb would pass, then eat memory
         pass
 
     Loader.add_implicit_resolver(
