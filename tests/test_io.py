@@ -137,3 +137,147 @@ def test_check_writable(tmp_path, monkeypatch):
     monkeypatch.setattr(mio.os, "access", lambda p, m: False if Path(p) == tmp_path else real_access(p, m))
     with pytest.raises(ValueError, match=r"cannot write output .* folder .* is not writable"):
         check_writable(tmp_path / "sub" / "x.csv", "output")
+
+
+# --- issue 24: outputs write through links, to devices and FIFOs, and keep the replaced file's mode
+
+
+def test_atomic_write_writes_through_a_symlink(tmp_path):
+    target = tmp_path / "real" / "target.csv"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with atomic_write(link) as f:
+        f.write("new")
+    assert link.is_symlink()                 # before: the link became a regular file
+    assert target.read_text() == "new"       # before: the target kept "old"
+    # the temporary lived in the target's folder, and nothing is left anywhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "real"]
+    assert [p.name for p in target.parent.iterdir()] == ["target.csv"]
+    # a chain of links, and a dangling link (its target is created)
+    chain = tmp_path / "chain.csv"
+    chain.symlink_to(link)
+    with atomic_write(chain) as f:
+        f.write("newer")
+    assert chain.is_symlink() and link.is_symlink() and target.read_text() == "newer"
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "real" / "made.csv")
+    with atomic_write(dangling) as f:
+        f.write("made")
+    assert dangling.is_symlink() and (tmp_path / "real" / "made.csv").read_text() == "made"
+
+
+def test_atomic_write_to_a_fifo_and_a_character_device_writes_directly(tmp_path):
+    # a null device of our own (never /dev/null: as root, the old code renamed a file over it)
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError:
+        null = None   # no CAP_MKNOD: the FIFO below still checks the direct write
+    if null is not None:
+        with atomic_write(null) as f:   # before: a regular file renamed over the device
+            f.write("gone")
+        assert null.is_char_device()
+        null.unlink()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-c", f"print(open({str(fifo)!r}).read(), end='')"],
+                              stdout=subprocess.PIPE, text=True)
+    with atomic_write(fifo) as f:
+        f.write("through the pipe")
+    assert reader.communicate(timeout=60)[0] == "through the pipe"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)   # still a FIFO, not a regular file
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_atomic_write_dash_is_standard_output(tmp_path):
+    code = ("from medtrim_ext.utils.io import atomic_write\n"
+            "print('before', flush=True)\n"
+            "with atomic_write('-', newline='') as f: f.write('a,b\\r\\n')\n"
+            "with atomic_write('-', 'wb') as f: f.write(b'bytes\\n')\n"
+            "print('after')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, check=True).stdout
+    assert out == b"before\na,b\r\nbytes\nafter\n"
+    assert not (tmp_path / "-").exists()
+
+
+def test_atomic_write_refuses_other_non_regular_targets_by_name(tmp_path):
+    import socket
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"cannot write .*sub'.*is a folder"):
+        with atomic_write(tmp_path / "sub") as f:
+            f.write("x")
+    sock_path = tmp_path / "s.sock"
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.bind(str(sock_path))
+        link = tmp_path / "to-sock"
+        link.symlink_to(sock_path)
+        for target in (sock_path, link):
+            with pytest.raises(ValueError, match=r"cannot write .*s\.sock.*not a regular file"):
+                with atomic_write(target) as f:
+                    f.write("x")
+            with pytest.raises(ValueError, match=r"s\.sock.*not a regular file"):
+                check_writable(target, "output")
+    finally:
+        s.close()
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+
+
+def test_check_writable_follows_links_and_accepts_streams(tmp_path, monkeypatch):
+    check_writable("-", "output")
+    check_writable("/dev/null", "output")   # before: "folder '/dev' is not writable"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    check_writable(fifo, "output")
+    # a link in a read-only folder to a file in a writable one: the target's folder counts
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir(), rw.mkdir()
+    (ro / "link.csv").symlink_to(rw / "t.csv")
+    real_access = os.access
+    monkeypatch.setattr(mio.os, "access", lambda p, m: False if Path(p) == ro else real_access(p, m))
+    check_writable(ro / "link.csv", "output")
+    with pytest.raises(ValueError, match="is not writable"):
+        check_writable(ro / "plain.csv", "output")
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_overwriting_keeps_the_replaced_files_mode(tmp_path, umask, mode):
+    umask(0o022)
+    out = tmp_path / "private.csv"
+    out.write_text("old")
+    os.chmod(out, mode)
+    with atomic_write(out) as f:
+        f.write("new")
+    assert out.read_text() == "new" and _mode(out) == mode   # before: 0644 whatever it was
+    link = tmp_path / "link.csv"
+    link.symlink_to(out)
+    with atomic_write(link, "wb") as f:
+        f.write(b"newer")
+    assert _mode(out) == mode
+    with atomic_write(tmp_path / "fresh.csv") as f:   # a new file: the umask's mode
+        f.write("x")
+    assert _mode(tmp_path / "fresh.csv") == 0o644
+
+
+def test_dev_fd_links_are_written_in_place(tmp_path):
+    # /dev/stdout -> /proc/self/fd/1 -> the file the shell redirected to (here deleted): the old
+    # write renamed a temporary over the link itself; it must go to what the descriptor is
+    code = ("import os\nfrom medtrim_ext.utils.io import atomic_write, check_writable\n"
+            "check_writable('/dev/fd/1', 'output')\n"
+            "with atomic_write('/dev/fd/1') as f: f.write('to fd 1\\n')\n")
+    with open(tmp_path / "redirected.txt", "w+") as out:
+        os.unlink(tmp_path / "redirected.txt")   # a deleted file: its /proc link names no path
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, cwd=tmp_path)
+        out.seek(0)
+        assert out.read() == "to fd 1\n"
+    assert list(tmp_path.iterdir()) == []
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match=r"cannot write output .*loop'"):
+        check_writable(loop, "output")
+    with pytest.raises(ValueError, match=r"cannot write output .*loop'"):
+        with atomic_write(loop) as f:
+            f.write("x")

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -162,7 +163,20 @@ def check_writable(path: str | Path, what: str, *, folder: bool = False) -> Path
     may exist, not as a folder). Folders that do not exist yet must be creatable: the nearest
     existing one above must be a writable folder. Nothing is created.
     """
+    if not folder and str(path) == STDOUT:
+        return Path(path)
     path = Path(path)
+    if not folder:
+        # a link is written through (the target's folder must be writable), a device or a pipe is
+        # written directly; anything else that is not a regular file is refused by name
+        final, st, direct = output_target(path, what)
+        if direct:
+            if not os.access(path, os.W_OK):
+                raise ValueError(f"cannot write {what} {str(path)!r}: {str(final)!r} is not writable")
+            return path
+        if final != path.absolute():
+            check_writable(final, what)
+            return path
     if os.path.lexists(path):
         if folder and not path.is_dir():
             raise ValueError(f"cannot write {what} {str(path)!r}: it exists and is not a folder")
@@ -178,31 +192,97 @@ def check_writable(path: str | Path, what: str, *, folder: bool = False) -> Path
     return path
 
 
+STDOUT = "-"   # an output path that means standard output
+
+
+def output_target(path: str | Path, what: str = "output") -> tuple[Path, os.stat_result | None, bool]:
+    """Where writing ``path`` lands: ``(final, st, direct)``. ``final`` is the path after following
+    every symlink (writing replaces a link's target, never the link), ``st`` its ``stat`` (None
+    when it does not exist yet), ``direct`` whether it must be opened and written in place rather
+    than replaced by a rename: a character device or a FIFO, or a file reached through a link
+    that does not name it (``/dev/stdout`` -> ``/proc/self/fd/1`` -> a deleted or redirected file).
+
+    Raises ``ValueError`` naming ``what`` and the path for a target that is neither a regular
+    file, a character device nor a FIFO (a folder, a socket, a block device), or a link loop.
+    """
+    path = Path(path)
+    final = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)   # follows links, the /proc/self/fd ones included
+    except (FileNotFoundError, NotADirectoryError):   # the caller's folder checks say why
+        return final, None, False
+    except OSError as exc:   # ELOOP (a link cycle), EACCES ...
+        raise ValueError(f"cannot write {what} {str(path)!r}: {exc.strerror or exc}") from None
+    shown = repr(str(path)) + ("" if final == path.absolute() else f" (-> {str(final)!r})")
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"cannot write {what} {shown}: it is a folder, expected a file name")
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return final, st, True
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a socket" if stat.S_ISSOCK(st.st_mode) else (
+            "a block device" if stat.S_ISBLK(st.st_mode) else "special")
+        raise ValueError(f"cannot write {what} {shown}: it is {kind}, not a regular file, a "
+                         "character device or a FIFO")
+    try:
+        same = os.path.samefile(final, path)
+    except OSError:
+        same = False
+    return final, st, not same
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
 
     A crash or an exception leaves the previous ``path`` (or nothing) in place, never a partial file.
-    The file gets the permissions ``open`` would give (``0o666`` less the umask), and temporary
-    files that a killed writer of ``path`` left behind are removed (see :func:`remove_stale_temps`;
-    a folder is listed once per process: temporaries that appear in it later are left to the
-    next process).
+    A symlink is followed: the temporary file is made in the final target's folder and renamed
+    over the target, so the link stays a link. A character device or a FIFO (``/dev/stdout``, a
+    named pipe) is written directly, without a rename, and ``"-"`` is standard output; other
+    non-regular targets (a folder, a socket) raise ``ValueError`` naming the path.
+    A replaced file keeps its permissions (``chmod 600`` stays 600); a new file gets those
+    ``open`` would give (``0o666`` less the umask). Temporary files that a killed writer of
+    ``path`` left behind are removed (see :func:`remove_stale_temps`; a folder is listed once per
+    process: temporaries that appear in it later are left to the next process).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_before_write(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    if str(path) == STDOUT:
+        yield from _write_stdout(mode, open_kwargs)
+        return
+    target, st, direct = output_target(path)
+    if direct:
+        # a device or a pipe cannot be replaced by a rename (and must not be: /dev/stdout)
+        with open(path, mode, **open_kwargs) as f:
+            yield f
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_before_write(target)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())   # mkstemp creates 0600
+            # mkstemp creates 0600: keep the replaced file's mode, else what open would give
+            os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~current_umask())
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_stdout(mode: str, open_kwargs: dict) -> Iterator:
+    """Standard output as a file opened with ``mode`` and ``open_kwargs`` (a duplicate of its
+    descriptor, so that closing it leaves ``sys.stdout`` open)."""
+    import sys
+
+    sys.stdout.flush()
+    try:
+        fd = os.dup(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):   # replaced by an object without a descriptor
+        yield sys.stdout.buffer if "b" in mode else sys.stdout
+        return
+    with open(fd, mode, **open_kwargs) as f:
+        yield f
 
 
 class RecordsFile(NamedTuple):
