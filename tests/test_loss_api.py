@@ -73,6 +73,47 @@ def test_double_backward_raises_instead_of_a_silent_zero():
         torch.autograd.gradgradcheck(lambda x, y: sum(crit(x, y, (a, p, n))), (img, txt))
 
 
+def _fused_sum(img, txt, a, p, n, cand=None):
+    li, lt = MultimodalTripletLoss(margin=1.0)(img, txt, (a, p, n), cand_img=cand, cand_txt=cand)
+    return li + lt
+
+
+@pytest.mark.parametrize("with_candidates", [False, True])
+def test_forward_mode_and_func_transforms_raise_instead_of_a_silent_zero(with_candidates):
+    # torch.func.jvp gave a tangent of 0 (the reference gives a non-zero one) and forward_ad gave
+    # None; torch.func.grad/vjp/jacrev failed with torch's internal setup_context message.
+    import torch.autograd.forward_ad as fwAD
+
+    img, txt = (x.detach() for x in embeddings(8, 5, seed=4, dtype=torch.float64))
+    a, p, n = ring(8)
+    cand = torch.randn(8, 5, dtype=torch.float64) if with_candidates else None
+    tangent = torch.randn_like(img)
+    ref = lambda x: sum(reference.multimodal_triplet_loss(x, txt, a, p, n, margin=1.0,
+                                                          cand_img=cand, cand_txt=cand))
+    assert torch.func.jvp(ref, (img,), (tangent,))[1].abs() > 0  # the answer we must not hide
+    fused = lambda x: _fused_sum(x, txt, a, p, n, cand)
+    way_out = r"forward-mode AD .*medtrim_ext\.ops\.reference\.multimodal_triplet_loss"
+    with pytest.raises(RuntimeError, match=way_out):
+        torch.func.jvp(fused, (img,), (tangent,))
+    with pytest.raises(RuntimeError, match=way_out):
+        torch.func.jacfwd(fused)(img)
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match=way_out):
+            fused(fwAD.make_dual(img, tangent))
+        with pytest.raises(RuntimeError, match=way_out):  # a dual text side too
+            _fused_sum(img, fwAD.make_dual(txt, tangent), a, p, n, cand)
+        fused(img)  # no dual input inside a dual level: plain reverse mode still works
+    for transform in (torch.func.grad, torch.func.jacrev):
+        with pytest.raises(RuntimeError, match=r"torch\.func.*reverse-mode autograd"):
+            transform(fused)(img)
+    with pytest.raises(RuntimeError, match=r"torch\.func"):
+        torch.func.vjp(fused, img)
+    # reverse mode through loss.backward() is untouched
+    x = img.clone().requires_grad_()
+    fused(x).backward()
+    torch.testing.assert_close(x.grad, torch.func.grad(ref)(img))
+
+
 def test_raw_ops_refuse_meta_mixed_with_real_tensors():
     # A meta argument sends the call to the fake kernel, which skipped the device checks and
     # returned uninitialised memory on the CPU (or meta outputs from real inputs).

@@ -182,12 +182,45 @@ torch.library.register_autograd("medtrim::triplet_loss_backward", _triplet_loss_
                                 setup_context=_triplet_loss_backward_setup_context)
 
 
+# Forward-mode AD has no rule here (register_autograd is reverse mode only): torch.func.jvp saw a
+# tangent of 0 and torch.autograd.forward_ad none at all. torch.func's reverse transforms (grad,
+# vjp, jacrev) fail inside torch with a message about setup_context. Both raise this instead.
+_NO_FORWARD_AD = (
+    "MultimodalTripletLoss (medtrim::triplet_loss_forward) has no forward-mode AD rule: "
+    "torch.func.jvp/jacfwd and torch.autograd.forward_ad would silently see a zero tangent. Use "
+    "medtrim_ext.ops.reference.multimodal_triplet_loss, pure PyTorch, for forward-mode AD.")
+_NO_FUNC_TRANSFORMS = (
+    "MultimodalTripletLoss (medtrim::triplet_loss_forward) cannot run under torch.func's grad, "
+    "vjp or jacrev: it supports reverse-mode autograd through loss.backward() or "
+    "torch.autograd.grad. Use those, or medtrim_ext.ops.reference.multimodal_triplet_loss, pure "
+    "PyTorch, inside torch.func transforms.")
+
+
+def _refuse_unsupported_autodiff(*tensors) -> None:
+    if torch.compiler.is_compiling():  # traced graphs carry no functorch levels or dual tensors
+        return
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        keys = {i.key() for i in retrieve_all_functorch_interpreters()}
+        TransformType = torch._C._functorch.TransformType
+        if TransformType.Jvp in keys:
+            raise RuntimeError(_NO_FORWARD_AD)
+        if TransformType.Grad in keys:
+            raise RuntimeError(_NO_FUNC_TRANSFORMS)
+    if torch.autograd.forward_ad._current_level >= 0 and any(
+            t is not None and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+            for t in tensors):
+        raise RuntimeError(_NO_FORWARD_AD)
+
+
 def triplet_loss(img: torch.Tensor, txt: torch.Tensor, anchor: torch.Tensor,
                  positive: torch.Tensor, negative: torch.Tensor, margin: float,
                  cand_img: torch.Tensor | None = None,
                  cand_txt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-triplet (image loss, text loss), float32 (float64 for float64 input), differentiable."""
     _require_backend(img.device)
+    _refuse_unsupported_autodiff(img, txt, cand_img, cand_txt)
     loss_img, loss_txt, _active, _inv_norms = torch.ops.medtrim.triplet_loss_forward(
         img, txt, cand_img, cand_txt, anchor, positive, negative, float(margin))
     return loss_img, loss_txt
