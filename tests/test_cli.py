@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -355,6 +356,7 @@ def test_core_only_commands_work_and_the_others_name_their_extra(tmp_path):
     (tmp_path / "r.csv").write_text("report\nedema\n")
     script = _CORE_ONLY + r'''
 import json
+import os
 results = {
     "help": run("--help"), "version": run("--version"), "mine_help": run("mine", "--help"),
     "mine": run("mine", "r.json", "-o", "t.csv", "--device", "cpu"),
@@ -395,3 +397,92 @@ def test_only_a_missing_extra_is_turned_into_an_error_line():
     # the package's own error already names the extra: printed as it is
     named = ImportError('EntityExtractor needs spaCy: pip install "medtrim_ext[extract]"')
     assert missing_extra_message(named, "mine", None) == f"error: {named}"
+
+
+# --- issue 24: outputs through links and to standard output, inputs never overwritten, safe CSV
+
+
+def _records_file(path, n=20, ids=None):
+    records = synthetic_records(n, seed=1)
+    ids = ids if ids is not None else [f"s{i}" for i in range(n)]
+    path.write_text("".join(json.dumps({"id": i, "entities": r}) + "\n" for i, r in zip(ids, records)))
+    return path
+
+
+def test_mine_writes_through_a_link_and_to_standard_output(tmp_path, capfd):
+    records = _records_file(tmp_path / "r.jsonl")
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert main(["mine", str(records), "-o", str(link), "--device", "cpu", "--no-progress"]) == 0
+    assert link.is_symlink() and target.read_text().startswith("anchor_id,")   # before: "old"
+    capfd.readouterr()
+    # "-": the CSV alone on standard output, the summary on standard error
+    assert main(["mine", str(records), "-o", "-", "--device", "cpu", "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert out.replace("\r\n", "\n") == target.read_text().replace("\r\n", "\n")
+    assert "anchors have a full triplet" in err and "wrote standard output" in err
+    assert not (tmp_path / "-").exists() and not os.path.exists("-")
+    # a folder as the output: refused by name before any work
+    assert main(["mine", str(records), "-o", str(tmp_path), "--device", "cpu"]) == 2
+    assert "it is a folder" in capfd.readouterr().err
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path, capsys):
+    records = _records_file(tmp_path / "same.jsonl")
+    before = records.read_bytes()
+    link = tmp_path / "alias.jsonl"
+    link.symlink_to(records)
+    hard = tmp_path / "hard.jsonl"
+    os.link(records, hard)
+    other = _records_file(tmp_path / "other.jsonl")
+    for argv, names in [
+        (["mine", str(records), "-o", str(records)], ("same.jsonl", "records")),
+        (["mine", str(records), "-o", str(link)], ("alias.jsonl", "same.jsonl")),
+        (["mine", str(records), "-o", str(hard)], ("hard.jsonl", "same.jsonl")),
+        (["mine", str(other), "--candidates", str(records), "-o", str(link)], ("alias.jsonl", "--candidates")),
+    ]:
+        assert main(argv + ["--device", "cpu"]) == 2, argv
+        err = capsys.readouterr().err
+        assert "is the same file as" in err and all(n in err for n in names), err
+        assert records.read_bytes() == before   # before: replaced by the triplets CSV
+    # extract: the reports table as its own output, through a link named like an output (checked
+    # before spaCy loads)
+    table = tmp_path / "reports.csv"
+    table.write_text("id,report\na,FINDINGS: edema.\n")
+    (tmp_path / "entities.jsonl").symlink_to(table)
+    assert main(["extract", str(table), "-o", str(tmp_path / "entities.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "is the same file as reports" in err and "reports.csv" in err and "entities.jsonl" in err
+    assert table.read_text() == "id,report\na,FINDINGS: edema.\n"
+
+
+def test_mine_csv_escapes_cells_a_spreadsheet_would_run(tmp_path, capsys):
+    evil = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "'quoted", "plain"]
+    records = _records_file(tmp_path / "r.jsonl", n=len(evil), ids=evil)
+    out = tmp_path / "t.csv"
+    assert main(["mine", str(records), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    anchors = [r["anchor_id"] for r in rows]
+    # before: written as they are, so a spreadsheet ran =HYPERLINK(...)
+    assert anchors == ["'" + e for e in evil[:7]] + ["plain"]
+    for r in rows:
+        for col in ("positive_id", "negative_id"):
+            assert r[col] == "" or r[col][0] not in "=+-@\t\r"
+        for col in ("positive_score", "negative_score"):   # numbers are never altered
+            assert r[col] == "" or float(r[col]) == float(r[col])
+
+
+def test_extract_to_standard_output_writes_json_lines(tmp_path, capfd):
+    pytest.importorskip("medspacy")
+    table = tmp_path / "reports.csv"
+    table.write_text("id,report\na1,FINDINGS: Small left pleural effusion.\na2,FINDINGS: Normal.\n")
+    # before: "-" was refused as a name without .parquet/.jsonl/.json
+    assert main(["extract", str(table), "-o", "-", "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]   # JSON lines alone on stdout
+    assert [x["id"] for x in lines] == ["a1", "a2"]
+    assert lines[0]["entities"] == {"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}}
+    assert "wrote standard output" in err and "reports" in err
+    assert not (tmp_path / "-").exists()

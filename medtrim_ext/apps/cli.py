@@ -131,10 +131,11 @@ def _bar(iterable, enabled: bool, **kwargs):
 
 def cmd_mine(args) -> int:
     from ..entities.meta_entities import MetaEntities
-    from ..utils.io import atomic_write, check_writable, load_records
+    from ..utils.io import STDOUT, atomic_write, check_not_input, check_writable, escape_csv_cell, load_records
     from ..mining.miner import Triplets
 
     check_writable(args.output, "output")   # before any work
+    check_not_input(args.output, {"records": args.records, "--candidates": args.candidates})
     miner = _miner(args)
     device = _device(args.device)
     loaded = load_records(args.records)
@@ -168,7 +169,9 @@ def cmd_mine(args) -> int:
         w.writerow(["anchor_id", "positive_id", "negative_id", "positive_score", "negative_score"])
         for a, p, n, sp, sn in zip(triplets.anchor.tolist(), triplets.positive.tolist(),
                                    triplets.negative.tolist(), pos_s.tolist(), neg_s.tolist()):
-            w.writerow([ids[a], bank_ids[p] if p >= 0 else "", bank_ids[n] if n >= 0 else "",
+            # ids come from the input: a spreadsheet must not run one (the scores are numbers)
+            w.writerow([escape_csv_cell(ids[a]), escape_csv_cell(bank_ids[p]) if p >= 0 else "",
+                        escape_csv_cell(bank_ids[n]) if n >= 0 else "",
                         "" if p < 0 else f"{sp:.6f}", "" if n < 0 else f"{sn:.6f}"])
     valid = int(triplets.valid.sum())
     # a positive with score 0 shares no disease with its anchor (or, for a no-finding anchor, is
@@ -176,8 +179,10 @@ def cmd_mine(args) -> int:
     unmatched = int((pos_s == 0).sum())
     hint = (" - --min-positive-score leaves such anchors without a triplet"
             if unmatched and args.min_positive_score == 0 else "")
+    to_stdout = args.output == STDOUT   # then standard output holds the CSV alone
     print(f"{valid} of {len(anchors)} anchors have a full triplet; {unmatched} got a positive that "
-          f"shares no disease with them (score 0){hint}; wrote {args.output}")
+          f"shares no disease with them (score 0){hint}; wrote "
+          f"{'standard output' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -225,19 +230,25 @@ def cmd_extract(args) -> int:
     from ..extraction import EntityExtractor, read_reports
     from ..extraction.output import summarize, write_entities
 
-    from ..utils.io import check_writable
+    from ..utils.io import check_not_input, check_writable, is_stream_output
 
-    if Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
-        raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name")
+    # "-", a device or a pipe: JSON lines (no name to choose by); the messages go to stderr
+    stream = is_stream_output(args.output)
+    if not stream and Path(args.output).suffix.lower() not in (".parquet", ".pq", ".jsonl", ".json"):
+        raise ValueError(f"output {args.output!r}: use a .parquet, .jsonl or .json file name, or - "
+                         "for JSON lines on standard output")
     check_writable(args.output, "output")   # before reading and extracting every report
+    check_not_input(args.output, {"reports": args.reports, "--ontology": args.ontology})
     reports = read_reports(args.reports, text_column=args.text_column, id_column=args.id_column)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
     records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress,
                                 ids=reports.ids)
     write_entities(args.output, reports, records, extractor.ontology.classes)
-    print(summarize(records, extractor.ontology.classes, empty=sum(not t.strip() for t in reports.texts)))
-    print(f"wrote {args.output}")
+    log = sys.stderr if stream else sys.stdout
+    print(summarize(records, extractor.ontology.classes, empty=sum(not t.strip() for t in reports.texts)),
+          file=log)
+    print(f"wrote {'standard output' if args.output == '-' else args.output}", file=log)
     return 0
 
 
@@ -315,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "and their scores (empty where an anchor has none).")
     p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
                                    "of records or of {'id', 'entities'} objects")
-    p.add_argument("-o", "--output", required=True, help="CSV of (anchor, positive, negative) ids")
+    p.add_argument("-o", "--output", required=True,
+                   help="CSV of (anchor, positive, negative) ids (-: standard output)")
     p.add_argument("--candidates", help="records to draw positives/negatives from (default: the "
                                         "records); equal given ids never pair across the two files, "
                                         "records without ids are distinct samples")
@@ -332,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--text-column), a MIMIC-CXR report tree (folder of .txt), or "
                                    "IU/OpenI XML (.tgz or folder)")
     p.add_argument("-o", "--output", required=True,
-                   help="entities.parquet (one row per report), or .jsonl/.json records for 'mine'")
+                   help="entities.parquet (one row per report), or .jsonl/.json records for 'mine' "
+                        "(-: JSON lines on standard output)")
     p.add_argument("--text-column", metavar="NAME",
                    help="CSV/Parquet: the column holding the report text (default: findings and/or "
                         "impression, else report / text / report_text)")

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, is_stream_output
 from .readers import Reports
 
 
@@ -17,12 +17,14 @@ def write_entities(path, reports: Reports, records: Sequence[dict], classes: Seq
 
     ``.parquet``: columns ``study_id``, ``subject_id`` (when the source has one), ``entities``
     (the record as JSON), ``no_finding`` and one bool column per disease class.
-    ``.jsonl`` / ``.json``: ``{"id", "entities"}`` objects, the input of ``medtrim mine``.
+    ``.jsonl`` / ``.json``: ``{"id", "entities"}`` objects, the input of ``medtrim mine``;
+    ``"-"`` (standard output), a device or a pipe: JSON lines.
     """
-    path = Path(path)
     if len(records) != len(reports):
         raise ValueError(f"{len(records)} records for {len(reports)} reports")
-    suffix = path.suffix.lower()
+    # "-" (standard output), a device or a pipe: JSON lines, the format `medtrim mine` streams best
+    suffix = ".jsonl" if is_stream_output(path) else Path(path).suffix.lower()
+    path = path if str(path) == "-" else Path(path)
     if suffix in (".jsonl", ".json"):
         items = [{"id": i, "entities": r} for i, r in zip(reports.ids, records)]
         with atomic_write(path) as f:

@@ -230,6 +230,65 @@ def output_target(path: str | Path, what: str = "output") -> tuple[Path, os.stat
     return final, st, not same
 
 
+def is_stream_output(path: str | Path) -> bool:
+    """Whether ``path`` is written as a stream, in place: ``"-"`` (standard output), a character
+    device, a FIFO, or a ``/dev/fd`` link (see :func:`output_target`). Such an output has no
+    file name to choose a format by, and shares the terminal or the pipe with nothing else."""
+    if str(path) == STDOUT:
+        return True
+    try:
+        return output_target(path)[2]
+    except ValueError:
+        return False
+
+
+def check_not_input(output: str | Path, inputs: dict, what: str = "output") -> None:
+    """Refuse, before any work, an output that is one of the inputs (``{role: path}``, e.g.
+    ``{"records": ..., "--candidates": ...}``; None entries are skipped): the same file after
+    following links (hard links included), which writing the output would destroy. Raises
+    ``ValueError`` naming both."""
+    if str(output) == STDOUT:
+        return
+    try:
+        out = os.stat(output)
+    except OSError:   # does not exist yet: cannot be an input
+        return
+    if not stat.S_ISREG(out.st_mode):   # a device or a pipe is written in place, not replaced
+        return
+    for role, source in inputs.items():
+        if source is None or str(source) == STDOUT:
+            continue
+        try:
+            same = os.path.samefile(output, source)
+        except OSError:
+            continue
+        if same:
+            raise ValueError(f"{what} {str(output)!r} is the same file as {role} {str(source)!r}: "
+                             f"writing it would destroy the input; choose another {what}")
+
+
+# a cell that a spreadsheet reads as a formula starts with one of these (OWASP's CSV-injection
+# rule); a leading quote makes it text. Cells starting with the quote itself are quoted too, so
+# that unescape_csv_cell gives back exactly what was written.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def escape_csv_cell(cell):
+    """``cell`` with a leading ``'`` when it is a string a spreadsheet would run as a formula
+    (``=HYPERLINK(...)``, ``+1``, ``-2+3``, ``@SUM``, a leading tab or carriage return; and a
+    leading ``'``, so that the escape is reversible). Numbers and other strings are unchanged."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+def unescape_csv_cell(cell):
+    """The inverse of :func:`escape_csv_cell` for a string cell read back."""
+    if isinstance(cell, str) and len(cell) > 1 and cell[0] == "'" and cell[1:].startswith(_FORMULA_STARTS):
+        return cell[1:]
+    return cell
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``.
@@ -378,11 +437,13 @@ def read_parquet_columns(path, columns: Sequence[str] | None = None, *, what: st
     error); raises ``ValueError`` naming the file when it cannot be read (``what`` names its role
     in the message: "entity cache", "records file" ...). The one place that reads Parquet.
 
-    Use this rather than ``pandas.read_parquet`` in processes that import torch: pandas hands
-    pyarrow a Python file object, and with pandas 3.0 / pyarrow 21 the interpreter then aborts at
-    exit now and then ("terminate called without an active exception", exit status 134; in 10 of
-    20 runs with 16 Arrow threads). Reading by path, on the calling thread, has not aborted in
-    any run.
+    Use this rather than ``pandas.read_parquet`` where pyarrow is older than 25 (the pins of
+    Python < 3.12, where spaCy 3.7 holds numpy at 1 and so pyarrow at 21): pyarrow 21-24 reading
+    Parquet from a *Python file object* with several Arrow threads aborts the interpreter at exit
+    now and then ("terminate called without an active exception", exit status 134). pandas hands
+    it such a file object; neither pandas nor torch is needed for the abort (a bare
+    ``pq.read_table(open(path, "rb"))`` with 16 threads: 6 of 12 runs on pyarrow 21, 8 of 12 on
+    23 and 24, none on 25 and 26). Reading by path has not aborted in any run.
     """
     from .extras import import_extra
 
