@@ -78,3 +78,27 @@ def test_resolves(python, extra):
         assert major(pins["numpy"]) >= 2, f"numpy 2 is allowed here, got {pins['numpy']}"
     if "pyarrow" in pins and major(pins["numpy"]) < 2:
         assert major(pins["pyarrow"]) < 22, "pyarrow 22+ needs numpy 2"
+
+
+# pyarrow releases that abort the interpreter at exit now and then after reading Parquet from a
+# Python file object, as pandas.read_parquet does (README, "Entity extraction")
+PYARROW_ABORTS_AT_EXIT = ("21.0.0", "22.0.0", "23.0.0", "24.0.0")
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_extras_exclude_the_pyarrow_that_aborts_where_numpy_allows(python):
+    """From Python 3.12 (numpy 2 throughout) every pyarrow requirement excludes 21-24; below it,
+    numpy 1 (spaCy 3.7) caps pyarrow at 21 and the readers go by path instead."""
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    env = {"python_version": python, "python_full_version": f"{python}.0"}
+    specs = [Requirement(r) for reqs in extras.values() for r in reqs]
+    active = [r for r in specs if r.name == "pyarrow" and (r.marker is None or r.marker.evaluate(env))]
+    assert active, f"no pyarrow requirement applies on Python {python}"
+    for req in active:
+        admitted = [v for v in PYARROW_ABORTS_AT_EXIT if req.specifier.contains(v)]
+        if python >= "3.12":
+            assert admitted == [], f"{req} admits pyarrow {admitted} on Python {python}"
+        else:
+            assert not req.specifier.contains("22.0.0"), f"{req}: pyarrow 22+ needs numpy 2"
