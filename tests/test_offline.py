@@ -201,3 +201,18 @@ def test_mined_triplets_file_roundtrip_and_checks(tmp_path):
         load_offline_triplets(path, STUDIES, meta)
     with pytest.raises(ValueError, match="does not exist"):
         load_offline_triplets(tmp_path / "missing.csv", STUDIES, meta)
+
+
+def test_triplets_file_escapes_study_ids_a_spreadsheet_would_run(tmp_path):
+    # issue 24: ids like =HYPERLINK(...) were written as they are; escaped, they still round-trip
+    studies = ["=HYPERLINK(\"http://x\")", "+1", "-7", "@SUM(A1)", "'quoted", "plain", "s6", "s7"]
+    t = torch.tensor([[0, 1, 2], [3, 4, 5], [5, 0, 3]])
+    from medtrim_ext.mining.offline import TRIPLETS_FORMAT
+
+    meta = {"format": TRIPLETS_FORMAT, "num_triplets": 3}
+    path = save_offline_triplets(tmp_path / "triplets.csv", t, studies, meta)
+    cells = [line.split(",")[3:] for line in path.read_text().splitlines()[2:]]
+    assert [c[0] for c in cells] == ['"\'=HYPERLINK(""http://x"")"', "'@SUM(A1)", "plain"]
+    assert cells[0][1:] == ["'+1", "'-7"] and cells[1][1:] == ["'\'quoted", "plain"]
+    assert [line.split(",")[:3] for line in path.read_text().splitlines()[2:]][0] == ["0", "1", "2"]
+    assert torch.equal(load_offline_triplets(path, studies, meta), t)

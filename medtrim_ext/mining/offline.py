@@ -241,7 +241,7 @@ def save_offline_triplets(path: str | Path, triplets: torch.Tensor, study_ids: S
     as JSON}``, then the columns ``anchor, positive, negative`` (dataset indices) and
     ``anchor_study, positive_study, negative_study`` (their study ids)."""
     from ..utils.extras import import_extra
-    from ..utils.io import atomic_write
+    from ..utils.io import atomic_write, escape_csv_cell
 
     pd = import_extra("pandas", "train", "writing offline triplet files")
 
@@ -251,7 +251,8 @@ def save_offline_triplets(path: str | Path, triplets: torch.Tensor, study_ids: S
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= len(study_ids)):
         raise ValueError(f"triplets hold indices outside [0, {len(study_ids)})")
     idx = t.numpy()
-    ids = np.asarray([str(s) for s in study_ids], dtype=object)
+    # study ids come from the data: a spreadsheet must not run one (load_offline_triplets unescapes)
+    ids = np.asarray([escape_csv_cell(str(s)) for s in study_ids], dtype=object)
     frame = pd.DataFrame({"anchor": idx[:, 0], "positive": idx[:, 1], "negative": idx[:, 2],
                           "anchor_study": ids[idx[:, 0]], "positive_study": ids[idx[:, 1]],
                           "negative_study": ids[idx[:, 2]]}, columns=list(TRIPLET_COLUMNS))
@@ -269,6 +270,8 @@ def load_offline_triplets(path: str | Path, study_ids: Sequence[str], meta: dict
     naming the file and the difference otherwise."""
     from ..utils.extras import import_extra
 
+    from ..utils.io import unescape_csv_cell
+
     pd = import_extra("pandas", "train", "reading offline triplet files")
     path = Path(path)
     hint = "delete it to mine again, or use another train.out_dir"
@@ -279,6 +282,9 @@ def load_offline_triplets(path: str | Path, study_ids: Sequence[str], meta: dict
                 raise ValueError("no '# {...}' header line")
             saved = json.loads(first[2:])
             frame = pd.read_csv(f, dtype={c: str for c in TRIPLET_COLUMNS[3:]}, keep_default_na=False)
+        for col in TRIPLET_COLUMNS[3:]:
+            if col in frame.columns:   # the ids as given, before save_offline_triplets escaped them
+                frame[col] = [unescape_csv_cell(c) for c in frame[col]]
     except FileNotFoundError:
         raise ValueError(f"offline triplets file {str(path)!r} does not exist") from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
