@@ -107,7 +107,7 @@ def loss_problems(draw, max_rows: int = 40, max_dim: int = 70, candidates: bool 
         idx = torch.randint(0, k, (t,), generator=g)
         return torch.where(torch.rand(t, generator=g) < p_skip / 3, -1, idx)
 
-    margin = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.5]))
+    margin = draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 2.0]))
     return img, txt, cand_img, cand_txt, index(n), index(m), index(m), margin
 
 

@@ -29,4 +29,12 @@ class ObjectiveSettings:
 
 OBJECTIVE_DEFAULTS = ObjectiveSettings()
 
-__all__ = ["OBJECTIVE_DEFAULTS", "ObjectiveSettings"]
+#: The triplet margin's range: cosine distances lie in [0, 2], so d(a,p) - d(a,n) lies in [-2, 2];
+#: a margin above 2 keeps every triplet active whatever the embeddings (1e300 overflowed to inf), and
+#: a negative one lets the hinge be 0 for triplets still in the wrong order.
+MARGIN_RANGE = (0.0, 2.0)
+#: The largest ``max_logit_scale`` InfoNCE accepts (a temperature of 1e-4; CLIP caps at 100): at
+#: 1e20 the float32 logits and gradients were absurd (gradients near 1e19) instead of refused.
+LOGIT_SCALE_LIMIT = 1e4
+
+__all__ = ["LOGIT_SCALE_LIMIT", "MARGIN_RANGE", "OBJECTIVE_DEFAULTS", "ObjectiveSettings"]

@@ -14,7 +14,7 @@ from torch import nn
 from ..entities.meta_entities import MetaEntities
 from ..mining.miner import TripletMiner
 from ..utils.checks import check_ids, check_instance, check_number, check_tensor, reject_renamed
-from .defaults import OBJECTIVE_DEFAULTS
+from .defaults import LOGIT_SCALE_LIMIT, OBJECTIVE_DEFAULTS
 from .objectives import ObjectiveOutput, check_queries, phase
 
 D = OBJECTIVE_DEFAULTS
@@ -46,7 +46,7 @@ class InfoNCELoss(nn.Module):
       (the temperature of the soft targets is :class:`SoftInfoNCEObjective`'s
       ``target_temperature``). ``learnable=True``: the log scale is a parameter, initialised to
       ``log(1 / logit_temperature)``; otherwise a fixed buffer. The clamp stops its gradient above
-      ``max_logit_scale`` (CLIP: 100).
+      ``max_logit_scale`` (CLIP: 100), which may be at most ``LOGIT_SCALE_LIMIT`` (1e4).
     - A learnable scale must be in the optimizer: ``AdamW([*model.parameters(),
       *objective.parameters()])``. If after ``FROZEN_CHECK_CALLS`` (10) calls in training mode the
       scale still holds its initial value while a gradient has accumulated in it (nothing steps or
@@ -63,6 +63,10 @@ class InfoNCELoss(nn.Module):
         reject_renamed("InfoNCELoss", renamed, {"temperature": "logit_temperature"})
         check_number("logit_temperature", logit_temperature, positive=True)
         check_number("max_logit_scale", max_logit_scale, positive=True)
+        if max_logit_scale > LOGIT_SCALE_LIMIT:
+            raise ValueError(f"max_logit_scale must be <= {LOGIT_SCALE_LIMIT:g} (a temperature of "
+                             f"{1 / LOGIT_SCALE_LIMIT:g}; larger scales give absurd float32 logits "
+                             f"and gradients), got {max_logit_scale!r}")
         if 1.0 / logit_temperature > max_logit_scale:
             raise ValueError(f"1 / logit_temperature = {1.0 / logit_temperature:g} exceeds "
                              f"max_logit_scale={max_logit_scale:g}")

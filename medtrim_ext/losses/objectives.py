@@ -219,6 +219,8 @@ class CompositeObjective(torch.nn.Module):
                 raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
         self.parts = torch.nn.ModuleDict(dict(parts))
         self.weights = {name: float(weights.get(name, 1.0)) for name in parts}
+        if not any(self.weights.values()):  # the loss would be 0 whatever the model: nothing trains
+            raise ValueError(f"weights are all 0 ({self.weights}): at least one part needs a weight > 0")
         self._part_keywords = {name: objective_keywords(part) for name, part in parts.items()}
         taken = list(self._part_keywords.values())
         #: the keywords this composite takes: the union of its parts' (None: any)

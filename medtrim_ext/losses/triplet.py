@@ -10,7 +10,7 @@ import torch
 from .. import ops
 from ..utils.checks import check_number, check_tensor
 from ..entities.triplets import Triplets
-from .defaults import OBJECTIVE_DEFAULTS
+from .defaults import MARGIN_RANGE, OBJECTIVE_DEFAULTS
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -23,6 +23,8 @@ class MultimodalTripletLoss(torch.nn.Module):
         L_img = ([d(a_i,p_i) - d(a_i,n_i) + m]_+ + [d(a_i,p_t) - d(a_i,n_t) + m]_+) / 2
         L_txt = ([d(a_t,p_t) - d(a_t,n_t) + m]_+ + [d(a_t,p_i) - d(a_t,n_i) + m]_+) / 2
 
+    The margin lies in [0, 2], as cosine distances do (``ValueError`` outside it): from 2 up
+    every triplet is active whatever the embeddings, and a negative one hides misordered triplets.
     Call it as ``loss_img, loss_txt = crit(img_emb, txt_emb, triplets)``, where ``img_emb`` and
     ``txt_emb`` are ``(N, D)`` (row k of each belongs to sample k) and ``triplets`` is a
     :class:`~medtrim_ext.Triplets` (or any ``(anchor, positive, negative)`` of int tensors, ``(T,)``
@@ -51,6 +53,9 @@ class MultimodalTripletLoss(torch.nn.Module):
     def __init__(self, margin: float = OBJECTIVE_DEFAULTS.margin, reduction: str = "mean"):
         super().__init__()
         check_number("margin", margin)
+        if not MARGIN_RANGE[0] <= margin <= MARGIN_RANGE[1]:
+            raise ValueError(f"margin must be in [{MARGIN_RANGE[0]:g}, {MARGIN_RANGE[1]:g}] (cosine "
+                             f"distances lie in [0, 2]), got {margin!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.margin = float(margin)

@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..losses.defaults import OBJECTIVE_DEFAULTS
+from ..losses.defaults import MARGIN_RANGE, OBJECTIVE_DEFAULTS
 from ..mining.miner import MINER_DEFAULTS, TIE_BREAKS
 from ..mining.offline import OFFLINE_POOL_SIZE
 
@@ -262,6 +262,11 @@ class Config:
         need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
                  for w in self.objective.weights.values()), "objective.weights",
              "must map parts to finite numbers >= 0")
+        need(any(self.objective.weights.get(p, 1.0) != 0 for p in parts), "objective.weights",
+             f"are all 0 for the parts of objective.kind {parts}: the loss would be 0 and nothing trains")
+        need(MARGIN_RANGE[0] <= self.objective.margin <= MARGIN_RANGE[1], "objective.margin",
+             f"must be in [{MARGIN_RANGE[0]:g}, {MARGIN_RANGE[1]:g}] (cosine distances lie in [0, 2]), "
+             f"got {self.objective.margin!r}")
         need(self.objective.tie_break in TIE_BREAKS, "objective.tie_break", f"must be one of {TIE_BREAKS}")
         need(self.objective.min_positive_score >= 0, "objective.min_positive_score", "must be >= 0")
         need(0 <= self.objective.soft_own_weight <= 1, "objective.soft_own_weight", "must be in [0, 1]")
