@@ -245,3 +245,17 @@ def test_run_logger_widens_its_header_and_drops_rows_after_a_resume(tmp_path):
     RunLogger(tmp_path, tensorboard=False, resume_step=2).log(3, {"loss": 0.3, "pos_score": 0.7})
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [(r["step"], r["loss"]) for r in rows] == [("1", "1.0"), ("2", "0.5"), ("3", "0.3")]
+
+
+def test_the_built_in_defaults_give_a_text_model_that_builds():
+    """`medtrim train` with no --config: model.text is {} and the tokenizer's size used to become
+    the whole text config ({vocab_size} without a model_type), which failed after the run folder
+    was written. Now the encoder's default config gets the tokenizer's size."""
+    from medtrim_ext.models.text import DEFAULT_TEXT_CONFIG, _build_config
+    from medtrim_ext.training.builders import model_config
+    from medtrim_ext.training.config import Config
+
+    text = model_config(Config(), vocab_size=123)["text"]
+    assert text["config"] == {**DEFAULT_TEXT_CONFIG, "vocab_size": 123}
+    built = _build_config(text["config"], None)
+    assert built.model_type == "bert" and built.vocab_size == 123

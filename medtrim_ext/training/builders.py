@@ -84,9 +84,13 @@ def model_config(cfg: Config, vocab_size: int | None) -> dict:
         from ..integrations.open_clip import model_config as open_clip_config
 
         return open_clip_config(cfg.model.name, tokenizer=cfg.model.tokenizer, input_normalize=cfg.data.normalize)
+    from ..models.text import DEFAULT_TEXT_CONFIG
+
     text = copy.deepcopy(cfg.model.text)
     if vocab_size is not None and not text.get("pretrained"):
-        text["config"] = {**(text.get("config") or {}), "vocab_size": vocab_size}
+        # no text config given: the encoder's default (BERT-base shaped) with the tokenizer's size;
+        # a config of only {vocab_size} has no model_type and failed after the run folder was written
+        text["config"] = {**(text.get("config") or DEFAULT_TEXT_CONFIG), "vocab_size": vocab_size}
     m = cfg.model
     return {"image": copy.deepcopy(m.image), "text": text, "embed_dim": m.embed_dim,
             "projection": m.projection, "image_projection": m.image_projection or m.projection,
