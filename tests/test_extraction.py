@@ -498,6 +498,49 @@ def test_normalize_text_leaves_plain_reports_alone():
     assert normalize_text("\ud83d\ude00") == "\U0001f600"  # a surrogate pair is one character
 
 
+@pytest.mark.parametrize("unit", ["+", "=", "&amp;", "_", "\u2014"])
+def test_punctuation_runs_reach_the_tokenizer_bounded(ex, unit):
+    # spaCy splits a run of one punctuation character off one at a time, re-scanning the rest:
+    # 10,000 "+" took 21 s. The run is collapsed first, so what the tokenizer sees stops growing.
+    from medtrim_ext.extraction import normalize_text
+
+    sizes = []
+    for n in (1000, 4000, 16000):
+        text = normalize_text("Small pleural effusion " + unit * n + " end.")
+        sizes.append((len(text), len(ex.nlp.tokenizer(text))))
+    assert sizes[0] == sizes[1] == sizes[2] and sizes[0][0] < 40, sizes
+    assert ex("Small pleural effusion. " + unit * 20000) == {"pleural effusion": E(["small"])}
+
+
+def test_punctuation_runs_keep_three():
+    from medtrim_ext.extraction import normalize_text
+
+    assert normalize_text("a +++ b ++++ c ----- d ...... e") == "a +++ b +++ c --- d ... e"
+    assert normalize_text("-+-+-+-+ 10000 aaaa") == "-+-+-+-+ 10000 aaaa"  # only one repeated character
+
+
+@pytest.mark.parametrize("text", [
+    "Small left pleural effusi\u03bfn.",  # Greek omicron
+    "Small left pleural effusi\u043en.",  # Cyrillic o
+    "Sm\u0430ll l\u0435ft pl\u0435ur\u0430l \u0435ffusion.",  # Cyrillic a, e
+    "Small left \u03a1leural effusion.",  # Greek capital rho
+    "Small left pleural effu\u3164sion.",  # Hangul filler
+    "Small left pleural effusion\uffa0.",  # half-width Hangul filler
+    "Small left\u3164pleural effusion.".replace("\u3164", "\u3164 "),
+])
+def test_look_alike_and_filler_characters_are_found(ex, text):
+    assert ex(text) == {"pleural effusion": E(["small"], ["left"])}
+
+
+def test_look_alikes_are_mapped_only_inside_latin_words():
+    from medtrim_ext.extraction import normalize_text
+
+    # Greek or Cyrillic words and symbols stay as they are
+    for text in ["\u03b1-fetoprotein", "\u03bcg", "\u03bf\u03c1\u03bf\u03c2", "\u043e\u0441\u043e\u0431\u043e"]:
+        assert normalize_text(text) == text
+    assert normalize_text("effusi\u03bfn \u03bfx") == "effusion ox"
+
+
 def test_one_failing_report_does_not_stop_the_batch(monkeypatch):
     ex = EntityExtractor()
     make_extraction_fail_on(monkeypatch, "boom")

@@ -29,6 +29,29 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # control characters: line-like ones end a line, the others become a space (NUL, ESC, DEL, C1)
 _LINE_CONTROLS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _OTHER_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+# Hangul fillers: letters (category Lo) that render as nothing, so dropping Cf misses them
+_FILLERS = re.compile("[\u115f\u1160\u3164\uffa0]")
+# Greek and Cyrillic letters drawn like Latin ones ("effusi\u03bfn" with a Greek omicron); mapped
+# only inside a word whose other letters are Latin, so Greek or Cyrillic words stay as they are
+_LOOK_ALIKES = str.maketrans(
+    "\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7"  # Greek capitals
+    "\u03b1\u03b9\u03ba\u03bd\u03bf\u03c1\u03c5\u03c7\u03b3"  # Greek a i k v o p u x y
+    "\u0410\u0412\u0421\u0415\u041d\u0406\u0408\u041a\u041c\u041e\u0420\u0405\u0422\u0425\u0423"  # Cyrillic capitals
+    "\u0430\u0441\u0435\u043e\u0440\u0445\u0443\u0456\u0458\u0455\u04bb\u0501\u051b\u051d",  # Cyrillic a c e o p x y i j s h d q w
+    "ABEZHIKMNOPTYX" "aikvopuxy" "ABCEHIJKMOPSTXY" "aceopxyijshdqw")
+_LOOK_ALIKE_CHARS = re.compile("[" + "".join(map(chr, _LOOK_ALIKES)) + "]")
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters
+# a run of one punctuation character is split off one character at a time by spaCy's tokenizer,
+# re-scanning the rest each time (10,000 "+" took 21 s); longer runs than three are cut to three
+_PUNCT_RUN = re.compile(r"([^\w\s]|_)\1{3,}")
+
+
+def _latin_look_alikes(word: re.Match) -> str:
+    w = word.group()
+    if w.isascii() or not _LOOK_ALIKE_CHARS.search(w) or not re.search("[A-Za-z]", w):
+        return w
+    mapped = w.translate(_LOOK_ALIKES)
+    return mapped if mapped.isascii() else w  # a letter that is not a look-alike: not a Latin word
 
 
 def normalize_text(text: str) -> str:
@@ -40,11 +63,15 @@ def normalize_text(text: str) -> str:
       (``&gt;``, ``&#160;``) are decoded;
     - non-ASCII text is NFKC-normalized (ligatures, full-width letters, no-break spaces) and
       combining marks are dropped (``"effusión"`` -> ``"effusion"``); format characters
-      (bidi marks, zero-width spaces and joiners, soft hyphens, byte-order marks) are removed;
+      (bidi marks, zero-width spaces and joiners, soft hyphens, byte-order marks) and Hangul
+      fillers are removed; Greek and Cyrillic letters that look Latin (``"effusiοn"`` with an
+      omicron) become the Latin letter inside a word whose other letters are Latin;
     - control characters become a space (a line break for vertical tab, form feed and the Unicode
-      line/paragraph separators); tabs, newlines and carriage returns stay.
+      line/paragraph separators); tabs, newlines and carriage returns stay;
+    - a run of more than three of one punctuation character (``"+++++"``, ``"____"``) becomes
+      three: spaCy's tokenizer takes time quadratic in the run's length.
 
-    Plain printable ASCII without ``<`` or ``&`` is returned unchanged.
+    Plain printable ASCII without ``<``, ``&`` or such runs is returned unchanged.
     """
     if _SURROGATE.search(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
@@ -58,5 +85,9 @@ def normalize_text(text: str) -> str:
         text = unicodedata.normalize("NFKD", text)
         text = "".join(c for c in text if unicodedata.category(c) not in ("Mn", "Me", "Cf"))
         text = unicodedata.normalize("NFKC", text)
+        text = _FILLERS.sub("", text)
+        if _LOOK_ALIKE_CHARS.search(text):
+            text = _WORD.sub(_latin_look_alikes, text)
     text = _LINE_CONTROLS.sub("\n", text)
-    return _OTHER_CONTROLS.sub(" ", text)
+    text = _OTHER_CONTROLS.sub(" ", text)
+    return _PUNCT_RUN.sub(r"\1\1\1", text)
