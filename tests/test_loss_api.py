@@ -333,6 +333,25 @@ def test_torch_compile_objective_fullgraph():
     torch.testing.assert_close(grads, img.grad)
 
 
+def test_torch_compile_objective_fullgraph_with_seeded_mining():
+    # The documented way for a seeded draw under fullgraph=True (a torch.Generator cannot enter the
+    # graph): mine with the generator outside, pass triplets= into the compiled objective.
+    ents = synthetic_entities(48, seed=2)
+    img, txt = embeddings(48, 16, seed=7)
+    objective = MedTrimObjective()
+    compiled = torch.compile(lambda i, t, e, tr: objective(i, t, e, triplets=tr).loss,
+                             fullgraph=True, backend="aot_eager")
+    triplets = objective.miner(ents, generator=torch.Generator().manual_seed(5))
+    got = compiled(img, txt, ents, triplets)
+    got.backward()
+    grads = img.grad.clone()
+    img.grad = txt.grad = None
+    want = objective(img, txt, ents, generator=torch.Generator().manual_seed(5)).loss
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    torch.testing.assert_close(grads, img.grad)
+
+
 # ---- the import layers ------------------------------------------------------------------------
 
 def test_reference_imports_first_in_a_fresh_process(tmp_path):

@@ -198,3 +198,25 @@ def test_module_names_exist():
             elif not resolves(name):
                 bad.append(f"{page_name(page)}:{n}: {name}")
     assert not bad, "module names that do not resolve:\n" + "\n".join(bad)
+
+
+def test_keyword_comments_sit_on_the_call_that_takes_them():
+    # The README once wrote "MetaEntities.from_records(records)  # n_process=4", a keyword that
+    # from_records does not take (it is EntityExtractor.extract's). A comment that names a keyword
+    # as "name=" must sit on a line that calls something taking it.
+    import inspect
+
+    from medtrim_ext import EntityExtractor, MetaEntities
+
+    takes = {"from_records": set(inspect.signature(MetaEntities.from_records).parameters),
+             "extract": set(inspect.signature(EntityExtractor.extract).parameters)}
+    assert "n_process" in takes["extract"] and "n_process" not in takes["from_records"]
+    for name, line, source, _ in BLOCKS:
+        for k, text in enumerate(source.splitlines()):
+            code, _, comment = text.partition("#")
+            for call, params in takes.items():
+                if f".{call}(" not in code:
+                    continue
+                for keyword in re.findall(r"\b([a-z_]+)=", comment):
+                    assert keyword in params, (f"{name}:{line + k + 1}: the comment names {keyword}=, "
+                                               f"which {call} does not take: {text.strip()}")
