@@ -343,3 +343,74 @@ def test_extract_parquet_read_back_in_fresh_processes(tmp_path):
     assert all(r.stdout.strip() == "ok" for r in runs)
     with pytest.raises(ValueError, match=r"cannot read Parquet file '.*nope.parquet'"):
         read_parquet_columns(tmp_path / "nope.parquet")
+
+
+# -- text that readers lost silently ---------------------------------------------------------------
+def test_nul_in_a_csv_cell_keeps_the_report(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_bytes(b'study_id,report\na,"Small left\x00 pleural effusion."\nb,Mild cardiomegaly.\n')
+    r = read_reports(p)  # before: the cell ended at the NUL ("Small left")
+    assert r.ids == ["a", "b"]
+    assert r.texts == ["Small left  pleural effusion.", "Mild cardiomegaly."]
+
+
+@pytest.mark.parametrize("row", [b"b,Mild cardiomegaly.,extra", b"b"])
+def test_ragged_csv_row_names_the_file_and_line(tmp_path, row):
+    p = tmp_path / "r.csv"
+    p.write_bytes(b'study_id,report\na,"Small\nleft pleural effusion."\n' + row + b"\nc,Normal.\n")
+    # before: the columns shifted (ids became texts) or the missing cell read as ""
+    with pytest.raises(ValueError, match=r"r.csv' line 4: 3 cells|r.csv' line 4: 1 cell"):
+        read_reports(p)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_unicode_reports_with_a_byte_order_mark(tmp_path, encoding):
+    text = "FINDINGS: Small left pleural effusion. Size 2\u00d73 cm."
+    bom = {"utf-16-be": "\ufeff"}.get(encoding, "")
+    (tmp_path / "s1.txt").write_bytes((bom + text).encode(encoding))
+    assert read_reports(tmp_path / "s1.txt").texts == [text]  # before: UTF-8 mojibake
+    (tmp_path / "r.csv").write_bytes((bom + "id,report\ns1," + text + "\n").encode(encoding))
+    assert read_reports(tmp_path / "r.csv").texts == [text]
+
+
+def test_utf16_report_that_does_not_decode_names_the_file(tmp_path):
+    (tmp_path / "s1.txt").write_bytes(b"\xff\xfeF\x00\x00\xd8")  # a BOM, then a lone surrogate
+    with pytest.raises(ValueError, match=r"s1.txt' starts with a utf-16 byte-order mark but"):
+        read_reports(tmp_path / "s1.txt")
+
+
+def test_mostly_binary_report_is_named_in_a_warning(tmp_path):
+    (tmp_path / "s1.txt").write_text("FINDINGS: Small left pleural effusion.")
+    (tmp_path / "s2.txt").write_bytes(bytes(range(256)) * 4)
+    with pytest.warns(UserWarning, match=r"1 report is mostly not text.*'s2'"):
+        r = read_reports(tmp_path)
+    assert r.ids == ["s1", "s2"]
+
+
+def test_report_tree_skips_links_that_leave_it(tmp_path):
+    import os
+    import warnings
+
+    tree, outside = tmp_path / "files", tmp_path / "secret"
+    (tree / "p10").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "pw.txt").write_text("root:x:0:0:root:/root:/bin/bash")
+    (tree / "p10" / "s1.txt").write_text("FINDINGS: Mild cardiomegaly.")
+    os.symlink(outside / "pw.txt", tree / "p10" / "pw.txt")
+    os.symlink(outside, tree / "p11")  # a linked folder is not walked (rglob does not follow it)
+    os.symlink(tree / "p10" / "s1.txt", tree / "s3.txt")  # a link inside the tree is read
+    # before: /etc/passwd-like files were read as reports
+    with pytest.warns(UserWarning, match=r"skipped 1 .*links that lead outside it.*p10/pw.txt"):
+        r = read_reports(tree)
+    assert sorted(r.ids) == ["s1", "s3"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(read_reports(tree, follow_links=True).ids) == ["pw", "s1", "s3"]
+    (tmp_path / "xml").mkdir()
+    (tmp_path / "xml" / "1.xml").write_bytes(iu_xml(1, findings="Mild cardiomegaly."))
+    (outside / "2.xml").write_bytes(iu_xml(2, findings="Mild cardiomegaly."))
+    os.symlink(outside / "2.xml", tmp_path / "xml" / "2.xml")
+    with pytest.warns(UserWarning, match=r"2.xml"):
+        assert read_reports(tmp_path / "xml").ids == ["CXR1"]
+    with pytest.raises(ValueError, match="follow_links must be a bool"):
+        read_reports(tree, follow_links="yes")

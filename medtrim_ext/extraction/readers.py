@@ -7,6 +7,9 @@ same way to every source. Unreadable or empty inputs raise ``ValueError`` naming
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import re
 import tarfile
 import warnings
@@ -20,6 +23,12 @@ _TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
 # Largest report file / archive member read (a report is a few KB; this guards memory against a
 # mislabelled or malicious member, which would otherwise be read whole)
 MAX_REPORT_BYTES = 16 * 2**20
+# byte-order marks, the UTF-32 ones before UTF-16 (FF FE 00 00 starts with FF FE)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# characters that are not text: controls other than tab and line breaks, and U+FFFD (undecodable)
+_NON_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+NON_TEXT_FRACTION = 0.3
 
 
 @dataclass
@@ -38,7 +47,7 @@ class Reports:
 
 
 def read_reports(path, *, text_column: str | None = None, id_column: str | None = None,
-                 max_report_bytes: int = MAX_REPORT_BYTES) -> Reports:
+                 max_report_bytes: int = MAX_REPORT_BYTES, follow_links: bool = False) -> Reports:
     """Read reports from ``path``, by its kind:
 
     - ``.csv`` / ``.parquet``: the ``text_column`` if given (e.g. ``"radiology_report"``), else a
@@ -51,13 +60,21 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
       the file stems (``s50414267``);
     - a folder of ``.xml`` files or a ``.tgz`` / ``.tar.gz`` / ``.tar`` of them (IU / OpenI).
 
+    Text is UTF-8, or UTF-8/16/32 with a byte-order mark (a BOM'd file that does not decode raises
+    ``ValueError`` naming it); NUL characters in a CSV become spaces; a CSV row with more or fewer
+    cells than the header raises ``ValueError`` naming the file and line. Reports that are mostly
+    control or undecodable characters are read but named in a warning.
+
     In a folder, entries that are not regular files (FIFOs, sockets, broken links) are skipped
-    with a warning; a folder holding both ``.txt`` and ``.xml`` reports is refused (say which
+    with a warning, and so are links that lead outside the folder (``/etc/passwd``), unless
+    ``follow_links=True``; a folder holding both ``.txt`` and ``.xml`` reports is refused (say which
     kind is meant by pointing at a folder of one kind). A report file or archive member larger
     than ``max_report_bytes`` raises ``ValueError`` naming it.
     """
     if not isinstance(max_report_bytes, int) or isinstance(max_report_bytes, bool) or max_report_bytes < 1:
         raise ValueError(f"max_report_bytes must be a positive int, got {max_report_bytes!r}")
+    if not isinstance(follow_links, bool):
+        raise ValueError(f"follow_links must be a bool, got {follow_links!r}")
     for arg, value in (("text_column", text_column), ("id_column", id_column)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ValueError(f"{arg} must be a column name (a non-empty str), got {value!r}")
@@ -71,7 +88,7 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
         arg = "text_column" if text_column is not None else "id_column"
         raise ValueError(f"{arg} applies to CSV/Parquet tables only; reports path {str(p)!r} is not one")
     if p.is_dir():
-        reports = _read_dir(p, max_report_bytes)
+        reports = _read_dir(p, max_report_bytes, follow_links)
     elif not p.is_file():
         raise ValueError(f"reports path {str(p)!r} is not a regular file or a folder (a FIFO, socket "
                          "or device would block or never end)")
@@ -91,22 +108,38 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
     return reports
 
 
-def _regular_files(root: Path, pattern: str) -> list[Path]:
+def _regular_files(root: Path, pattern: str, follow_links: bool = False) -> list[Path]:
     """Regular files under ``root`` matching ``pattern``, sorted; other entries are skipped with
-    a warning (reading a FIFO blocks forever)."""
-    files, skipped = [], []
+    a warning (reading a FIFO blocks forever), and so are links (to the file or to a folder above
+    it) that lead outside ``root`` unless ``follow_links``: ``pw.txt -> /etc/passwd`` is no report."""
+    files, skipped, outside = [], [], []
+    real_root, inside = root.resolve(), {}
     for f in root.rglob(pattern):
-        (files if f.is_file() else skipped).append(f)
+        if not f.is_file():
+            skipped.append(f)
+            continue
+        if not follow_links:
+            if f.parent not in inside:  # one resolve per folder, not per file
+                inside[f.parent] = f.parent.resolve().is_relative_to(real_root)
+            if not inside[f.parent] or (f.is_symlink() and not f.resolve().is_relative_to(real_root)):
+                outside.append(f)
+                continue
+        files.append(f)
     odd = [f for f in skipped if not f.is_dir()]  # a folder named "x.txt" is just a folder
     if odd:
         warnings.warn(f"reports folder {str(root)!r}: skipped {len(odd)} {pattern} entr"
                       f"{'y' if len(odd) == 1 else 'ies'} that are not regular files "
                       f"(FIFOs, sockets, broken links), e.g. {[str(f) for f in odd[:3]]}", stacklevel=4)
+    if outside:
+        warnings.warn(f"reports folder {str(root)!r}: skipped {len(outside)} {pattern} entr"
+                      f"{'y' if len(outside) == 1 else 'ies'} reached through links that lead outside it "
+                      f"(follow_links=True reads them), e.g. {[str(f) for f in sorted(outside)[:3]]}",
+                      stacklevel=4)
     return sorted(files)
 
 
-def _read_dir(root: Path, max_bytes: int) -> Reports:
-    xml, txt = _regular_files(root, "*.xml"), _regular_files(root, "*.txt")
+def _read_dir(root: Path, max_bytes: int, follow_links: bool = False) -> Reports:
+    xml, txt = _regular_files(root, "*.xml", follow_links), _regular_files(root, "*.txt", follow_links)
     if xml and txt:
         raise ValueError(f"reports folder {str(root)!r} holds both IU/OpenI .xml reports ({len(xml)}, "
                          f"e.g. {str(xml[0])!r}) and .txt reports ({len(txt)}, e.g. {str(txt[0])!r}); "
@@ -125,8 +158,9 @@ def _read_table(p: Path, text_column: str | None = None, id_column: str | None =
     else:
         import pandas as pd
 
+        text = _read_csv_text(p)
         try:
-            df = pd.read_csv(p, dtype=str, keep_default_na=False)
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
         except Exception as exc:  # pandas raises many types (ParserError, UnicodeDecodeError ...)
             raise ValueError(f"cannot read table {str(p)!r}: {exc}") from None
         data = {c: df[c].tolist() for c in df.columns}
@@ -188,6 +222,52 @@ def _read_table(p: Path, text_column: str | None = None, id_column: str | None =
     return _collect(items, str(p), "table")
 
 
+def _read_csv_text(p: Path) -> str:
+    """The CSV's text, decoded (BOMs honoured), NUL made a space, every row checked to have as
+    many cells as the header: pandas' parser ends a cell at a NUL, and shifts or pads a ragged row
+    silently, so that ids and texts become other cells."""
+    import gzip
+
+    try:
+        with (gzip.open if p.name.lower().endswith(".gz") else open)(p, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"cannot read table {str(p)!r}: {exc}") from None
+    text = _decode(data, f"table {str(p)!r}", errors="strict").replace("\x00", " ")
+    old_limit = csv.field_size_limit(2**31 - 1)  # a report cell may be larger than csv's 128 KiB
+    try:
+        reader, width, start = csv.reader(io.StringIO(text, newline="")), None, 1
+        for row in reader:
+            if row and not (len(row) == 1 and not row[0].strip()):  # blank lines: pandas skips them
+                if width is None:
+                    width = len(row)
+                elif len(row) != width:
+                    raise ValueError(f"table {str(p)!r} line {start}: {len(row)} cell{'s' * (len(row) != 1)} "
+                                     f"where the header has {width}; a ragged row would shift or drop "
+                                     "columns (quote cells that hold the delimiter)")
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise ValueError(f"cannot read table {str(p)!r} line {start}: {exc}") from None
+    finally:
+        csv.field_size_limit(old_limit)
+    return text
+
+
+def _decode(data: bytes, where: str, errors: str = "replace") -> str:
+    """``data`` as text: by its byte-order mark, else UTF-8 (with ``errors``)."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding, errors="replace" if encoding == "utf-8-sig" else "strict")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where} starts with a {encoding} byte-order mark but does not decode "
+                                 f"as {encoding}: {exc}") from None
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where} is not UTF-8 (and has no byte-order mark): {exc}") from None
+
+
 # -- MIMIC-CXR tree ------------------------------------------------------------------------------
 def _read_text_tree(root: Path, files: list[Path], max_bytes: int) -> Reports:
     items = []
@@ -200,7 +280,7 @@ def _read_text_tree(root: Path, files: list[Path], max_bytes: int) -> Reports:
 
 
 def _read_text(p: Path, max_bytes: int = MAX_REPORT_BYTES) -> str:
-    text = _read_bytes(p, max_bytes).decode("utf-8", errors="replace")
+    text = _decode(_read_bytes(p, max_bytes), f"report {str(p)!r}")
     return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as open() in text mode
 
 
@@ -271,4 +351,9 @@ def _collect(items, source: str, kind: str) -> Reports:
         ids.append(str(sid))
         texts.append(text)
         metas.append(meta)
+    binary = [i for i, t in zip(ids, texts) if t and len(_NON_TEXT.findall(t)) > NON_TEXT_FRACTION * len(t)]
+    if binary:
+        warnings.warn(f"reports {source!r}: {len(binary)} report{'s are' if len(binary) > 1 else ' is'} mostly "
+                      f"not text (over {NON_TEXT_FRACTION:.0%} control or undecodable characters), e.g. "
+                      f"{binary[:3]}; a binary file, or text in another encoding?", stacklevel=3)
     return Reports(ids=ids, texts=texts, source=source, kind=kind, meta=metas)
