@@ -452,6 +452,26 @@ def test_mimic_errors(mimic_tree, tmp_path, extractor):
         MimicCxrDataset(root, reports_root=reports)
 
 
+def test_mimic_report_links_that_leave_the_reports_folder_are_skipped(mimic_tree, tmp_path):
+    import os
+    import warnings
+
+    from medtrim_ext.datasets.mimic import index_mimic
+
+    root, reports = mimic_tree
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash")
+    report = reports / "files" / "p10" / "p10000032" / "s53189527.txt"
+    report.unlink()
+    os.symlink(tmp_path / "passwd", report)  # before: read as the study's report
+    with pytest.warns(UserWarning, match=r"skipped 1 studies whose report file is a link .*s53189527.txt"):
+        index = index_mimic(root, reports_root=reports, progress=False)
+    assert index.study_ids == ["s50414267"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = index_mimic(root, reports_root=reports, progress=False, follow_links=True)
+    assert index.study_ids == ["s50414267", "s53189527"] and index.reports[1].startswith("root:")
+
+
 def test_mimic_unreadable_image(mimic_tree, extractor):
     root, reports = mimic_tree
     with pytest.warns(UserWarning):

@@ -108,12 +108,16 @@ def _read_report(path: Path):
         raise ValueError(f"cannot read report {str(path)!r}: {exc}") from None
 
 
-def _collect(chosen: dict, files: Path, rfiles: Path, split: str, progress: bool) -> MimicIndex:
-    """The chosen studies that have an image file and a report file; warns about the others."""
+def _collect(chosen: dict, files: Path, rfiles: Path, split: str, progress: bool,
+             follow_links: bool = False) -> MimicIndex:
+    """The chosen studies that have an image file and a report file; warns about the others.
+    A report file reached through a link that leads outside ``rfiles`` (``s5....txt ->
+    /etc/passwd``) is skipped unless ``follow_links``."""
     from tqdm import tqdm
 
     out = MimicIndex(split, [], [], [], [])
-    no_report, no_image = [], []
+    no_report, no_image, outside = [], [], []
+    real_rfiles, inside = rfiles.resolve(), {}
     for study, (dicom, subject) in tqdm(chosen.items(), desc=f"mimic {split}", unit="study",
                                          disable=not progress):
         sub = f"p{subject[:2]}/p{subject}"
@@ -122,6 +126,13 @@ def _collect(chosen: dict, files: Path, rfiles: Path, split: str, progress: bool
         if not image_path.is_file():
             no_image.append(str(image_path))
             continue
+        if not follow_links and report_path.parent.is_dir():
+            if report_path.parent not in inside:  # one resolve per folder, not per study
+                inside[report_path.parent] = report_path.parent.resolve().is_relative_to(real_rfiles)
+            if not inside[report_path.parent] or (report_path.is_symlink() and
+                                                  not report_path.resolve().is_relative_to(real_rfiles)):
+                outside.append(str(report_path))
+                continue
         text = _read_report(report_path)
         if text is None:
             no_report.append(str(report_path))
@@ -132,6 +143,8 @@ def _collect(chosen: dict, files: Path, rfiles: Path, split: str, progress: bool
         out.subject_ids.append(subject)
     warn_skipped("studies without an image file", no_image, f"MIMIC-CXR {split}")
     warn_skipped("studies without a report file", no_report, f"MIMIC-CXR {split}")
+    warn_skipped("studies whose report file is a link that leads outside the reports folder "
+                 "(follow_links=True reads them)", outside, f"MIMIC-CXR {split}")
     return out
 
 
@@ -148,19 +161,22 @@ def _chexpert_labels(root: Path, study_ids: list[str]):
 
 
 def index_mimic(root, split: str = "train", *, reports_root=None, limit: int | None = None,
-                progress: bool = True) -> MimicIndex:
+                progress: bool = True, follow_links: bool = False) -> MimicIndex:
     """The studies of one split of a MIMIC-CXR-JPG tree (see :class:`MimicCxrDataset`).
 
     Studies without a frontal image, a report file or an image file are skipped with a warning
     that counts them; a bad layout, an unreadable table or no usable study raises
-    ``ValueError`` naming the folder or file."""
+    ``ValueError`` naming the folder or file. Report files reached through links that lead
+    outside the reports folder are skipped with a warning, unless ``follow_links=True``."""
+    if not isinstance(follow_links, bool):
+        raise ValueError(f"follow_links must be a bool, got {follow_links!r}")
     root = Path(root)
     files, rfiles = _folders(root, reports_root)
     split = normalize_split(split)
     chosen = _first_frontal(root, split)
     if limit is not None:
         chosen = dict(list(chosen.items())[:int(limit)])
-    out = _collect(chosen, files, rfiles, split, progress)
+    out = _collect(chosen, files, rfiles, split, progress, follow_links)
     if not out.image_paths:
         raise ValueError(f"MIMIC-CXR {split}: no study under {str(root)!r} has both a frontal image "
                          "and a report")
@@ -178,7 +194,9 @@ class MimicCxrDataset(ReportImageDataset):
     (1 / 0; -1 "uncertain" and blank -> NaN). Study ids are ``"s<study_id>"``, as in the
     report file names. ``texts`` hold the FINDINGS / IMPRESSION text (``sections=True``).
     ``limit``: use only the first ``limit`` studies of the split (quick runs); ``n_process``:
-    extraction worker processes for the reports that are not cached yet.
+    extraction worker processes for the reports that are not cached yet; ``follow_links``: read
+    report files that are links leading outside the reports folder (skipped with a warning
+    by default).
     """
 
     kind = "mimic"
@@ -188,8 +206,9 @@ class MimicCxrDataset(ReportImageDataset):
                  transform: Callable | None = None,
                  entities: str = "extracted", cache_dir=None, progress: bool = True,
                  sections: bool = True, aug_seed: int | None = None, extractor=None,
-                 n_process: int = 1, limit: int | None = None):
-        index = index_mimic(root, split, reports_root=reports_root, limit=limit, progress=progress)
+                 n_process: int = 1, limit: int | None = None, follow_links: bool = False):
+        index = index_mimic(root, split, reports_root=reports_root, limit=limit, progress=progress,
+                            follow_links=follow_links)
         self.split, self.root = index.split, Path(root)
         self.image_paths, self.subject_ids = index.image_paths, index.subject_ids
         where = f"MIMIC-CXR {self.split}"
