@@ -414,3 +414,9 @@ def test_report_tree_skips_links_that_leave_it(tmp_path):
         assert read_reports(tmp_path / "xml").ids == ["CXR1"]
     with pytest.raises(ValueError, match="follow_links must be a bool"):
         read_reports(tree, follow_links="yes")
+    out = tmp_path / "e.jsonl"
+    with pytest.warns(UserWarning, match="pw.txt"):
+        assert main(["extract", str(tree), "-o", str(out), "--no-progress"]) == 0
+    assert sorted(r["id"] for r in map(json.loads, out.read_text().splitlines())) == ["s1", "s3"]
+    assert main(["extract", str(tree), "-o", str(out), "--no-progress", "--follow-links"]) == 0
+    assert len(out.read_text().splitlines()) == 3

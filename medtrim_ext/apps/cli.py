@@ -239,7 +239,8 @@ def cmd_extract(args) -> int:
                          "for JSON lines on standard output")
     check_writable(args.output, "output")   # before reading and extracting every report
     check_not_input(args.output, {"reports": args.reports, "--ontology": args.ontology})
-    reports = read_reports(args.reports, text_column=args.text_column, id_column=args.id_column)
+    reports = read_reports(args.reports, text_column=args.text_column, id_column=args.id_column,
+                           follow_links=args.follow_links)
     print(f"{len(reports)} reports from {reports.source} ({reports.kind})", file=sys.stderr)
     extractor = EntityExtractor(args.ontology, uncertain=args.uncertain, sections=not args.all_sections)
     records = extractor.extract(reports.texts, n_process=args.n_process, progress=not args.no_progress,
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", metavar="NAME",
                    help="CSV/Parquet: the column holding the study ids (default: study_id / id / uid / "
                         "report_id / filename / path, else the row number)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="report folders: read files reached through links that lead outside the folder "
+                        "(default: skip them with a warning)")
     p.add_argument("--ontology", help="extraction ontology YAML/JSON (default: the packaged one)")
     p.add_argument("--uncertain", choices=["negative", "positive"], default="negative",
                    help="hedged mentions ('may represent atelectasis') count as absent (negative) or "
