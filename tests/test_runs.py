@@ -231,3 +231,32 @@ def test_an_image_weights_file_is_read_without_running_code(tmp_path):
     with pytest.raises(ValueError, match="cannot read checkpoint file"):
         ImageEncoder("test_resnet", in_chans=1, checkpoint=str(evil))
     assert not marker.exists()
+
+
+# -- issue 24 item 3: one run per folder ---------------------------------------------------------
+def test_a_second_run_in_a_busy_folder_refuses_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from medtrim_ext.training.loop import Trainer
+
+    run = tmp_path / "run"
+    first = Trainer(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=2"))   # holds the folder
+    # before: the second run trained too, and the two mixed metrics.csv, config.json and last.pt
+    with pytest.raises(ValueError, match=rf"train.out_dir '{re.escape(str(run))}' is in use by "
+                                         rf"another run \(process {os.getpid()}\b"):
+        train(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=2"))
+    # another process sees the lock as well (flock), with the holder's process id
+    code = ("import sys\nfrom medtrim_ext.training.rundir import lock_run_dir\n"
+            "try:\n    lock_run_dir(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                         check=True).stdout
+    assert f"in use by another run (process {os.getpid()}" in out, out
+    result = first.fit()   # a finished run lets the folder go: continuing it works
+    assert result["steps"] == 2
+    more = train(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=3"))
+    assert (more["resumed_from"], more["steps"]) == (2, 3)
+    # a run that fails to start lets the folder go too
+    with pytest.raises(ValueError, match="data.kind must be one of"):
+        train(_cfg(tmp_path, f"train.out_dir={run}", "data.kind=manifst"))
+    assert train(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=4"))["resumed_from"] == 3

@@ -37,7 +37,7 @@ from .distributed import DistContext, all_reduce_sum, barrier, broadcast_object,
 from .logger import RunLogger
 from .objective_step import build_objective
 from .optim import build_optimizer, build_scheduler
-from .rundir import CONFIG_NAME, claim_new_dir, plan_resume, with_default_out_dir
+from .rundir import CONFIG_NAME, claim_new_dir, lock_run_dir, plan_resume, with_default_out_dir
 from .sampling import EpochKeyed
 from .timing import StepTimer
 
@@ -64,6 +64,21 @@ class Trainer:
     """Builds every part of a run from a :class:`Config` and trains it (see :func:`train`)."""
 
     def __init__(self, cfg: Config, ctx: DistContext | None = None):
+        self._run_lock = None   # the main process's hold on out_dir, until fit ends
+        try:
+            self._build(cfg, ctx)
+        except BaseException:
+            self.release()   # a run that fails to start lets its folder go
+            raise
+
+    def release(self) -> None:
+        """Let the run folder go (:func:`~medtrim_ext.training.rundir.lock_run_dir`); ``fit`` does
+        at its end."""
+        if self._run_lock is not None:
+            self._run_lock.release()
+            self._run_lock = None
+
+    def _build(self, cfg: Config, ctx: DistContext | None) -> None:
         kind = "cuda" if cfg.train.device.startswith("cuda") or (
             cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.ctx = ctx if ctx is not None else init_distributed(kind)
@@ -97,6 +112,8 @@ class Trainer:
                 self.cfg, self.out_dir = cfg, Path(name)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            # one run per folder: a second run refuses before it writes anything
+            self._run_lock = lock_run_dir(self.out_dir)
             if self.state is None:  # a continued run's config.json changes once its state has loaded
                 self._write_config()
             if self.progress:
@@ -210,6 +227,12 @@ class Trainer:
                 if not self.cfg.model.tokenizer else self.cfg.model.tokenizer}
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> dict:
         cfg = self.cfg
         summary_path = self.out_dir / "train_summary.json"
         if self.start_step >= cfg.train.steps and summary_path.exists():

@@ -26,9 +26,16 @@ Nothing is written here: the checks run before the loop writes ``config.json`` o
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import warnings
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (see lock_run_dir)
+    fcntl = None
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import Config, replace, upgrade_config_dict
@@ -49,6 +56,56 @@ def default_out_dir(kind: str, root: Path = DEFAULT_RUNS_ROOT, now: float | None
     """``<root>/<kind>-<YYYYmmdd-HHMMSS>``; :func:`claim_new_dir` adds a ``-2``, ``-3``, ...
     suffix when another run has taken that name."""
     return root / f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
+RUN_LOCK_NAME = ".run.lock"
+
+
+class RunLock:
+    """An exclusive hold on a run folder (see :func:`lock_run_dir`); :meth:`release` lets it go
+    (so does the end of the process)."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing releases the flock
+            self._fd = None
+
+    __del__ = release
+
+
+def lock_run_dir(out_dir) -> RunLock:
+    """Hold ``out_dir`` for one run: an exclusive ``fcntl.flock`` on ``<out_dir>/.run.lock``, which
+    records the holder's process id and host. Two runs in one folder would mix their
+    ``metrics.csv``, ``config.json`` and ``last.pt``, so a second run raises ``ValueError`` naming
+    the folder and the holder's process id. The lock goes with the process that holds it (a
+    killed run leaves no stale lock). Where ``fcntl`` is missing (Windows) folders are not locked.
+    """
+    if fcntl is None:
+        return RunLock(None)
+    out_dir = Path(out_dir)
+    lock = out_dir / RUN_LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ValueError(f"cannot create the lock file {str(lock)!r} of train.out_dir "
+                         f"{str(out_dir)!r}: {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:   # BlockingIOError: another run holds it
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        finally:
+            os.close(fd)
+        who = f"process {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else "process ?"
+        raise ValueError(f"train.out_dir {str(out_dir)!r} is in use by another run ({who}, lock file "
+                         f"{str(lock)!r}): two runs in one folder would mix their checkpoints and "
+                         "logs; wait for it to finish, or choose another train.out_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    return RunLock(fd)
 
 
 def claim_new_dir(path: Path) -> Path:
