@@ -424,6 +424,11 @@ def test_mine_writes_through_a_link_and_to_standard_output(tmp_path, capfd):
     assert out.replace("\r\n", "\n") == target.read_text().replace("\r\n", "\n")
     assert "anchors have a full triplet" in err and "wrote standard output" in err
     assert not (tmp_path / "-").exists() and not os.path.exists("-")
+    # /dev/fd/1 (what /dev/stdout links to): the same, and the link is left alone
+    assert main(["mine", str(records), "-o", "/dev/fd/1", "--device", "cpu", "--no-progress"]) == 0
+    out, err = capfd.readouterr()
+    assert out.replace("\r\n", "\n") == target.read_text().replace("\r\n", "\n")
+    assert "anchors have a full triplet" in err and os.path.islink("/dev/fd")
     # a folder as the output: refused by name before any work
     assert main(["mine", str(records), "-o", str(tmp_path), "--device", "cpu"]) == 2
     assert "it is a folder" in capfd.readouterr().err

@@ -267,12 +267,13 @@ def test_dev_fd_links_are_written_in_place(tmp_path):
     # write renamed a temporary over the link itself; it must go to what the descriptor is
     code = ("import os\nfrom medtrim_ext.utils.io import atomic_write, check_writable\n"
             "check_writable('/dev/fd/1', 'output')\n"
+            "print('earlier output', flush=True)\n"
             "with atomic_write('/dev/fd/1') as f: f.write('to fd 1\\n')\n")
     with open(tmp_path / "redirected.txt", "w+") as out:
         os.unlink(tmp_path / "redirected.txt")   # a deleted file: its /proc link names no path
         subprocess.run([sys.executable, "-c", code], stdout=out, check=True, cwd=tmp_path)
         out.seek(0)
-        assert out.read() == "to fd 1\n"
+        assert out.read() == "earlier output\nto fd 1\n"   # appended: what was written stays
     assert list(tmp_path.iterdir()) == []
     loop = tmp_path / "loop"
     loop.symlink_to(loop)

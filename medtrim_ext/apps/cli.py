@@ -131,7 +131,8 @@ def _bar(iterable, enabled: bool, **kwargs):
 
 def cmd_mine(args) -> int:
     from ..entities.meta_entities import MetaEntities
-    from ..utils.io import STDOUT, atomic_write, check_not_input, check_writable, escape_csv_cell, load_records
+    from ..utils.io import (STDOUT, atomic_write, check_not_input, check_writable, escape_csv_cell,
+                            is_stream_output, load_records)
     from ..mining.miner import Triplets
 
     check_writable(args.output, "output")   # before any work
@@ -179,10 +180,11 @@ def cmd_mine(args) -> int:
     unmatched = int((pos_s == 0).sum())
     hint = (" - --min-positive-score leaves such anchors without a triplet"
             if unmatched and args.min_positive_score == 0 else "")
-    to_stdout = args.output == STDOUT   # then standard output holds the CSV alone
+    # "-", /dev/stdout, a pipe: the output may be standard output, which then holds the CSV alone
+    to_stdout = is_stream_output(args.output)
     print(f"{valid} of {len(anchors)} anchors have a full triplet; {unmatched} got a positive that "
           f"shares no disease with them (score 0){hint}; wrote "
-          f"{'standard output' if to_stdout else args.output}", file=sys.stderr if to_stdout else sys.stdout)
+          f"{'standard output' if args.output == STDOUT else args.output}", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 

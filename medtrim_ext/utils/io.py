@@ -308,8 +308,9 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         return
     target, st, direct = output_target(path)
     if direct:
-        # a device or a pipe cannot be replaced by a rename (and must not be: /dev/stdout)
-        with open(path, mode, **open_kwargs) as f:
+        # a device or a pipe cannot be replaced by a rename (and must not be: /dev/stdout); append,
+        # so that a file behind /dev/stdout keeps what the process wrote to it before
+        with open(path, mode.replace("w", "a"), **open_kwargs) as f:
             yield f
         return
     target.parent.mkdir(parents=True, exist_ok=True)
