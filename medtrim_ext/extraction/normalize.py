@@ -41,9 +41,13 @@ _LOOK_ALIKES = str.maketrans(
     "ABEZHIKMNOPTYX" "aikvopuxy" "ABCEHIJKMOPSTXY" "aceopxyijshdqw")
 _LOOK_ALIKE_CHARS = re.compile("[" + "".join(map(chr, _LOOK_ALIKES)) + "]")
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters
-# a run of one punctuation character is split off one character at a time by spaCy's tokenizer,
-# re-scanning the rest each time (10,000 "+" took 21 s); longer runs than three are cut to three
-_PUNCT_RUN = re.compile(r"([^\w\s]|_)\1{3,}")
+# spaCy's tokenizer splits a run of punctuation off one piece at a time, re-scanning the rest each
+# time: quadratic (10,000 "+" took 21 s, 2,700 "(+)" 15 s). A run of one character, or of one short
+# unit ("(+)", "!?"), repeated more than three times is cut to three; what is left of a longer run
+# without spaces is cut into pieces of _PUNCT_PIECE characters, so each piece costs a bounded time.
+_PUNCT_RUN = re.compile(r"((?:[^\w\s]|_){1,4}?)\1{3,}")
+_PUNCT_PIECE = 16
+_PUNCT_LONG = re.compile(rf"((?:[^\w\s]|_){{{_PUNCT_PIECE}}})(?=[^\w\s]|_)")
 
 
 def _latin_look_alikes(word: re.Match) -> str:
@@ -68,8 +72,10 @@ def normalize_text(text: str) -> str:
       omicron) become the Latin letter inside a word whose other letters are Latin;
     - control characters become a space (a line break for vertical tab, form feed and the Unicode
       line/paragraph separators); tabs, newlines and carriage returns stay;
-    - a run of more than three of one punctuation character (``"+++++"``, ``"____"``) becomes
-      three: spaCy's tokenizer takes time quadratic in the run's length.
+    - a run of more than three of one punctuation character (``"+++++"``, ``"____"``) or of one
+      short punctuation unit (``"(+)(+)(+)(+)"``) becomes three; a longer run of punctuation
+      without spaces is cut by a space every 16 characters: spaCy's tokenizer takes time
+      quadratic in the run's length.
 
     Plain printable ASCII without ``<``, ``&`` or such runs is returned unchanged.
     """
@@ -90,4 +96,5 @@ def normalize_text(text: str) -> str:
             text = _WORD.sub(_latin_look_alikes, text)
     text = _LINE_CONTROLS.sub("\n", text)
     text = _OTHER_CONTROLS.sub(" ", text)
-    return _PUNCT_RUN.sub(r"\1\1\1", text)
+    text = _PUNCT_RUN.sub(r"\1\1\1", text)
+    return _PUNCT_LONG.sub(r"\1 ", text)
