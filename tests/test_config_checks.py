@@ -108,3 +108,18 @@ def test_overrides_may_follow_the_flags(tmp_path, capsys):
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["info", "a=1"])   # a command without overrides takes none
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eval.ks=[1.5]", r"eval.ks must be a non-empty list of whole numbers K >= 1, got \[1.5\]"),
+    ("eval.ks=[a]", r"eval.ks must be a non-empty list of whole numbers K >= 1, got \['a'\]"),
+    ("eval.ks=[true]", "eval.ks must be a non-empty list of whole numbers"),
+    ("objective.memory_bank=1000000000000", r"objective.memory_bank must be <= 1,000,000 rows"),
+])
+def test_eval_ks_and_memory_bank_are_checked_up_front(override, message):
+    # accepted before, then failed late (a float K in top-K, a bank of 10**12 rows) or with a
+    # bare TypeError ('>=' between str and int)
+    from medtrim_ext.training.config import load_config
+
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])

@@ -259,3 +259,24 @@ def test_the_built_in_defaults_give_a_text_model_that_builds():
     assert text["config"] == {**DEFAULT_TEXT_CONFIG, "vocab_size": 123}
     built = _build_config(text["config"], None)
     assert built.model_type == "bert" and built.vocab_size == 123
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.image={name: no_such_model}", "model.image.name: unknown timm model 'no_such_model'"),
+    ("model.text={config: {model_type: bert, hidden_size: 30, num_attention_heads: 4, "
+     "num_hidden_layers: 1, intermediate_size: 8}}", "hidden_size 30 is not a multiple of num_attention_heads 4"),
+    ("data.max_length=600", r"data.max_length=600 is more than the text model's \d+ positions"),
+    ("train.batch_size=100", r"train.batch_size=100 is more than the \d+ samples"),
+])
+def test_settings_that_cannot_train_fail_before_the_run_folder_is_written(tmp_path, override, message):
+    """These passed the config checks and failed only after config.json and tokenizer/ were
+    written, which then made a corrected re-run in the same folder a different run."""
+    from medtrim_ext.training import load_config, train
+    from training_helpers import tiny_config_file
+
+    out = tmp_path / "run"
+    cfg = load_config(str(tiny_config_file(tmp_path)), [f"train.out_dir={out}", "train.progress=false",
+                                                        override])
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not (out / "config.json").exists() and not (out / "tokenizer").exists()

@@ -100,13 +100,51 @@ def model_config(cfg: Config, vocab_size: int | None) -> dict:
 def check_model(cfg: Config) -> None:
     """What can be checked of the model before a run writes anything: with
     ``model.kind=open_clip``, that the extra is installed, the model name resolves without a
-    download, its image size is ``data.image_size`` and ``model.checkpoint`` exists."""
+    download, its image size is ``data.image_size`` and ``model.checkpoint`` exists; with the dual
+    kind, :func:`check_dual_model`."""
     if cfg.model.kind == "open_clip":
         from ..integrations.open_clip import check_image_size
 
         check_image_size(model_config(cfg, None), cfg.data.image_size)
         if cfg.model.checkpoint is not None and not Path(cfg.model.checkpoint).is_file():
             raise ValueError(f"model.checkpoint {cfg.model.checkpoint!r} does not exist")
+    else:
+        check_dual_model(cfg)
+
+
+def check_dual_model(cfg: Config) -> None:
+    """The dual encoder's settings that used to fail only once the run folder was written: an
+    unknown timm model, a text config whose hidden size does not split into its heads, and a
+    ``data.max_length`` beyond the text model's positions. Reads configs only; builds nothing."""
+    import timm
+    from transformers import AutoConfig
+
+    from ..models.text import DEFAULT_TEXT_CONFIG, _build_config
+
+    name = cfg.model.image.get("name", "vit_base_patch16_224")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise ValueError(f"model.image.name: unknown timm model {name!r} (timm.list_models() lists them)")
+    text = cfg.model.text
+    if text.get("pretrained"):
+        folder = Path(text["pretrained"])
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"model.text.pretrained {str(folder)!r} is not a model folder with a config.json")
+        try:
+            conf = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"model.text.pretrained {str(folder)!r}: cannot read its config: {exc}") from None
+    else:
+        try:
+            conf = _build_config(text.get("config") or DEFAULT_TEXT_CONFIG, None)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model.text.config: {exc}") from None
+    hidden, heads = getattr(conf, "hidden_size", None), getattr(conf, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+        raise ValueError(f"model.text: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    positions = getattr(conf, "max_position_embeddings", None)
+    if isinstance(positions, int) and cfg.data.max_length > positions:
+        raise ValueError(f"data.max_length={cfg.data.max_length} is more than the text model's "
+                         f"{positions} positions (max_position_embeddings)")
 
 
 def build_model(cfg: Config, vocab_size: int | None):

@@ -39,6 +39,7 @@ MODEL_KINDS = ("dual", "open_clip")       # open_clip: medtrim_ext.integrations.
 NORMALIZATIONS = ("half", "imagenet")     # medtrim_ext.datasets.transforms.NORMALIZATIONS
 DATA_KINDS = ("phantoms", "manifest", "mimic", "iu")   # medtrim_ext.datasets.factory.KINDS
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+MAX_MEMORY_BANK = 1_000_000              # objective.memory_bank: rows kept on the device
 MAX_LOGIT_SCALE = OBJECTIVE_DEFAULTS.max_logit_scale   # InfoNCELoss's: 1 / logit_temperature may not exceed it
 # keys renamed since they were written: (section, old) -> new. A config file or override with the
 # old name is refused with the new one; a stored run config (a checkpoint's, config.json) of an
@@ -288,6 +289,10 @@ class Config:
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         need(self.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
         need(self.objective.memory_bank >= 0, "objective.memory_bank", "must be >= 0")
+        # the bank keeps image and text embeddings of every row on the training device: 10**6 rows
+        # of 2 x 512 float32 are 4 GB; more is a typo, and failed only when the bank was allocated
+        need(self.objective.memory_bank <= MAX_MEMORY_BANK, "objective.memory_bank",
+             f"must be <= {MAX_MEMORY_BANK:,} rows (it holds every row's embeddings on the device)")
         need(self.objective.logit_temperature > 0, "objective.logit_temperature", "must be > 0")
         need(self.objective.pool_size >= 2, "objective.pool_size", "must be >= 2")
         need(self.model.embed_dim >= 1, "model.embed_dim", "must be >= 1")
@@ -321,8 +326,9 @@ class Config:
         need(obj.offline_triplets == 0 or obj.offline_triplets >= self.train.batch_size // 3,
              "objective.offline_triplets", f"must be at least one batch ({self.train.batch_size // 3} "
              "triplets: train.batch_size / 3)")
-        need(len(self.eval.ks) > 0 and all(k >= 1 for k in self.eval.ks), "eval.ks",
-             "must be a non-empty list of K >= 1")
+        need(isinstance(self.eval.ks, list) and len(self.eval.ks) > 0
+             and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.eval.ks),
+             "eval.ks", f"must be a non-empty list of whole numbers K >= 1, got {self.eval.ks!r}")
         need(self.eval.attribute_k >= 1, "eval.attribute_k", "must be >= 1")
         if "medtrim_offline" in parts:
             need(self.train.batch_size % 3 == 0, "train.batch_size",

@@ -103,6 +103,9 @@ class Trainer:
         check_model(cfg)  # e.g. an open_clip name that does not resolve: before any file is written
         torch.manual_seed(cfg.train.seed)  # same initial weights on every process
         self.dataset = build_dataset(cfg, cfg.data.train_split, train=True, progress=self.progress)
+        if cfg.train.batch_size > len(self.dataset):  # no full batch: it failed after writing the folder
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} is more than the "
+                             f"{len(self.dataset)} samples of the {cfg.data.train_split!r} split")
 
         if fresh_dir:  # the main process takes the folder (another run may have taken the name)
             name = str(claim_new_dir(self.out_dir)) if self.main else None
