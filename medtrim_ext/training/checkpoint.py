@@ -99,6 +99,31 @@ def _safe_load(path: Path, map_location):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# what torch.save writes: a zip archive, or (legacy format) a pickle, which starts with its PROTO opcode
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file, judged by its first bytes (None: it may be):
+    torch's own error for such a file is an unpickler message that reads like a refused object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"cannot be opened: {exc.strerror or exc}"
+    if not head:
+        return "is empty (0 bytes): it was not written completely, or is not a checkpoint"
+    if not head.startswith(_TORCH_MAGIC):
+        return ("is not a PyTorch checkpoint (torch.save writes a zip archive; this file starts "
+                f"with {head!r})")
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc``'s message, or its type where it has none (EOFError(''))."""
+    return str(exc).strip() or type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``path``: the file, or a run folder);
     a clear ``ValueError`` for anything else.
@@ -107,20 +132,26 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     plain values is refused without running any of its code.
     """
     path = resolve_checkpoint(path)
+    problem = _not_torch_file(path)
+    if problem is not None:
+        raise ValueError(f"checkpoint {str(path)!r} {problem}")
     try:
         state = _safe_load(path, map_location)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():  # a truncated or foreign pickle
-            raise ValueError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
+        if "weights only" not in str(exc).lower() or not found:
+            # a truncated or foreign pickle (e.g. "Unsupported operand"): no object was refused
+            detail = [line for line in str(exc).splitlines() if "operand" in line.lower()]
+            raise ValueError(f"checkpoint {str(path)!r} is not a readable PyTorch checkpoint (corrupt "
+                             f"or another format): {detail[0].strip() if detail else _reason(exc)}") from None
+        what = f" ({found.group(1)})"
         raise ValueError(
             f"checkpoint {str(path)!r} holds objects other than tensors and plain values{what}; it "
             "was not loaded, since unpickling them can run code. medtrim_ext checkpoints hold only "
             "tensors, numbers, strings, lists and dicts: re-create it, or, only if you trust the "
             "file, convert it yourself with torch.load(weights_only=False)") from None
     except Exception as exc:  # truncated or foreign files raise many exception types
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: {_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not a medtrim_ext training checkpoint")
     return state

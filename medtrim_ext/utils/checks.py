@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -19,23 +20,28 @@ class ArgumentTypeError(TypeError, ValueError):
     """An argument of the wrong type (a ``TypeError`` and a ``ValueError``)."""
 
 
+_BOOLS = (bool, np.bool_)
+
+
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    # NumPy's integer scalars (an element of an array, np.int64(3)) are ints; bools are not
+    return isinstance(value, (int, np.integer)) and not isinstance(value, _BOOLS)
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int ``>= minimum`` (bools are not ints here)."""
+    """``value`` as an int ``>= minimum`` (bools are not ints here; NumPy integers are)."""
     wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     if not _is_int(value):
         raise ArgumentTypeError(f"{name} must be {wanted}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be {wanted}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
-    """``value`` as a finite float (``>= minimum``; ``> 0`` with ``positive``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as a finite float (``>= minimum``; ``> 0`` with ``positive``); NumPy's integer
+    and float scalars (``np.float32(0.3)``) are numbers, bools (Python's or NumPy's) are not."""
+    if isinstance(value, _BOOLS) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")

@@ -1,0 +1,71 @@
+"""Hostile or careless input gets a message that says what is wrong and names the argument or the
+file (issue 24, item 16): no raw traceback, no message that points at the wrong cause."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from medtrim_ext import TripletMiner
+from medtrim_ext.training.checkpoint import FORMAT, load_checkpoint
+from medtrim_ext.utils.checks import ArgumentTypeError, check_int, check_number
+
+
+# -- misleading messages ---------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_random_bytes_checkpoint_is_not_a_torch_file_not_code(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(bytes(range(7, 256)) * 16)   # no zip, no pickle: not something torch wrote
+    with pytest.raises(ValueError, match=r"'.*last.pt' is not a PyTorch checkpoint") as info:
+        load_checkpoint(path)
+    assert "run code" not in str(info.value)
+    # a pickle opcode stream that is garbage is refused as unreadable, not as holding code
+    path.write_bytes(b"\x80" + bytes(range(88, 250)))
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint") as info:
+        load_checkpoint(path)
+    assert "run code" not in str(info.value)
+
+
+def test_an_empty_checkpoint_says_it_is_empty(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'.*last.pt' is empty \(0 bytes\)"):
+        load_checkpoint(path)
+    # a truncated real checkpoint says why it cannot be read, never an empty reason
+    torch.save({"format": FORMAT, "step": 1}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot be read: \S") as info:
+        load_checkpoint(path)
+    assert not str(info.value).endswith("cannot be read: ")
+
+
+def test_a_checkpoint_with_code_is_still_refused_as_such(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return os.getpid, ()
+
+    path = tmp_path / "last.pt"
+    torch.save({"format": FORMAT, "x": Payload()}, path)
+    with pytest.raises(ValueError, match=r"holds objects other than tensors .*getpid"):
+        load_checkpoint(path)
+
+
+def test_numpy_scalars_are_numbers_and_numpy_bools_are_not():
+    assert check_number("x", np.float32(0.5)) == 0.5 and type(check_number("x", np.float32(0.5))) is float
+    assert check_number("x", np.int64(3)) == 3.0
+    assert check_int("n", np.int64(3)) == 3 and type(check_int("n", np.int64(3))) is int
+    assert check_int("n", np.uint8(0), minimum=0) == 0
+    assert TripletMiner(w_dis=np.float32(0.5), threshold=np.float64(0.3)).w_dis == 0.5
+    for value in (True, np.bool_(True)):
+        with pytest.raises(ArgumentTypeError, match="x must be a number"):
+            check_number("x", value)
+        with pytest.raises(ArgumentTypeError, match="n must be a positive int"):
+            check_int("n", value)
+    with pytest.raises(ValueError, match="x must be finite"):
+        check_number("x", np.float32("nan"))
+    with pytest.raises(ValueError, match="n must be a positive int, got 0"):
+        check_int("n", np.int64(0))
