@@ -69,3 +69,25 @@ def test_numpy_scalars_are_numbers_and_numpy_bools_are_not():
         check_number("x", np.float32("nan"))
     with pytest.raises(ValueError, match="n must be a positive int, got 0"):
         check_int("n", np.int64(0))
+
+
+# -- raw tracebacks become errors naming the argument (exit 2) --------------------------------------
+def _records(tmp_path):
+    path = tmp_path / "records.json"
+    path.write_text('[{"id": "a", "entities": {}}, {"id": "b", "entities": {}}]')
+    return path
+
+
+@pytest.mark.parametrize("command", ["mine", "mine-demo", "evaluate", "demo"])
+def test_an_unknown_device_is_named(tmp_path, capsys, command):
+    from medtrim_ext.apps.cli import main
+
+    args = {"mine": [str(_records(tmp_path)), "-o", str(tmp_path / "out.csv")],
+            "mine-demo": ["--n", "8", "--out", str(tmp_path / "md")],
+            "evaluate": ["--checkpoint", str(tmp_path / "run")],
+            "demo": ["--out", str(tmp_path / "demo"), "--steps", "1"]}[command]
+    assert main([command, *args, "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device must be cpu, cuda, cuda:N, mps or auto, got 'tpu'" in err and "Traceback" not in err
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "md").exists()
+

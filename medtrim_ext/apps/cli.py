@@ -83,9 +83,11 @@ def _miner(args):
 
 
 def _device(name: str) -> torch.device:
+    from ..utils.checks import parse_device
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = parse_device(name, "--device")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
     return device
@@ -197,6 +199,10 @@ def cmd_mine_demo(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
+    from ..utils.checks import parse_device
+
+    if args.device != "auto":   # named here: "tpu" was a RuntimeError traceback from torch.device
+        parse_device(args.device, "--device")
     return demo.run(out=Path(args.out), seeds=args.seeds, steps=args.steps, arms=args.arms,
                     overrides=args.overrides, device=args.device, progress=not args.no_progress)
 
@@ -210,6 +216,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..evaluation.run import evaluate_run
 
+    from ..utils.checks import parse_device
+
+    if args.device != "auto":   # named here: "tpu" was a RuntimeError traceback from torch.device
+        parse_device(args.device, "--device")
     overrides = []
     if args.data is not None or args.kind is not None:
         # other data: the run's kind-specific options (e.g. phantom counts) no longer apply

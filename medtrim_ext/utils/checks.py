@@ -85,6 +85,15 @@ def check_generator(generator) -> None:
         raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
 
 
+def parse_device(name, what: str = "device") -> torch.device:
+    """``torch.device(name)``, or a ValueError naming ``what`` (``--device``, ``train.device``) and
+    the devices to give: torch's own error for ``"tpu"`` is a RuntimeError listing its backends."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what} must be cpu, cuda, cuda:N, mps or auto, got {name!r}") from None
+
+
 def parse_json(text: str, where: str):
     """``json.loads(text)``; invalid JSON raises a ValueError that starts with ``where``."""
     try:
