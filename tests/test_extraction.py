@@ -60,6 +60,24 @@ def test_no_change_is_not_a_negation(ex):
     assert ex("No interval change in cardiomegaly.") == {"cardiomegaly": E()}
 
 
+@pytest.mark.parametrize("text", [
+    "Pneumothorax: none.",
+    "Effusion: absent",
+    "Consolidation - negative",
+    "Pleural effusion: no.",
+    "Pneumothorax or effusion: none.",
+])
+def test_structured_field_with_a_negative_value_is_absent(ex, text):
+    # ConText ends a cue's scope at ':' (medspacy issue #155): the field's value is read instead
+    assert ex(text) == {}
+
+
+def test_structured_field_keeps_other_values_and_other_fields(ex):
+    assert set(ex("Effusion: no change.")) == {"pleural effusion"}
+    assert ex("Effusion: absent. Pneumothorax: small right.") == {"pneumothorax": E(["small"], ["right"])}
+    assert ex("Pneumothorax: none\nEffusion: small left") == {"pleural effusion": E(["small"], ["left"])}
+
+
 # -- uncertainty, history, hypothetical ------------------------------------------------------
 @pytest.mark.parametrize("text", [
     "Opacity may represent atelectasis.",

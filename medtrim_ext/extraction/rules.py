@@ -19,6 +19,14 @@ UNCERTAIN_POLICIES = ("positive", "negative")
 MAX_SENTENCE_TOKENS = 200
 NEGATING_WORDS = frozenset({"no", "not", "without", "nor", "never", "n't"})
 CLAUSE_PUNCT = frozenset({",", ";", ":", "(", ")", "[", "]"})
+# Structured "finding: value" lines ("Pneumothorax: none.", "Consolidation - negative"): ConText
+# ends a cue's scope at ':' (medspacy issue #155), so a value that says "absent" is read here.
+# The value must be the whole rest of the clause: "Effusion: no change" is no negation.
+FIELD_SEPARATORS = frozenset({":", "-", "--", "\u2013", "\u2014", "="})
+FIELD_NEGATIVE_VALUES = frozenset({
+    "none", "absent", "negative", "no", "nil", "not seen", "not present", "not identified",
+    "not visualized", "not visible", "none seen", "none identified", "resolved"})
+_FIELD_LIST_WORDS = frozenset({",", "and", "or", "/"})
 
 
 def sentence_ids(doc) -> list[int]:
@@ -71,6 +79,7 @@ def _counted_mentions(ents, clause, occupied: set, count_uncertain: bool):
     """The mentions that count, as ``[(span, class)]``, and the ``(start, end)`` of the anatomy
     mentions that are no mention at all (no qualifier). ``occupied`` gains the qualifiers' tokens."""
     kept, not_findings = [], set()
+    ent_at = {m.start: m.end for m in ents}  # mention start -> end, for field names in a list
     for t in ents:
         kind, cls = t.label_.split("|", 1)
         if kind == "C":
@@ -81,10 +90,40 @@ def _counted_mentions(ents, clause, occupied: set, count_uncertain: bool):
             occupied.update(range(*qualifier))  # "enlarged" made it cardiomegaly: not an adjective too
         if t._.is_negated or t._.is_historical or t._.is_hypothetical or t._.is_family:
             continue
+        if _negative_field_value(t, ent_at, clause.sent):
+            continue
         if t._.is_uncertain and not count_uncertain:
             continue
         kept.append((t, cls))
     return kept, not_findings
+
+
+def _negative_field_value(t, ent_at: dict, sent) -> bool:
+    """Whether ``t`` is the name of a structured field whose value says it is absent:
+    "Pneumothorax: none.", "Effusion: absent", "Consolidation - negative", "Pneumothorax or
+    effusion: none". Other mentions, ',', 'and', 'or' may stand between the name and the
+    separator; the value runs to the end of the clause (sentence end, punctuation, line break,
+    the next mention)."""
+    doc = t.doc
+    i, n = t.end, len(doc)
+    while i < n and sent[i] == sent[t.start] and doc[i].text not in FIELD_SEPARATORS:
+        if i in ent_at:
+            i = ent_at[i]
+        elif doc[i].lower_ in _FIELD_LIST_WORDS:
+            i += 1
+        else:
+            return False
+    if i >= n or sent[i] != sent[t.start] or doc[i].text not in FIELD_SEPARATORS:
+        return False
+    value = []
+    for tok in doc[i + 1:]:
+        if (sent[tok.i] != sent[tok.i - 1] or tok.is_space or tok.is_punct or tok.i in ent_at
+                or tok.text in CLAUSE_PUNCT):
+            break  # the next field's name ends the value too (line breaks may be gone)
+        value.append(tok.lower_)
+        if len(value) > 3:
+            return False
+    return " ".join(value) in FIELD_NEGATIVE_VALUES
 
 
 def _conditional_qualifier(t, cls, clause):
