@@ -78,6 +78,23 @@ def test_structured_field_keeps_other_values_and_other_fields(ex):
     assert ex("Pneumothorax: none\nEffusion: small left") == {"pleural effusion": E(["small"], ["left"])}
 
 
+@pytest.mark.parametrize("text", [
+    "The effusion is no longer visible.",
+    "The right pneumothorax is no longer evident.",
+    "The effusion has resolved.",
+    "Interval resolution of left lower lobe consolidation.",
+])
+def test_resolution_language_negates(ex, text):
+    assert ex(text) == {}
+
+
+def test_what_persists_after_a_resolution_stays_with_its_descriptors(ex):
+    assert ex("Interval resolution of the left effusion, with persistent small right effusion.") == {
+        "pleural effusion": E(["persistent", "small"], ["right"])}
+    assert ex("Interval resolution of the pneumothorax, with residual left basilar atelectasis.") == {
+        "atelectasis": E(["basilar", "residual"], ["left"])}
+
+
 # -- uncertainty, history, hypothetical ------------------------------------------------------
 @pytest.mark.parametrize("text", [
     "Opacity may represent atelectasis.",
