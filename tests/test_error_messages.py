@@ -91,3 +91,69 @@ def test_an_unknown_device_is_named(tmp_path, capsys, command):
     assert "--device must be cpu, cuda, cuda:N, mps or auto, got 'tpu'" in err and "Traceback" not in err
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "md").exists()
 
+
+
+def test_resolve_device_names_a_bad_device():
+    from medtrim_ext.training.builders import resolve_device
+    from medtrim_ext.training.distributed import DistContext
+
+    with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N, mps or auto, got 'tpu'"):
+        resolve_device("tpu", DistContext())
+    assert resolve_device("cpu", DistContext()) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("key", ["n_train", "n_validate", "n_test"])
+def test_a_phantom_split_size_of_0_names_its_key(tmp_path, capsys, key):
+    from medtrim_ext.apps.cli import main
+
+    from training_helpers import tiny_config_file
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_config_file(tmp_path)), "--no-eval",
+                 f"data.options.{key}=0", f"train.out_dir={run}"]) == 2
+    assert f"data.options.{key} must be a positive int, got 0" in capsys.readouterr().err
+    assert not run.exists(), "the refused run left a folder behind"
+
+
+def _deep(levels=100_000):
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("name,text,match", [
+    ("deep.json", _deep(), r"deep.json: JSON nested too deeply"),
+    ("deep.jsonl", '{"id": "a", "entities": ' + _deep() + "}\n", r"deep.jsonl:1: JSON nested too deeply"),
+])
+def test_deeply_nested_json_records_are_refused_by_name(tmp_path, capsys, name, text, match):
+    from medtrim_ext.apps.cli import main
+    from medtrim_ext.utils.io import load_records
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_records(path)
+    assert main(["mine", str(path), "-o", str(tmp_path / "out.csv")]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_deeply_nested_json_elsewhere_is_refused_by_name(tmp_path):
+    from medtrim_ext.datasets.manifest import read_ground_truth
+    from medtrim_ext.utils.checks import parse_json
+
+    with pytest.raises(ValueError, match="vocabulary 'v.json' is JSON nested too deeply"):
+        parse_json(_deep(), "vocabulary 'v.json'")
+    attributes = tmp_path / "attributes.jsonl"
+    attributes.write_text(_deep() + "\n")
+    with pytest.raises(ValueError, match=r"attributes.jsonl:1: expected a JSON object"):
+        read_ground_truth(attributes, tmp_path / "manifest.csv", ["a"])
+
+
+def test_deeply_nested_json_in_a_parquet_records_file_is_refused_by_name(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "entities.parquet"
+    pq.write_table(pa.table({"study_id": ["a"], "entities": [_deep()]}), str(path))
+    from medtrim_ext.utils.io import load_records
+
+    with pytest.raises(ValueError, match="row 0: 'entities' is JSON nested too deeply"):
+        load_records(path)

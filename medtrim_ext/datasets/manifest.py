@@ -188,7 +188,7 @@ def read_ground_truth(attributes, manifest: Path, study_ids: Sequence[str]):
         try:
             item = json.loads(line)
             by_id[str(item["study_id"])] = (item["attributes"], item["records"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
             raise ValueError(f"{p}:{lineno}: expected a JSON object with study_id, attributes "
                              f"and records ({exc})") from None
     absent = [s for s in study_ids if s not in by_id]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils.checks import check_int, parse_device
 from .config import Config
 from .distributed import DistContext, barrier
 
@@ -14,7 +15,7 @@ from .distributed import DistContext, barrier
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name, "device")   # evaluate's --device reaches here unchecked
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"train.device={name!r} but no CUDA device is available")
@@ -47,7 +48,9 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
     options = dict(d.options)
     if d.kind == "phantoms":
         # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
-        sizes = {k[2:]: options.pop(k) for k in list(options) if k in ("n_train", "n_validate", "n_test")}
+        # checked here, by the key's name: PhantomDataset would name its own argument, "n"
+        sizes = {k[2:]: check_int(f"data.options.{k}", options.pop(k))
+                 for k in list(options) if k in ("n_train", "n_validate", "n_test")}
         if split in sizes:
             options["n"] = sizes[split]
     augment = train and d.augment

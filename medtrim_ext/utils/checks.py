@@ -100,6 +100,8 @@ def parse_json(text: str, where: str):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:   # [[[[...: json recurses once per level
+        raise ValueError(f"{where} is JSON nested too deeply to read") from None
 
 
 def read_json(path: str | Path, what: str):

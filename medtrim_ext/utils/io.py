@@ -406,11 +406,15 @@ def load_records(path: str | Path) -> RecordsFile:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+            except RecursionError:   # [[[[...: json recurses once per level
+                raise ValueError(f"{path}:{lineno}: JSON nested too deeply to read") from None
     else:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        except RecursionError:   # [[[[...: json recurses once per level
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
     out = RecordsFile([], [], [])
@@ -475,6 +479,8 @@ def _records_from_parquet(path: Path) -> RecordsFile:
                 record = json.loads(cell)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: row {row}: 'entities' is not valid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise ValueError(f"{path}: row {row}: 'entities' is JSON nested too deeply to read") from None
         elif cell is None:
             raise ValueError(f"{path}: row {row}: 'entities' is empty (a report with no finding is '{{}}')")
         else:
