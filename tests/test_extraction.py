@@ -113,6 +113,22 @@ def test_uncertainty_policy(text):
         assert "lung opacity" in pos and "lung opacity" in neg
 
 
+@pytest.mark.parametrize("text", [
+    "Borderline cardiomegaly.",
+    "Heart size is borderline enlarged.",
+    "Borderline enlarged heart.",
+    "Borderline heart size.",
+])
+@pytest.mark.parametrize("policy", ["negative", "positive"])
+def test_borderline_grades_a_size_it_does_not_hedge(text, policy):
+    # one policy for "borderline": the smallest grade of a finding (adjective "mild"), present
+    # under both uncertain policies, as the IU reports' manual tags (Cardiomegaly/borderline) read it
+    assert set(EntityExtractor(uncertain=policy)(text)) == {"cardiomegaly"}
+    if text != "Borderline heart size.":
+        assert EntityExtractor(uncertain=policy)(text) == {"cardiomegaly": E(["mild"])}
+    assert EntityExtractor(uncertain=policy)("Heart size is borderline normal.") == {}
+
+
 def test_default_policy_is_negative_and_checked():
     assert EntityExtractor().uncertain == "negative"
     with pytest.raises(ValueError, match="uncertain must be one of"):

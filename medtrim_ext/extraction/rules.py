@@ -135,9 +135,15 @@ def _conditional_qualifier(t, cls, clause):
     if cid in clause.normal_clauses:
         return None
     negating = clause.negating
-    for s, e in clause.qualifiers.get((cls, cid), ()):
+    found = clause.qualifiers.get((cls, cid), ())
+    starts = {s: k for k, (s, _) in enumerate(found)}
+    for s, e in found:
         lo, hi = (t.end, s) if s >= t.end else (e, t.start)
         if hi <= lo or negating[hi] == negating[lo]:
+            # of adjacent qualifiers the last is the head ("borderline enlarged": "enlarged");
+            # the words before it stay free to be adjectives ("borderline" -> mild)
+            while e in starts:
+                s, e = found[starts[e]]
             return s, e
     return None
 
