@@ -169,6 +169,19 @@ def test_descriptor_in_clause_without_disease_goes_forward(ex):
         "pleural effusion": E(["moderate", "small"], ["bilateral"])}
 
 
+def test_every_mention_of_a_disease_keeps_its_side(ex):
+    # IU CXR966: the right upper lobe describes both coordinated findings; the left-sided
+    # atelectasis of the next sentence adds its side to the same class
+    text = ("An element of atelectasis and infiltrate is noted involving the right upper lobe. "
+            "In addition, subsegmental atelectatic change is present overlying the left ventricle.")
+    assert ex(text) == {"lung opacity": E(["upper"], ["right"]), "atelectasis": E(["upper"], ["bilateral"])}
+    assert ex("Right upper lobe atelectasis. Left subsegmental atelectasis.") == {
+        "atelectasis": E(["upper"], ["bilateral"])}
+    # a negated coordinated finding gets nothing, and the side stays with the one present
+    assert ex("No effusion. Consolidation and atelectasis in the left base.") == {
+        "consolidation": E(["basal"], ["left"]), "atelectasis": E(["basal"], ["left"])}
+
+
 def test_descriptors_of_a_negated_finding_stay_with_it(ex):
     assert ex("Mild cardiomegaly without large right pleural effusion.") == {"cardiomegaly": E(["mild"])}
     # normal anatomy is no mention: it does not take the descriptors of a finding

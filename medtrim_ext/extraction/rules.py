@@ -162,10 +162,31 @@ def _attach_descriptors(doc, ents, record, kept, not_findings, clause, occupied)
         if any(i in occupied for i in range(start, end)):
             continue  # a word inside a disease term ("enlarged heart") is not a descriptor
         host = _host(mentions, start, end, clause, stops)
-        if host is None or (host.start, host.end) not in kept_ids:
+        if host is None:
             continue
-        cls = host.label_.split("|", 1)[1]
-        record[cls]["adjs" if kind == "A" else "dirs"].add(name)
+        for m in _coordinated(doc, mentions, host, start, clause):
+            if (m.start, m.end) in kept_ids:
+                record[m.label_.split("|", 1)[1]]["adjs" if kind == "A" else "dirs"].add(name)
+
+
+_COORDINATORS = frozenset({"and", "or", ",", "/"})
+
+
+def _coordinated(doc, mentions, host, start: int, clause):
+    """``host`` and, when the descriptor follows it, the mentions coordinated with it just before
+    ("atelectasis and infiltrate ... involving the right upper lobe": both are right-sided)."""
+    yield host
+    if host.end > start:
+        return
+    group = mentions.by_sent.get(clause.sent[host.start])
+    m = host
+    while True:
+        prev, _ = _Mentions.around(group, m.start, m.end)
+        if prev is None or prev.end > m.start or prev.end == m.start or not all(
+                doc[i].lower_ in _COORDINATORS for i in range(prev.end, m.start)):
+            return
+        yield prev
+        m = prev
 
 
 # -- clauses -----------------------------------------------------------------------------------
