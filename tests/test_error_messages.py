@@ -157,3 +157,66 @@ def test_deeply_nested_json_in_a_parquet_records_file_is_refused_by_name(tmp_pat
 
     with pytest.raises(ValueError, match="row 0: 'entities' is JSON nested too deeply"):
         load_records(path)
+
+
+def _tiny(tmp_path, *overrides):
+    from medtrim_ext.training import load_config
+
+    from training_helpers import tiny_config_file
+
+    return load_config(tiny_config_file(tmp_path), list(overrides))
+
+
+@pytest.mark.parametrize("content,match", [
+    (bytes(range(128, 256)) * 8, r"config '.*bad.yaml' is not a YAML text file \(byte 0 is not UTF-8\)"),
+    (b"data:\n  kind: phantoms\0\0\n", r"config '.*bad.yaml' is not a YAML text file \(it holds NUL"),
+    (b"a: " + b"[" * 100_000 + b"]" * 100_000, r"config .*bad.yaml: YAML nested too deeply"),
+])
+def test_a_binary_or_deeply_nested_config_is_refused_by_name(tmp_path, capsys, content, match):
+    from medtrim_ext.apps.cli import main
+    from medtrim_ext.training import load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+    assert main(["train", "--config", str(path), "--no-eval", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_out_dir_that_cannot_be_created_is_named(tmp_path, capsys):
+    from medtrim_ext.apps.cli import main
+    from medtrim_ext.training import train
+
+    # the trainer itself (root passes the folder check of `medtrim train`: /proc is "writable")
+    with pytest.raises(ValueError, match=r"train.out_dir '/proc/medtrim-x' cannot be created"):
+        train(_tiny(tmp_path, "train.out_dir=/proc/medtrim-x"))
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--no-eval",
+                 "train.out_dir=/proc/medtrim-x/run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.out_dir '/proc/medtrim-x/run'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path, capsys, below):
+    from medtrim_ext.apps.cli import main
+    from medtrim_ext.datasets.base import resolve_records
+    from medtrim_ext.datasets.entity_cache import EntityCache
+    from medtrim_ext.training import train
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cache_dir = afile / below if below else afile
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"data.cache_dir '.*afile.*' must be a folder, but .*is a file"):
+        train(_tiny(tmp_path, "data.entities=extracted", f"data.cache_dir={cache_dir}", f"train.out_dir={run}"))
+    assert not run.exists()
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--no-eval", "data.entities=extracted",
+                 f"data.cache_dir={cache_dir}", f"train.out_dir={run}"]) == 2
+    assert "data.cache_dir" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"cache_dir '.*afile.*' must be a folder"):
+        resolve_records("extracted", ["a"], ["No acute findings."], cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=r"entity cache '.*afile.*entities.parquet': a path above it is a file"):
+        EntityCache(cache_dir / "entities.parquet")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..utils.checks import check_int
+from ..utils.checks import check_folder_path, check_int
 from .transforms import ImageTransform
 
 SPLITS = ("train", "validate", "test")
@@ -134,6 +134,8 @@ def resolve_records(entities: str, study_ids: Sequence[str], reports: Sequence[s
         if ground_truth is None:
             raise ValueError(f"{where} has no ground-truth records: use entities='extracted'")
         return [dict(r) for r in ground_truth]
+    if cache_dir is not None:
+        check_folder_path(cache_dir, "cache_dir")
     cache = EntityCache(None if cache_dir is None else Path(cache_dir) / "entities.parquet")
     return cache.records_for(study_ids, reports, extractor=extractor, progress=progress,
                              n_process=n_process)

@@ -94,6 +94,9 @@ class EntityCache:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
+        except NotADirectoryError:   # a file where a folder above the cache should be
+            raise ValueError(f"entity cache {str(self.path)!r}: a path above it is a file, not a "
+                             "folder") from None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _read(self) -> dict:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.checks import check_int, parse_device
+from ..utils.checks import check_folder_path, check_int, parse_device
 from .config import Config
 from .distributed import DistContext, barrier
 
@@ -45,6 +45,8 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
     from ..datasets import load_dataset
 
     d = cfg.data
+    if d.entities == "extracted" and d.cache_dir:   # named by its key, before any extraction
+        check_folder_path(d.cache_dir, "data.cache_dir")
     options = dict(d.options)
     if d.kind == "phantoms":
         # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split

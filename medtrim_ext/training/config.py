@@ -508,7 +508,7 @@ def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
               path.stem if path.parent.name == "configs" and path.suffix == ".yaml" and path.stem in presets
               else None)
     if path.is_file():
-        text, where = path.read_text(encoding="utf-8"), str(path)
+        text, where = _read_text(path), str(path)
     elif preset is not None:
         res = resources.files("medtrim_ext") / "data" / "configs" / f"{preset}.yaml"
         text, where = res.read_text(encoding="utf-8"), f"preset {preset!r}"
@@ -519,7 +519,26 @@ def read_config_file(path_or_preset: str | Path) -> tuple[dict, str]:
         data = yaml.load(text, Loader=_yaml_loader()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"config {where}: not valid YAML ({exc})") from None
+    except RecursionError:   # [[[[...: the YAML composer recurses once per level
+        raise ValueError(f"config {where}: YAML nested too deeply to read") from None
     return data, where
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text; one that cannot be read or is not UTF-8 text (a binary file given as
+    --config) raises a ValueError naming it, not a bare UnicodeDecodeError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"config {str(path)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config {str(path)!r} is not a YAML text file (byte {exc.start} is not "
+                         "UTF-8)") from None
+    if "\0" in text:
+        raise ValueError(f"config {str(path)!r} is not a YAML text file (it holds NUL bytes)")
+    return text
 
 
 def upgrade_config_dict(data: dict) -> dict:

@@ -60,6 +60,17 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
+def _create_out_dir(make, path: Path):
+    """``make(path)``; an OSError as a ValueError naming train.out_dir: a folder check cannot see
+    that ``/proc/x`` cannot be made (root may write /proc, yet mkdir there fails)."""
+    try:
+        return make(path)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise ValueError(f"train.out_dir {str(path)!r} cannot be created: "
+                         f"{exc.strerror or exc}{where}") from None
+
+
 class Trainer:
     """Builds every part of a run from a :class:`Config` and trains it (see :func:`train`)."""
 
@@ -108,13 +119,13 @@ class Trainer:
                              f"{len(self.dataset)} samples of the {cfg.data.train_split!r} split")
 
         if fresh_dir:  # the main process takes the folder (another run may have taken the name)
-            name = str(claim_new_dir(self.out_dir)) if self.main else None
+            name = str(_create_out_dir(claim_new_dir, self.out_dir)) if self.main else None
             name = broadcast_object(name, self.ctx)
             if name != str(self.out_dir):
                 cfg = replace(cfg, train={"out_dir": name})
                 self.cfg, self.out_dir = cfg, Path(name)
         if self.main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _create_out_dir(lambda p: p.mkdir(parents=True, exist_ok=True), self.out_dir)
             # one run per folder: a second run refuses before it writes anything
             self._run_lock = lock_run_dir(self.out_dir)
             if self.state is None:  # a continued run's config.json changes once its state has loaded

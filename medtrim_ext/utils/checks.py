@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,20 @@ def parse_device(name, what: str = "device") -> torch.device:
         return torch.device(name)
     except (RuntimeError, TypeError, ValueError):
         raise ValueError(f"{what} must be cpu, cuda, cuda:N, mps or auto, got {name!r}") from None
+
+
+def check_folder_path(path, what: str) -> Path:
+    """``path`` as a Path that is, or could become, a folder: neither it nor any folder above it
+    is an existing non-folder (a ValueError naming ``what``; NotADirectoryError otherwise surfaces
+    deep inside the first write). Nothing is created; write access is not checked."""
+    path = Path(path)
+    above = path
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if os.path.lexists(above) and not above.is_dir():
+        where = "it" if above == path else f"{str(above)!r} above it"
+        raise ValueError(f"{what} {str(path)!r} must be a folder, but {where} is a file")
+    return path
 
 
 def parse_json(text: str, where: str):
