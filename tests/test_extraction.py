@@ -254,6 +254,24 @@ def test_conditional_anatomy_needs_an_abnormal_qualifier(ex):
         "pleural effusion": E(["large"])}
 
 
+@pytest.mark.parametrize("text", [
+    "Mild collapse of the T8 vertebral body.",
+    "Collapsed L1 vertebra.",
+    "Vertebral body collapse in the lower thoracic spine.",
+    "Compression of a vertebral body.",
+])
+def test_vertebral_collapse_is_not_atelectasis(ex, text):
+    # anatomy decides the class: a collapsed vertebra is a deformity, not a collapsed lung
+    assert ex(text) == {}
+
+
+def test_lung_collapse_stays_atelectasis(ex):
+    assert ex("Left lower lobe collapse.") == {"atelectasis": E(["lower"], ["left"])}
+    assert ex("Collapse of a midthoracic vertebral body, and left lower lobe collapse.") == {
+        "atelectasis": E(["lower"], ["left"])}
+    assert ex("Complete collapse of the right lung.") == {"atelectasis": E(dirs=["right"])}
+
+
 def test_terms_that_are_not_findings_block_shorter_ones(ex):
     assert ex("Small pericardial effusion.") == {}
     assert ex("Calcified granuloma in the right upper lobe.") == {}

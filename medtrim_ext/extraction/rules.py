@@ -11,6 +11,7 @@ record as the extractor returns it (:func:`finish_record`).
 from __future__ import annotations
 
 import bisect
+import re
 
 UNCERTAIN_POLICIES = ("positive", "negative")
 # Longest run of tokens analysed as one sentence. ConText compares every pair of modifiers of a
@@ -27,6 +28,13 @@ FIELD_NEGATIVE_VALUES = frozenset({
     "none", "absent", "negative", "no", "nil", "not seen", "not present", "not identified",
     "not visualized", "not visible", "none seen", "none identified", "resolved"})
 _FIELD_LIST_WORDS = frozenset({",", "and", "or", "/"})
+# Anatomy decides the class: "collapse" is atelectasis in a lung, but "collapse of the T8
+# vertebral body" is a vertebral (compression-type) deformity, which is no class of its own here
+# (as "compression deformity" in the ontology's not_findings): such a mention does not count.
+COLLAPSE_TERMS = frozenset({"collapse", "collapsed", "collapsing"})
+SPINE_WORDS = frozenset({"vertebra", "vertebrae", "vertebral", "spine", "spinal", "endplate",
+                         "endplates", "lumbar", "thoracolumbar", "vertebroplasty", "kyphoplasty"})
+_SPINE_LEVEL = re.compile(r"^[tl]-?(?:[1-9]|1[0-2])$")
 
 
 def sentence_ids(doc) -> list[int]:
@@ -80,6 +88,7 @@ def _counted_mentions(ents, clause, occupied: set, count_uncertain: bool):
     mentions that are no mention at all (no qualifier). ``occupied`` gains the qualifiers' tokens."""
     kept, not_findings = [], set()
     ent_at = {m.start: m.end for m in ents}  # mention start -> end, for field names in a list
+    spine_clauses = None  # clause ids naming the spine, found once when a "collapse" needs them
     for t in ents:
         kind, cls = t.label_.split("|", 1)
         if kind == "C":
@@ -92,6 +101,12 @@ def _counted_mentions(ents, clause, occupied: set, count_uncertain: bool):
             continue
         if _negative_field_value(t, ent_at, clause.sent):
             continue
+        if t.text.lower() in COLLAPSE_TERMS:
+            if spine_clauses is None:
+                spine_clauses = {clause.ids[tok.i] for tok in t.doc
+                                 if tok.lower_ in SPINE_WORDS or _SPINE_LEVEL.match(tok.lower_)}
+            if clause.ids[t.start] in spine_clauses:
+                continue
         if t._.is_uncertain and not count_uncertain:
             continue
         kept.append((t, cls))
