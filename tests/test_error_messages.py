@@ -220,3 +220,89 @@ def test_a_cache_dir_that_is_a_file_is_named(tmp_path, capsys, below):
         resolve_records("extracted", ["a"], ["No acute findings."], cache_dir=cache_dir)
     with pytest.raises(ValueError, match=r"entity cache '.*afile.*entities.parquet': a path above it is a file"):
         EntityCache(cache_dir / "entities.parquet")
+
+
+# -- outputs: a full disk or a place where no file can be made --------------------------------------
+class _FullDiskFile:
+    """A file whose writes fail as on a full disk (ENOSPC), whatever the buffering."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_full_disk_names_the_output_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch,
+                                                                 where, existing):
+    import errno
+
+    from medtrim_ext.apps.cli import main
+    from medtrim_ext.utils import io as mio
+
+    records = _records(tmp_path)
+    out = tmp_path / "out" / "triplets.csv"
+    out.parent.mkdir()
+    if existing:
+        out.write_text("previous\n")
+    if where == "write":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(mio.os, "fdopen", lambda *a, **k: _FullDiskFile(real_fdopen(*a, **k)))
+    else:
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(mio.os, "fsync", full)
+    assert main(["mine", str(records), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {str(out)!r}: No space left on device" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.parent.iterdir()) == (["triplets.csv"] if existing else [])
+    if existing:
+        assert out.read_text() == "previous\n"
+    with pytest.raises(OSError) as info:   # still an OSError with its errno, for callers
+        with mio.atomic_write(out) as f:
+            f.write("x" * 100)
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, ValueError)
+
+
+def test_other_oserrors_of_the_callers_block_are_left_alone(tmp_path):
+    from medtrim_ext.utils.io import atomic_write
+
+    out = tmp_path / "out.txt"
+    with pytest.raises(FileNotFoundError):
+        with atomic_write(out) as f:
+            f.write("x")
+            open(tmp_path / "missing")   # the caller's own error, not the output's
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/version"), reason="needs Linux's /proc")
+def test_mine_to_proc_version_is_refused_by_name(tmp_path, capsys):
+    from medtrim_ext.apps.cli import main
+
+    before = open("/proc/version").read()
+    assert main(["mine", str(_records(tmp_path)), "-o", "/proc/version", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'/proc/version'" in err and "Traceback" not in err
+    assert open("/proc/version").read() == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_mine_to_dev_full_is_refused_by_name(tmp_path, capsys):
+    from medtrim_ext.apps.cli import main
+
+    assert main(["mine", str(_records(tmp_path)), "-o", "/dev/full", "--no-progress"]) == 2
+    assert "cannot write '/dev/full': No space left on device" in capsys.readouterr().err

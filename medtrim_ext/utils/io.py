@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -310,24 +311,63 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
     if direct:
         # a device or a pipe cannot be replaced by a rename (and must not be: /dev/stdout); append,
         # so that a file behind /dev/stdout keeps what the process wrote to it before
-        with open(path, mode.replace("w", "a"), **open_kwargs) as f:
-            yield f
+        in_body = False
+        try:
+            with open(path, mode.replace("w", "a"), **open_kwargs) as f:
+                in_body = True
+                yield f
+                in_body = False
+        except OSError as exc:   # /dev/full: ENOSPC
+            if isinstance(exc, OutputWriteError) or (in_body and exc.errno not in _WRITE_ERRNOS):
+                raise
+            raise OutputWriteError(path, exc, in_place=True) from None
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_before_write(target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _clean_before_write(target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")
+    except OSError as exc:   # /proc/version: root may "write" /proc, but no file can be made there
+        raise OutputWriteError(path, exc, f"no file can be created in {str(target.parent)!r}") from None
+    in_body = False
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             # mkstemp creates 0600: keep the replaced file's mode, else what open would give
             os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~current_umask())
+            in_body = True
             yield f
+            in_body = False
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        # a full disk (ENOSPC) while writing: named, and the old file (or none) is left in place;
+        # other OSErrors of the caller's own code inside the block stay as they are
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError) and (
+                not in_body or exc.errno in _WRITE_ERRNOS):
+            raise OutputWriteError(path, exc) from None
         raise
+
+
+# errors of writing itself, whichever call inside an atomic_write block meets them
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
+
+
+class OutputWriteError(OSError, ValueError):
+    """An output that could not be written (full disk, a folder where no file can be made): an
+    OSError with the original errno, and a ValueError whose message names the output, so that the
+    command line reports it in one line (exit 2) instead of a traceback."""
+
+    def __init__(self, path, exc: OSError, why: str | None = None, in_place: bool = False):
+        reason = exc.strerror or str(exc)
+        # a replaced file is left as it was; a device or pipe written in place may hold a part
+        kept = "" if in_place else "; it was left as it was"
+        super().__init__(f"cannot write {str(path)!r}: {why + ': ' if why else ''}{reason}{kept}")
+        self.errno, self.strerror, self.filename = exc.errno, exc.strerror, str(path)
+
+    def __str__(self) -> str:   # OSError's would be "[Errno ...]" only when built with an errno
+        return self.args[0]
 
 
 def _write_stdout(mode: str, open_kwargs: dict) -> Iterator:
