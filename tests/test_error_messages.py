@@ -269,6 +269,7 @@ def test_a_full_disk_names_the_output_and_leaves_no_partial_file(tmp_path, capsy
     assert main(["mine", str(records), "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {str(out)!r}: No space left on device" in err and "Traceback" not in err
+    assert ("it was left as it was" if existing else "nothing was written") in err
     assert sorted(p.name for p in out.parent.iterdir()) == (["triplets.csv"] if existing else [])
     if existing:
         assert out.read_text() == "previous\n"
@@ -298,6 +299,10 @@ def test_mine_to_proc_version_is_refused_by_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'/proc/version'" in err and "Traceback" not in err
     assert open("/proc/version").read() == before
+    # a command writing into a folder that cannot be made there
+    assert main(["mine-demo", "--n", "16", "--out", "/proc/medtrim-x", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write '/proc/medtrim-x/" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

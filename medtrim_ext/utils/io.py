@@ -327,7 +327,8 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         _clean_before_write(target)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")
     except OSError as exc:   # /proc/version: root may "write" /proc, but no file can be made there
-        raise OutputWriteError(path, exc, f"no file can be created in {str(target.parent)!r}") from None
+        raise OutputWriteError(path, exc, f"no file can be created in {str(target.parent)!r}",
+                               existed=st is not None) from None
     in_body = False
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
@@ -346,7 +347,7 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         # other OSErrors of the caller's own code inside the block stay as they are
         if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError) and (
                 not in_body or exc.errno in _WRITE_ERRNOS):
-            raise OutputWriteError(path, exc) from None
+            raise OutputWriteError(path, exc, existed=st is not None) from None
         raise
 
 
@@ -359,10 +360,11 @@ class OutputWriteError(OSError, ValueError):
     OSError with the original errno, and a ValueError whose message names the output, so that the
     command line reports it in one line (exit 2) instead of a traceback."""
 
-    def __init__(self, path, exc: OSError, why: str | None = None, in_place: bool = False):
+    def __init__(self, path, exc: OSError, why: str | None = None, in_place: bool = False,
+                 existed: bool = False):
         reason = exc.strerror or str(exc)
         # a replaced file is left as it was; a device or pipe written in place may hold a part
-        kept = "" if in_place else "; it was left as it was"
+        kept = "" if in_place else "; it was left as it was" if existed else "; nothing was written"
         super().__init__(f"cannot write {str(path)!r}: {why + ': ' if why else ''}{reason}{kept}")
         self.errno, self.strerror, self.filename = exc.errno, exc.strerror, str(path)
 
