@@ -177,6 +177,9 @@ def test_every_mention_of_a_disease_keeps_its_side(ex):
     assert ex(text) == {"lung opacity": E(["upper"], ["right"]), "atelectasis": E(["upper"], ["bilateral"])}
     assert ex("Right upper lobe atelectasis. Left subsegmental atelectasis.") == {
         "atelectasis": E(["upper"], ["bilateral"])}
+    # a descriptor in a clause of its own describes the nearest finding only
+    assert ex("Right lower lung linear atelectasis and cardiomegaly, mild.") == {
+        "cardiomegaly": E(["mild"]), "atelectasis": E(["linear", "lower"], ["right"])}
     # a negated coordinated finding gets nothing, and the side stays with the one present
     assert ex("No effusion. Consolidation and atelectasis in the left base.") == {
         "consolidation": E(["basal"], ["left"]), "atelectasis": E(["basal"], ["left"])}

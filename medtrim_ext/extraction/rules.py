@@ -188,10 +188,11 @@ _COORDINATORS = frozenset({"and", "or", ",", "/"})
 
 
 def _coordinated(doc, mentions, host, start: int, clause):
-    """``host`` and, when the descriptor follows it, the mentions coordinated with it just before
-    ("atelectasis and infiltrate ... involving the right upper lobe": both are right-sided)."""
+    """``host`` and, when the descriptor follows it in its own clause, the mentions coordinated
+    with it just before ("atelectasis and infiltrate ... involving the right upper lobe": both
+    are right-sided; in "atelectasis and cardiomegaly, mild" "mild" is the cardiomegaly's only)."""
     yield host
-    if host.end > start:
+    if host.end > start or clause.ids[host.start] != clause.ids[start]:
         return
     group = mentions.by_sent.get(clause.sent[host.start])
     m = host
