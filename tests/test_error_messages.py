@@ -4,6 +4,7 @@ file (issue 24, item 16): no raw traceback, no message that points at the wrong 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,7 +225,8 @@ def test_a_cache_dir_that_is_a_file_is_named(tmp_path, capsys, below):
 
 # -- outputs: a full disk or a place where no file can be made --------------------------------------
 class _FullDiskFile:
-    """A file whose writes fail as on a full disk (ENOSPC), whatever the buffering."""
+    """A file whose writes fail as on a full disk (ENOSPC) once half of the data got in (what
+    the disk took stays in the file)."""
 
     def __init__(self, f):
         self._f = f
@@ -232,6 +234,8 @@ class _FullDiskFile:
     def write(self, data):
         import errno
 
+        self._f.write(data[: len(data) // 2])
+        self._f.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def __getattr__(self, name):
@@ -311,3 +315,43 @@ def test_mine_to_dev_full_is_refused_by_name(tmp_path, capsys):
 
     assert main(["mine", str(_records(tmp_path)), "-o", "/dev/full", "--no-progress"]) == 2
     assert "cannot write '/dev/full': No space left on device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows_before", [0, 1])
+def test_a_full_disk_while_logging_names_metrics_csv_and_leaves_no_torn_row(tmp_path, monkeypatch,
+                                                                           rows_before):
+    import builtins
+
+    from medtrim_ext.training import logger as logger_module
+    from medtrim_ext.training.logger import RunLogger
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    for step in range(1, rows_before + 1):
+        log.log(step, {"loss": 0.5})
+    before = log.path.read_bytes() if log.path.exists() else None
+    real_open = builtins.open
+    monkeypatch.setattr(logger_module, "open",
+                        lambda *a, **k: _FullDiskFile(real_open(*a, **k)), raising=False)
+    with pytest.raises(ValueError, match=r"cannot write '.*metrics.csv': No space left on device"):
+        log.log(rows_before + 1, {"loss": 0.25})
+    assert (log.path.read_bytes() if log.path.exists() else None) == before
+    monkeypatch.undo()
+    log.log(rows_before + 1, {"loss": 0.25})   # room again: the log goes on, header and all
+    assert log.path.read_text().splitlines()[0] == "step,loss"
+    assert len(log.path.read_text().splitlines()) == rows_before + 2
+
+
+def test_a_full_disk_while_saving_the_tokenizer_is_named(tmp_path, monkeypatch):
+    import errno
+
+    from medtrim_ext.models.tokenization import save_tokenizer
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            (Path(folder) / "vocab.txt").write_text("[PAD]\n")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "tokenizer"
+    with pytest.raises(ValueError, match=r"cannot write '.*tokenizer': No space left on device"):
+        save_tokenizer(Tokenizer(), out)
+    assert list(tmp_path.iterdir()) == []

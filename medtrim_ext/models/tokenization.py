@@ -104,7 +104,7 @@ def _vocabulary(corpus, normalizer, pre_tokenizer, vocab_size: int, min_frequenc
 def save_tokenizer(tokenizer, out_dir) -> Path:
     """``tokenizer.save_pretrained`` into a temporary sibling folder, then rename it to
     ``out_dir`` (replacing an existing one), so no reader ever sees a half-written tokenizer."""
-    from ..utils.io import make_temp_dir
+    from ..utils.io import OutputWriteError, make_temp_dir
 
     out = Path(out_dir)
     tmp = make_temp_dir(out)   # 0777 less the umask, not mkdtemp's 0700
@@ -118,10 +118,12 @@ def save_tokenizer(tokenizer, out_dir) -> Path:
             os.rmdir(old)
             os.replace(out, old)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists() and not out.exists():
             os.replace(old, out)  # put the previous tokenizer back
+        if isinstance(exc, OSError) and not isinstance(exc, OutputWriteError):   # a full disk
+            raise OutputWriteError(out, exc, existed=out.exists()) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import warnings
 from pathlib import Path
 
-from ..utils.io import atomic_write
+from ..utils.io import OutputWriteError, atomic_write
 
 
 class RunLogger:
@@ -93,11 +95,20 @@ class RunLogger:
             self._rewrite_with(self._fields + extra)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new_file = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self._fields)
-            if new_file:
-                w.writeheader()
-            w.writerow(row)
+        size = 0 if new_file else self.path.stat().st_size
+        try:
+            with open(self.path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self._fields)
+                if new_file:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as exc:   # a full disk: named, and no torn row left for the next reader
+            with contextlib.suppress(OSError):
+                if new_file:   # an empty file would be taken for one with its header
+                    self.path.unlink()
+                else:
+                    os.truncate(self.path, size)
+            raise OutputWriteError(self.path, exc, existed=not new_file) from None
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
