@@ -260,3 +260,28 @@ def test_a_second_run_in_a_busy_folder_refuses_naming_the_holder(tmp_path):
     with pytest.raises(ValueError, match="data.kind must be one of"):
         train(_cfg(tmp_path, f"train.out_dir={run}", "data.kind=manifst"))
     assert train(_cfg(tmp_path, f"train.out_dir={run}", "train.steps=4"))["resumed_from"] == 3
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
+    """DataLoader workers are forked children; they shared the run's flock and kept a SIGKILLed
+    run's folder locked until they noticed and exited, so a resume right away was refused."""
+    import subprocess
+    import sys
+
+    from medtrim_ext.training.rundir import lock_run_dir
+
+    code = ("import os, sys, time\nfrom medtrim_ext.training.rundir import lock_run_dir\n"
+            "lock = lock_run_dir(sys.argv[1])\n"
+            "child = os.fork()\n"
+            "if child == 0:   # lets go of the captured output, or run() would wait for it\n"
+            "    null = os.open(os.devnull, os.O_WRONLY)\n    os.dup2(null, 1)\n    os.dup2(null, 2)\n"
+            "    time.sleep(30)\n    os._exit(0)\n"
+            "print(child, flush=True)\nos._exit(0)   # the run dies; its child lives on\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    child = int(out.split()[0])
+    try:
+        os.kill(child, 0)   # still alive
+        lock_run_dir(tmp_path).release()   # before: "is in use by another run"
+    finally:
+        os.kill(child, 9)

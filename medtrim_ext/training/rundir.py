@@ -61,17 +61,40 @@ def default_out_dir(kind: str, root: Path = DEFAULT_RUNS_ROOT, now: float | None
 RUN_LOCK_NAME = ".run.lock"
 
 
+# the run locks this process holds. A flock belongs to the open file, which fork shares: a forked
+# child (a DataLoader worker) would keep a killed run's folder locked until it noticed and exited,
+# so a resume right after SIGKILL was refused. Children close their copies as they start.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_run_locks_in_child() -> None:
+    for fd in _HELD_LOCK_FDS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_run_locks_in_child)
+
+
 class RunLock:
     """An exclusive hold on a run folder (see :func:`lock_run_dir`); :meth:`release` lets it go
     (so does the end of the process)."""
 
     def __init__(self, fd: int | None):
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        if fd is not None:
+            _HELD_LOCK_FDS.add(fd)
 
     def release(self) -> None:
-        if self._fd is not None:
+        # in a forked child the descriptor is already closed (and its number may be reused)
+        if self._fd is not None and self._pid == os.getpid():
+            _HELD_LOCK_FDS.discard(self._fd)
             os.close(self._fd)   # closing releases the flock
-            self._fd = None
+        self._fd = None
 
     __del__ = release
 
