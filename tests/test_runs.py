@@ -249,8 +249,9 @@ def test_a_second_run_in_a_busy_folder_refuses_naming_the_holder(tmp_path):
     # another process sees the lock as well (flock), with the holder's process id
     code = ("import sys\nfrom medtrim_ext.training.rundir import lock_run_dir\n"
             "try:\n    lock_run_dir(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n")
+    # cwd: not the repository root, whose source folder (no compiled _C) would shadow the install
     out = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout
     assert f"in use by another run (process {os.getpid()}" in out, out
     result = first.fit()   # a finished run lets the folder go: continuing it works
     assert result["steps"] == 2
@@ -278,7 +279,7 @@ def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
             "    time.sleep(30)\n    os._exit(0)\n"
             "print(child, flush=True)\nos._exit(0)   # the run dies; its child lives on\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd=tmp_path).stdout
     child = int(out.split()[0])
     try:
         os.kill(child, 0)   # still alive
