@@ -119,23 +119,12 @@ def _mining_ids(anchors, candidates) -> tuple[list, list]:
     return anchor_ids, (anchor_ids if candidates is anchors else key_ids(candidates, 1))
 
 
-def _bar(iterable, enabled: bool, **kwargs):
-    """``tqdm(iterable)`` when asked for and installed (tqdm is not a core dependency): the core
-    commands run without it, with no bar."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return iterable
-        return tqdm(iterable, **kwargs)
-    return iterable
-
-
 def cmd_mine(args) -> int:
     from ..entities.meta_entities import MetaEntities
     from ..utils.io import (STDOUT, atomic_write, check_not_input, check_writable, escape_csv_cell,
                             is_stream_output, load_records)
     from ..mining.miner import Triplets
+    from ..utils.progress import progress_bar
 
     check_writable(args.output, "output")   # before any work
     check_not_input(args.output, {"records": args.records, "--candidates": args.candidates})
@@ -157,8 +146,8 @@ def cmd_mine(args) -> int:
     # one draw for the whole file, so the result does not depend on the chunk size
     draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
     parts = []
-    for start in _bar(range(0, len(anchors), args.chunk_size), not args.no_progress, desc="mining",
-                      unit="chunk"):
+    for start in progress_bar(range(0, len(anchors), args.chunk_size), enabled=not args.no_progress,
+                              desc="mining", unit="chunk"):
         sl = slice(start, start + args.chunk_size)
         t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t,
                   draw=draw.rows(sl))
