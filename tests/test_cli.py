@@ -29,7 +29,7 @@ def test_atomic_write_keeps_old_file_on_error(tmp_path):
 
 def test_read_records_formats_and_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{}, {"edema": {"adjs": ["mild"]}}]))
-    assert read_records(tmp_path / "a.json") == ([{}, {"edema": {"adjs": ["mild"]}}], [0, 1])
+    assert read_records(tmp_path / "a.json") == ([{}, {"edema": {"adjs": ["mild"]}}], ["#0", "#1"])
     (tmp_path / "b.jsonl").write_text('{"id": "s1", "entities": {}}\n\n{"id": "s2", "entities": {"edema": {}}}\n')
     assert read_records(tmp_path / "b.jsonl") == ([{}, {"edema": {}}], ["s1", "s2"])
     (tmp_path / "bad.jsonl").write_text('{}\n{oops\n')
@@ -137,7 +137,7 @@ def test_mine_candidates_file_is_its_own_id_space(tmp_path, capsys):
     assert main(["mine", str(tmp_path / "a.json"), "--candidates", str(tmp_path / "c.jsonl"),
                  "-o", str(out), "--device", "cpu"]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [r["positive_id"] for r in rows] == ["0", "1", "2"]  # each anchor's identical copy
+    assert [r["positive_id"] for r in rows] == ["#0", "#1", "#2"]  # each anchor's identical copy
     assert all(float(r["positive_score"]) == 1.0 for r in rows[:2])
     # given ids are one space across the files: the same study never pairs with itself
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"id": f"s{k}", "entities": r}) + "\n"
@@ -154,7 +154,7 @@ def test_mine_candidates_file_is_its_own_id_space(tmp_path, capsys):
                                               for k, r in enumerate(anchors)))
     assert main(["mine", str(tmp_path / "a3.jsonl"), "--candidates", str(tmp_path / "c.jsonl"),
                  "-o", str(out), "--device", "cpu"]) == 0
-    assert [r["positive_id"] for r in csv.DictReader(out.open())] == ["0", "1", "2"]
+    assert [r["positive_id"] for r in csv.DictReader(out.open())] == ["#0", "#1", "#2"]
     # the same file as --candidates is self-mining: a record never pairs with itself
     assert main(["mine", str(tmp_path / "c.jsonl"), "--candidates", str(tmp_path / "c.jsonl"),
                  "-o", str(out), "--device", "cpu"]) == 0

@@ -314,7 +314,7 @@ def test_manifest_parquet_labels_and_absolute_paths(tmp_path, extractor):
     ds = ManifestDataset(tmp_path / "m.parquet", image_size=16, extractor=extractor, progress=False,
                          label_columns=["Cardiomegaly", "Edema"])
     check_dataset(ds, (1, 16, 16))
-    assert ds.study_ids == ["0", "1"] and ds.attributes is None
+    assert ds.study_ids == ["#0", "#1"] and ds.attributes is None
     assert ds.records[0] == {"pleural effusion": {"adjs": ["small"], "dirs": ["left"]}} and ds.records[1] == {}
     assert ds.label_names == ["Cardiomegaly", "Edema"]
     assert ds.labels[0].tolist() == [1.0, 0.0] and all(math.isnan(v) for v in ds.labels[1].tolist())

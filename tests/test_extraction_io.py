@@ -60,7 +60,7 @@ def test_parquet_with_report_column_and_no_ids(tmp_path):
     p = tmp_path / "r.parquet"
     pd.DataFrame({"report": ["FINDINGS: edema.", "normal"]}).to_parquet(p)
     r = read_reports(p)
-    assert r.ids == ["0", "1"] and r.texts == ["FINDINGS: edema.", "normal"]
+    assert r.ids == ["#0", "#1"] and r.texts == ["FINDINGS: edema.", "normal"]
 
 
 def test_table_errors(tmp_path):

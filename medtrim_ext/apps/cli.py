@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "impression, else report / text / report_text)")
     p.add_argument("--id-column", metavar="NAME",
                    help="CSV/Parquet: the column holding the study ids (default: study_id / id / uid / "
-                        "report_id / filename / path, else the row number)")
+                        "report_id / filename / path, else generated: #<row>); an id given twice is an error")
     p.add_argument("--follow-links", action="store_true",
                    help="report folders: read files reached through links that lead outside the folder "
                         "(default: skip them with a warning)")

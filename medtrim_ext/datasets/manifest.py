@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..utils.ids import id_text, item_id, resolve_ids
 from ..utils.io import read_parquet_columns
 from .base import (DEFAULT_SPLIT_FRACTIONS, ReportImageDataset, check_split_fractions, hash_split,
                    labels_tensor, load_image, normalize_split, resolve_records)
@@ -149,9 +150,12 @@ def index_manifest(path, split: str | None = None, *, image_column: str | None =
     if img_col is None:
         raise ValueError(f"manifest {str(path)!r} needs an image column ({' / '.join(IMAGE_COLUMNS)}); "
                          f"it has {list(df.columns)}")
-    reports = read_reports(path)  # texts, with findings / impression joined like the extractor expects
+    reports = read_reports(path, allow_repeated_ids=True)  # texts, with findings / impression joined like the extractor expects
     id_col = cols.first(ID_COLUMNS)
-    ids = [str(v) for v in df[id_col]] if id_col is not None else [str(k) for k in range(len(df))]
+    # the one id rule (utils/ids.py); repeats are several images of one study
+    ids, _ = resolve_ids(list(df[id_col]) if id_col is not None else [None] * len(df),
+                         [f"row {k}" for k in range(len(df))], f"manifest {str(path)!r}",
+                         allow_repeats=True)
     rows, split, source, fractions = _split_rows(cols, ids, split, split_fractions)
     image_paths = _image_paths(df, img_col, rows, path)
     labels, names = None, ()
@@ -181,16 +185,23 @@ def read_ground_truth(attributes, manifest: Path, study_ids: Sequence[str]):
         lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ValueError(f"cannot read attributes file {str(p)!r}: {exc}") from None
-    by_id = {}
+    by_id, line_of = {}, {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            by_id[str(item["study_id"])] = (item["attributes"], item["records"])
-        except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+            sid = id_text(item_id(item, f"{p}:{lineno}"), f"{p}:{lineno}")
+            if sid is None:
+                raise KeyError("study_id")
+            value = (item["attributes"], item["records"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"{p}:{lineno}: expected a JSON object with study_id, attributes "
                              f"and records ({exc})") from None
+        if sid in by_id:   # one study, two truths: which one was rendered is unknown
+            raise ValueError(f"attributes file {str(p)!r}: study id {sid!r} is given twice, at line "
+                             f"{line_of[sid]} and at line {lineno}")
+        by_id[sid], line_of[sid] = value, lineno
     absent = [s for s in study_ids if s not in by_id]
     if absent:
         raise ValueError(f"attributes file {str(p)!r} lacks {len(absent)} study id(s) of the "
@@ -205,7 +216,8 @@ class ManifestDataset(ReportImageDataset):
     ``filename``, ``file``), relative to the manifest's folder or absolute; the report
     (``report``, ``text``, ``report_text``, or ``findings`` and/or ``impression``, read by
     :func:`medtrim_ext.extraction.read_reports`); optional ``study_id`` (also ``id``, ``uid``;
-    default: the row number), ``patient_id`` (also ``subject_id``, ``patient``) and ``split``
+    missing: ``"#<row>"``; repeated: one study with several images, see
+    :mod:`medtrim_ext.utils.ids`), ``patient_id`` (also ``subject_id``, ``patient``) and ``split``
     (train / validate / test; also val, valid, validation, dev, training, testing).
 
     Without a ``split`` column, ``split`` selects the rows whose patient id (else study id, for

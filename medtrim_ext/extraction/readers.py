@@ -47,13 +47,13 @@ class Reports:
 
 
 def read_reports(path, *, text_column: str | None = None, id_column: str | None = None,
-                 max_report_bytes: int = MAX_REPORT_BYTES, follow_links: bool = False) -> Reports:
+                 max_report_bytes: int = MAX_REPORT_BYTES, follow_links: bool = False,
+                 allow_repeated_ids: bool = False) -> Reports:
     """Read reports from ``path``, by its kind:
 
     - ``.csv`` / ``.parquet``: the ``text_column`` if given (e.g. ``"radiology_report"``), else a
       ``findings`` and/or ``impression`` column, else a ``report`` (``text``, ``report_text``)
-      column; ids from ``id_column`` if given, else ``study_id`` / ``id`` / ... (else the row
-      number). Column names match exactly, else up to case and surrounding spaces; a named column
+      column; ids from ``id_column`` if given, else ``study_id`` / ``id`` / ... Column names match exactly, else up to case and surrounding spaces; a named column
       that is not there raises ``ValueError`` listing the table's columns. A list-valued Parquet
       cell (a report stored as its sentences) is joined with line breaks;
     - a folder of ``.txt`` files (the MIMIC-CXR ``files/p10/p10000032/s5....txt`` tree); ids are
@@ -70,6 +70,12 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
     ``follow_links=True``; a folder holding both ``.txt`` and ``.xml`` reports is refused (say which
     kind is meant by pointing at a folder of one kind). A report file or archive member larger
     than ``max_report_bytes`` raises ``ValueError`` naming it.
+
+    Ids follow one rule for every source (:mod:`medtrim_ext.utils.ids`): a report without an id
+    (an empty cell, no id column) gets a generated ``"#<row>"`` that no given id equals, and an id
+    given twice (two table rows, ``p10/.../s1.txt`` and ``p11/.../s1.txt``, two archive members)
+    raises ``ValueError`` naming both places, unless ``allow_repeated_ids`` (a manifest lists each
+    image of a study on its own row).
     """
     if not isinstance(max_report_bytes, int) or isinstance(max_report_bytes, bool) or max_report_bytes < 1:
         raise ValueError(f"max_report_bytes must be a positive int, got {max_report_bytes!r}")
@@ -87,6 +93,8 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
         # ignoring the named column would read something other than what was asked for
         arg = "text_column" if text_column is not None else "id_column"
         raise ValueError(f"{arg} applies to CSV/Parquet tables only; reports path {str(p)!r} is not one")
+    if not isinstance(allow_repeated_ids, bool):
+        raise ValueError(f"allow_repeated_ids must be a bool, got {allow_repeated_ids!r}")
     if p.is_dir():
         reports = _read_dir(p, max_report_bytes, follow_links)
     elif not p.is_file():
@@ -97,9 +105,10 @@ def read_reports(path, *, text_column: str | None = None, id_column: str | None 
     elif name.endswith(".xml"):
         reports = _collect([_parse_iu(_read_bytes(p, max_report_bytes), str(p))], str(p), "iu-xml")
     elif name.endswith(_TABLE_SUFFIXES):
-        reports = _read_table(p, text_column, id_column)
+        reports = _read_table(p, text_column, id_column, allow_repeated_ids)
     elif name.endswith(".txt"):
-        reports = _collect([(p.stem, _read_text(p, max_report_bytes), {"path": str(p)})], str(p), "text")
+        reports = _collect([(p.stem, _read_text(p, max_report_bytes), {"path": str(p)}, str(p))],
+                           str(p), "text")
     else:
         raise ValueError(f"reports path {str(p)!r}: unknown kind (expected .csv, .parquet, "
                          ".tgz/.tar of IU XML, or a folder of .txt / .xml reports)")
@@ -150,7 +159,8 @@ def _read_dir(root: Path, max_bytes: int, follow_links: bool = False) -> Reports
 
 
 # -- tables --------------------------------------------------------------------------------------
-def _read_table(p: Path, text_column: str | None = None, id_column: str | None = None) -> Reports:
+def _read_table(p: Path, text_column: str | None = None, id_column: str | None = None,
+                allow_repeated_ids: bool = False) -> Reports:
     if p.name.lower().endswith((".parquet", ".pq")):
         from ..utils.io import read_parquet_columns
 
@@ -217,9 +227,11 @@ def _read_table(p: Path, text_column: str | None = None, id_column: str | None =
                 text = cell(k, text_col)
         else:
             text = cell(k, text_col)
-        sid = cell(k, id_col, lists=False) if id_col is not None else str(k)
-        items.append((sid or str(k), text, {}))
-    return _collect(items, str(p), "table")
+        if id_col is not None:
+            cell(k, id_col, lists=False)   # a list or bytes id is refused by name
+        # the raw value: the id rule tells 1 from True and a gap from a given id
+        items.append((data[id_col][k] if id_col is not None else None, text, {}, f"row {k}"))
+    return _collect(items, str(p), "table", allow_repeated_ids)
 
 
 def _read_csv_text(p: Path) -> str:
@@ -275,7 +287,7 @@ def _read_text_tree(root: Path, files: list[Path], max_bytes: int) -> Reports:
         meta = {"path": str(f.relative_to(root))}
         if f.parent.name.startswith("p") and f.parent.name[1:].isdigit():
             meta["subject_id"] = f.parent.name  # files/p10/p10000032/s50414267.txt
-        items.append((f.stem, _read_text(f, max_bytes), meta))
+        items.append((f.stem, _read_text(f, max_bytes), meta, repr(meta["path"])))
     return _collect(items, str(root), "text-tree")
 
 
@@ -320,7 +332,7 @@ def _read_iu_tar(p: Path, max_bytes: int) -> Reports:
 
 
 def _parse_iu(data: bytes, where: str):
-    """(id, text with section headers, meta with MeSH tags) of one IU report."""
+    """(id, text with section headers, meta with MeSH tags, where) of one IU report."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -338,19 +350,19 @@ def _parse_iu(data: bytes, where: str):
         "mesh_major": [e.text.strip() for e in mesh.iter("major") if e.text] if mesh is not None else [],
         "mesh_automatic": [e.text.strip() for e in mesh.iter("automatic") if e.text] if mesh is not None else [],
     }
-    return sid, "\n".join(parts), meta
+    return sid, "\n".join(parts), meta, repr(where)
 
 
 def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def _collect(items, source: str, kind: str) -> Reports:
-    ids, texts, metas = [], [], []
-    for sid, text, meta in items:
-        ids.append(str(sid))
-        texts.append(text)
-        metas.append(meta)
+def _collect(items, source: str, kind: str, allow_repeated_ids: bool = False) -> Reports:
+    """Reports from ``(raw id, text, meta, place)`` items; the ids by the one id rule."""
+    from ..utils.ids import resolve_ids
+
+    raw, texts, metas, places = (list(x) for x in zip(*items)) if items else ([], [], [], [])
+    ids, _ = resolve_ids(raw, places, f"reports {source!r}", allow_repeats=allow_repeated_ids)
     binary = [i for i, t in zip(ids, texts) if t and len(_NON_TEXT.findall(t)) > NON_TEXT_FRACTION * len(t)]
     if binary:
         warnings.warn(f"reports {source!r}: {len(binary)} report{'s are' if len(binary) > 1 else ' is'} mostly "

@@ -391,8 +391,8 @@ class RecordsFile(NamedTuple):
     """The records of a file, their ids, and which ids the file gave (see :func:`load_records`)."""
 
     records: list[dict]
-    ids: list          # the id an item gives, else its position in the file
-    given: list[bool]  # whether ids[k] came from the file (False: a position)
+    ids: list[str]     # the id an item gives, else a generated "#<position>" (see utils.ids)
+    given: list[bool]  # whether ids[k] came from the file (False: generated)
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -400,8 +400,8 @@ _PARQUET_MAGIC = b"PAR1"
 
 
 def read_records(path: str | Path) -> tuple[list[dict], list]:
-    """Records and their ids from a records file (see :func:`load_records`); the id of an item
-    that gives none is its position in the file."""
+    """Records and their ids from a records file (see :func:`load_records`); an item that gives
+    no id gets a generated one (``"#<position>"``)."""
     loaded = load_records(path)
     return loaded.records, loaded.ids
 
@@ -415,8 +415,12 @@ def load_records(path: str | Path) -> RecordsFile:
     - Parquet (``.parquet``/``.pq``, or any name with Parquet content): an ``entities`` column of
       JSON records and a ``study_id`` (or ``id``) column, as written by ``medtrim extract``.
 
-    An item without an id (a bare record, a missing or empty id) gets its position in the file
-    as its id, with ``given`` False. Raises ``ValueError`` naming the file (and line or row).
+    Ids follow :mod:`medtrim_ext.utils.ids`: ``"study_id"`` or ``"id"``, a string or an integer;
+    an item without one (a bare record, a missing or empty id) gets a generated id (``"#<position>"``)
+    that no given id equals, with ``given`` False; a repeated id is one study (its records never
+    pair), and must be written the same way (``1`` and ``"1"`` raise, naming both lines). An
+    object with an id but no ``"entities"`` is refused (its id would be read as a disease). Raises
+    ``ValueError`` naming the file (and line or row).
     """
     path = Path(path)
     try:
@@ -440,10 +444,11 @@ def load_records(path: str | Path) -> RecordsFile:
             raise ValueError(f"records file {str(path)!r}: unknown format (expected JSON lines, a "
                              "JSON list or Parquet, as written by `medtrim extract`)")
     if suffix == ".jsonl":
-        items = []
+        items, places = [], []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            places.append(f"line {lineno}")
             try:
                 items.append(json.loads(line))
             except json.JSONDecodeError as exc:
@@ -459,22 +464,31 @@ def load_records(path: str | Path) -> RecordsFile:
             raise ValueError(f"{path}: JSON nested too deeply to read") from None
         if not isinstance(items, list):
             raise ValueError(f"{path}: expected a JSON list of records, got {type(items).__name__}")
-    out = RecordsFile([], [], [])
-    for k, item in enumerate(items):
+        places = [f"item {k}" for k in range(len(items))]
+    from .ids import ID_KEYS, item_id
+
+    records, raw_ids = [], []
+    for item, place in zip(items, places):
         if not isinstance(item, dict):
-            raise ValueError(f"{path}: item {k} must be an object, got {type(item).__name__}")
+            raise ValueError(f"{path}: {place} must be an object, got {type(item).__name__}")
         if "entities" in item:
-            _add_record(out, item["entities"], item.get("id"), k)
+            records.append(item["entities"])
+            raw_ids.append(item_id(item, f"{path}: {place}"))
+        elif any(k in item for k in ID_KEYS):
+            raise ValueError(f"{path}: {place} has an id ({', '.join(k for k in ID_KEYS if k in item)}) "
+                             "but no 'entities': write {\"id\": ..., \"entities\": record}")
         else:
-            _add_record(out, item, None, k)
-    return out
+            records.append(item)
+            raw_ids.append(None)
+    return _records_file(records, raw_ids, places, str(path))
 
 
-def _add_record(out: RecordsFile, record, record_id, position: int) -> None:
-    given = record_id is not None and record_id != ""
-    out.records.append(record)
-    out.ids.append(record_id if given else position)
-    out.given.append(given)
+def _records_file(records: list, raw_ids: list, places: list, source: str) -> RecordsFile:
+    from .ids import resolve_ids
+
+    # repeats: several records of one study (e.g. one per image), which never pair with each other
+    ids, given = resolve_ids(raw_ids, places, f"records file {source!r}", allow_repeats=True)
+    return RecordsFile(records, ids, given)
 
 
 def read_parquet_columns(path, columns: Sequence[str] | None = None, *, what: str = "Parquet file",
@@ -514,7 +528,7 @@ def _records_from_parquet(path: Path) -> RecordsFile:
         raise ValueError(f"records file {str(path)!r} has no 'entities' column (a Parquet file from "
                          "`medtrim extract` has one, with the record of each report as JSON)")
     ids = columns.get("study_id", columns.get("id"))
-    out = RecordsFile([], [], [])
+    records = []
     for row, cell in enumerate(columns["entities"]):
         if isinstance(cell, str):
             try:
@@ -528,5 +542,7 @@ def _records_from_parquet(path: Path) -> RecordsFile:
         else:
             raise ValueError(f"{path}: row {row}: 'entities' must be a JSON string, got "
                              f"{type(cell).__name__}")
-        _add_record(out, record, None if ids is None else ids[row], row)
-    return out
+        records.append(record)
+    n = len(records)
+    return _records_file(records, ids if ids is not None else [None] * n,
+                         [f"row {k}" for k in range(n)], str(path))
