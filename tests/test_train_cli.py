@@ -38,6 +38,43 @@ def test_train_then_evaluate_on_other_data(tmp_path, capsys):
     assert 0 <= run["i2t"]["fine"]["precision@1"] <= 1
     assert "macro_auc" in run["probe"]
 
+    # an evaluation whose results would replace its own checkpoint is refused before any work
+    # (issue 24 item 2: before, results.json was written over the checkpoint)
+    import shutil
+
+    (tmp_path / "ev2").mkdir()
+    shutil.copy(tmp_path / "run" / "last.pt", tmp_path / "ev2" / "results.json")
+    shutil.copytree(tmp_path / "run" / "tokenizer", tmp_path / "ev2" / "tokenizer")
+    before = (tmp_path / "ev2" / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ev2" / "results.json"), "--out",
+                 str(tmp_path / "ev2"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "results.json" in err and "is the same file as --checkpoint" in err
+    assert (tmp_path / "ev2" / "results.json").read_bytes() == before
+
+
+def test_train_refuses_a_run_folder_whose_outputs_replace_an_input(tmp_path, capsys):
+    # before: the run wrote metrics.csv over the manifest it was reading
+    from medtrim_ext.datasets import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path / "d", 24, seed=1, image_size=16)
+    manifest = tmp_path / "d" / "metrics.csv"
+    (tmp_path / "d" / "manifest.csv").rename(manifest)
+    before = manifest.read_bytes()
+    assert main(["train", "--config", "demo", "data.kind=manifest", f"data.root={manifest}",
+                 "train.batch_size=8", "train.steps=1", f"train.out_dir={tmp_path / 'd'}", "--no-eval",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train.out_dir file" in err and "is the same file as data.root" in err
+    assert manifest.read_bytes() == before and not (tmp_path / "d" / "config.json").exists()
+    # a model folder as the run folder: the run's files would replace the model's
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "train_summary.json").write_text("{}")
+    assert main(["train", "--config", "demo", f"model.text.pretrained={tmp_path / 'm'}",
+                 f"train.out_dir={tmp_path / 'm'}", "--no-eval", "--no-progress"]) == 2
+    assert "would replace a file of model.text.pretrained" in capsys.readouterr().err
+
 
 def test_bad_config_is_a_clean_error(tmp_path, capsys):
     assert main(["train", "--config", "demo", "train.stepz=3"]) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def preset_names() -> list[str]:
@@ -69,6 +70,8 @@ def run_train(args) -> int:
     # before any work; without train.out_dir the run gets a new folder under runs/
     check_writable(cfg.train.out_dir if cfg.train.out_dir is not None else DEFAULT_RUNS_ROOT,
                    "train.out_dir", folder=True)
+    if cfg.train.out_dir is not None:
+        check_run_outputs(cfg)
     result = train(cfg)
     if result["world_size"] == 1 or _is_main():
         print(json.dumps({k: result[k] for k in ("out_dir", "steps", "device", "wall_s", "step_time")},
@@ -81,6 +84,25 @@ def run_train(args) -> int:
             written += [str(p) for p in report["paths"].values()]
         print("wrote:\n" + "\n".join(f"  {p}" for p in written))
     return 0
+
+
+def check_run_outputs(cfg) -> None:
+    """Refuse, before any work, a run folder whose outputs would replace one of the run's inputs
+    (``model.image.checkpoint=runs/x/last.pt train.out_dir=runs/x``, a manifest called
+    ``metrics.csv`` in the run folder, a model folder as the run folder). ``config.json`` is left
+    to the resume rules (:mod:`medtrim_ext.training.rundir`), which refuse another run's config."""
+    from ..evaluation.plots import RESULT_PLOTS
+    from ..training.batches import OFFLINE_TRIPLETS_FILE
+    from ..training.checkpoint import CHECKPOINT_NAME
+    from ..training.rundir import config_inputs
+    from ..utils.io import check_outputs_not_inputs
+
+    out = Path(cfg.train.out_dir)
+    inputs = config_inputs(cfg)
+    check_outputs_not_inputs(out, [CHECKPOINT_NAME, "metrics.csv", "train_summary.json", "training_loss.png",
+                                   OFFLINE_TRIPLETS_FILE], inputs, "train.out_dir")
+    check_outputs_not_inputs(out / "eval", ["results.json", "results.md", *RESULT_PLOTS.values()],
+                             inputs, "train.out_dir")
 
 
 def _is_main() -> bool:

@@ -128,7 +128,9 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     Returns {result, markdown, paths}."""
     from .plots import plot_results
     from .report import results_markdown, summarize_runs, write_results
-    from ..utils.io import check_writable
+    from .plots import RESULT_PLOTS
+    from ..training.rundir import config_inputs
+    from ..utils.io import check_outputs_not_inputs, check_writable
 
     checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / "eval"
@@ -136,6 +138,9 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     dev = resolve_device(device, DistContext())
     model, tokenizer, cfg, state = load_trained(checkpoint, dev)
     cfg = Config.from_dict(apply_overrides(cfg.to_dict(), list(overrides)), "evaluation overrides")
+    # before the (long) evaluation: no result file may replace the checkpoint or the data
+    check_outputs_not_inputs(out, ["results.json", "results.md", *RESULT_PLOTS.values()],
+                             {"--checkpoint": checkpoint, **config_inputs(cfg)}, "evaluation output folder")
     result = evaluate_model(model, tokenizer, cfg, dev, progress)
     result["step"] = state["step"]
     runs = {cfg.objective.kind: [result]}

@@ -52,6 +52,18 @@ RESUMABLE_KEYS = {("train", "steps"), ("train", "resume"), ("train", "out_dir"),
                   ("data", "cache_dir"), ("eval",)}
 
 
+def config_inputs(cfg: Config) -> dict:
+    """The files and folders a config reads, by key (``{"data.root": ...}``; unset keys are
+    None): what no output of a run or an evaluation may replace."""
+    options = cfg.data.options if isinstance(cfg.data.options, dict) else {}
+    image = cfg.model.image if isinstance(cfg.model.image, dict) else {}
+    text = cfg.model.text if isinstance(cfg.model.text, dict) else {}
+    return {"data.root": cfg.data.root, "data.options.attributes": options.get("attributes"),
+            "data.options.reports": options.get("reports"), "model.checkpoint": cfg.model.checkpoint,
+            "model.image.checkpoint": image.get("checkpoint"), "model.text.pretrained": text.get("pretrained"),
+            "model.tokenizer": cfg.model.tokenizer}
+
+
 def default_out_dir(kind: str, root: Path = DEFAULT_RUNS_ROOT, now: float | None = None) -> Path:
     """``<root>/<kind>-<YYYYmmdd-HHMMSS>``; :func:`claim_new_dir` adds a ``-2``, ``-3``, ...
     suffix when another run has taken that name."""
@@ -260,5 +272,5 @@ def plan_resume(cfg: Config, out_dir: Path, *, fresh_dir: bool = False,
     return path, state
 
 
-__all__ = ["CONFIG_NAME", "DEFAULT_RUNS_ROOT", "RESUMABLE_KEYS", "RESUME_MODES", "claim_new_dir",
+__all__ = ["CONFIG_NAME", "DEFAULT_RUNS_ROOT", "config_inputs", "RESUMABLE_KEYS", "RESUME_MODES", "claim_new_dir",
            "config_changes", "default_out_dir", "plan_resume", "with_default_out_dir"]

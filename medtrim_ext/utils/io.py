@@ -260,12 +260,25 @@ def check_not_input(output: str | Path, inputs: dict, what: str = "output") -> N
         if source is None or str(source) == STDOUT:
             continue
         try:
+            if os.path.isdir(source):   # a folder input (a model folder): the output is one of its files
+                if os.path.samefile(os.path.dirname(os.path.abspath(output)), source):
+                    raise ValueError(f"{what} {str(output)!r} would replace a file of {role} "
+                                     f"{str(source)!r}: writing it would destroy the input; choose "
+                                     f"another {what}")
+                continue
             same = os.path.samefile(output, source)
         except OSError:
             continue
         if same:
             raise ValueError(f"{what} {str(output)!r} is the same file as {role} {str(source)!r}: "
                              f"writing it would destroy the input; choose another {what}")
+
+
+def check_outputs_not_inputs(folder: str | Path, names, inputs: dict, what: str) -> None:
+    """:func:`check_not_input` for each file ``names`` that a command writes into ``folder``
+    (``what`` names the folder's role, e.g. ``"train.out_dir"``)."""
+    for name in names:
+        check_not_input(Path(folder) / name, inputs, f"{what} file")
 
 
 # a cell that a spreadsheet reads as a formula starts with one of these (OWASP's CSV-injection
