@@ -99,6 +99,16 @@ inline void check_mining(const at::Tensor& a_dis, const at::Tensor& a_ids, const
               ", upper=", upper);
 }
 
+// An inverse index into distinct records (MetaEntities.unique): int64 (N,), every entry in
+// [0, records). Read on the host (the folded kernel runs on the CPU).
+inline void check_inverse(const char* name, const at::Tensor& inverse, int64_t records) {
+  TORCH_CHECK(inverse.scalar_type() == at::kLong && inverse.dim() == 1, name,
+              " must be a 1-D int64 tensor, got ", inverse.scalar_type(), " ", inverse.sizes());
+  if (inverse.numel() == 0) return;
+  TORCH_CHECK(inverse.min().item<int64_t>() >= 0 && inverse.max().item<int64_t>() < records, name,
+              " must index the ", records, " distinct records (entries in [0, ", records, "))");
+}
+
 // The seed of the tie keys: read on the host, so it must live on the CPU whatever the device.
 inline std::optional<uint64_t> read_tie_seed(const std::optional<at::Tensor>& tie_seed) {
   if (!tie_seed.has_value()) return std::nullopt;

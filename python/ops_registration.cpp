@@ -17,6 +17,12 @@ TORCH_LIBRARY(medtrim, m) {
       "Tensor? tie_seed=None) "
       "-> (Tensor, Tensor)");
   m.def(
+      "mine_folded(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, Tensor anchor_inverse, "
+      "Tensor anchor_ids, Tensor semi_hard, Tensor candidate_dis, Tensor candidate_adj, "
+      "Tensor candidate_dir, Tensor candidate_inverse, Tensor candidate_ids, float w_dis, "
+      "float w_adj, float w_dir, float threshold, float upper, float min_positive_score, "
+      "Tensor? tie_seed, int k, bool negatives) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
       "pair_scores(Tensor anchor_dis, Tensor anchor_adj, Tensor anchor_dir, "
       "Tensor candidate_dis, Tensor candidate_adj, Tensor candidate_dir, "
       "Tensor anchor_index, Tensor candidate_index, float w_dis, float w_adj, float w_dir) -> Tensor");
@@ -36,7 +42,10 @@ TORCH_LIBRARY(medtrim, m) {
       "Tensor anchor, Tensor positive, Tensor negative, bool counting) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(medtrim, CPU, m) { MEDTRIM_IMPL_KERNELS(m, cpu); }
+TORCH_LIBRARY_IMPL(medtrim, CPU, m) {
+  MEDTRIM_IMPL_KERNELS(m, cpu);
+  m.impl("mine_folded", &medtrim::mine_folded_cpu);  // CPU only: see medtrim_ext/ops/torch_ops.py
+}
 
 // Runs on any device (ATen ops only), so it is registered once for all backends.
 TORCH_LIBRARY_IMPL(medtrim, CompositeExplicitAutograd, m) {

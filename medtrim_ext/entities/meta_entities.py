@@ -154,6 +154,36 @@ class MetaEntities:
                             torch.cat([p.adjective_bits for p in parts]),
                             torch.cat([p.direction_bits for p in parts]), parts[0].vocabulary)
 
+    def unique(self) -> tuple["MetaEntities", torch.Tensor, torch.Tensor]:
+        """The distinct records, in the manner of ``torch.unique(return_inverse=True,
+        return_counts=True)``: ``(distinct, inverse, counts)`` with ``self[i] == distinct[inverse[i]]``
+        and ``counts[u]`` the number of samples holding record ``u``.
+
+        Works on the packed bits, on the device they live on, with O(N) extra memory: each row
+        gets a 64-bit hash, the hashes are made unique (a sort), and every row is compared with its
+        group's first row, so a hash collision is never merged silently (it falls back to
+        ``torch.unique(dim=0)``). The order of the distinct records depends on their content only,
+        so any order of the rows gives the same ``distinct`` and ``counts``.
+        """
+        n = len(self)
+        rows = torch.cat([self.disease_bits[:, None], self.adjective_bits.reshape(n, -1),
+                          self.direction_bits.reshape(n, -1)], dim=1)
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=self.device)
+            return self, empty, empty.clone()
+        wide = rows.to(torch.int64)
+        h = torch.zeros(n, dtype=torch.int64, device=self.device)
+        for j in range(wide.shape[1]):   # a polynomial hash, wrapping mod 2^64
+            h = (h * 1_000_003) ^ (wide[:, j] + 0x9E3779B9)
+        keys, inverse, counts = torch.unique(h, return_inverse=True, return_counts=True)
+        first = torch.full((len(keys),), n, dtype=torch.int64, device=self.device)
+        first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
+        if not bool((rows == rows[first[inverse]]).all()):   # a collision: exact, slower path
+            _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+            first = torch.full((len(counts),), n, dtype=torch.int64, device=self.device)
+            first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
+        return self[first], inverse, counts
+
     # -- views -----------------------------------------------------------------------------------
     def masks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bool masks ``(N, C)``, ``(N, C, A)``, ``(N, C, R)`` in vocabulary column order."""

@@ -9,10 +9,11 @@ from typing import NamedTuple
 import torch
 
 from .. import ops
-from ..utils.checks import check_generator, check_ids, check_number
+from ..utils.checks import check_generator, check_ids, check_int, check_number
 from ..entities.meta_entities import MetaEntities
 # Triplets and default_ids live below both ops and mining (no import circle); re-exported here
 from ..entities.triplets import Triplets, default_ids
+from .collection import CollectionTriplets, Neighbors, folded
 
 
 TIE_BREAKS = ("random", "first")
@@ -196,6 +197,56 @@ class TripletMiner:
         :class:`MiningDraw` made earlier (e.g. ``miner.draw(n_total, g).rows(chunk)`` to mine
         a large set in chunks exactly as in one call).
         """
+        cands, anchor_ids, candidate_ids, draw = self._prepare(anchors, candidates, anchor_ids,
+                                                               candidate_ids, generator, draw)
+        n, device = len(anchors), anchors.device
+        semi_hard, tie_seed = draw
+        pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard.to(device),
+                                     self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper,
+                                     tie_seed)
+        anchor = torch.arange(n, device=device)
+        if self.min_positive_score > 0:
+            score = ops.pair_scores(anchors, cands, anchor, pos, self.w_dis, self.w_adj, self.w_dir)
+            # NaN (no positive) compares False: such rows stay -1
+            weak = ~(score >= torch.tensor(self.min_positive_score, dtype=torch.float32))
+            pos = torch.where(weak, -1, pos)
+            neg = torch.where(weak, -1, neg)
+        return Triplets(anchor, pos, neg)
+
+    def mine_collection(self, anchors: MetaEntities, candidates: MetaEntities | None = None, *,
+                        anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
+                        per_anchor: int = 1, generator: torch.Generator | None = None,
+                        draw: MiningDraw | None = None) -> CollectionTriplets:
+        """``per_anchor`` triplets for every anchor of a whole collection, folded over its distinct
+        records (:mod:`medtrim_ext.mining.collection`): with ``per_anchor=1`` the triplets of
+        :meth:`__call__` with the same arguments, exactly, at a cost that grows with the number of
+        distinct records rather than with N². Arguments as in :meth:`__call__`; the random
+        choices are those of :meth:`draw` (the tie seed keys every choice, so the result does not
+        depend on the order or chunking of the anchors)."""
+        check_int("per_anchor", per_anchor, minimum=1)
+        cands, anchor_ids, candidate_ids, draw = self._prepare(anchors, candidates, anchor_ids,
+                                                               candidate_ids, generator, draw)
+        return CollectionTriplets(*folded(self, anchors, candidates, anchor_ids, candidate_ids,
+                                          draw.semi_hard, draw.tie_seed, per_anchor, True,
+                                          self.min_positive_score))
+
+    def neighbors(self, anchors: MetaEntities, candidates: MetaEntities | None = None, *, k: int = 10,
+                  anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, draw: MiningDraw | None = None) -> Neighbors:
+        """Each anchor's ``k`` candidates with the highest meta-entity scores, best first, folded
+        over the distinct records: equal scores in the order of the miner's tie rule (random: by
+        the seed of :meth:`draw`; ``"first"``: lowest index), a candidate with the anchor's id
+        never listed. Memory ``O(N·k + U)``. Equals
+        :func:`medtrim_ext.ops.reference.top_k_from_scores` exactly."""
+        check_int("k", k, minimum=1)
+        cands, anchor_ids, candidate_ids, draw = self._prepare(anchors, candidates, anchor_ids,
+                                                               candidate_ids, generator, draw)
+        index, _, score, _ = folded(self, anchors, candidates, anchor_ids, candidate_ids,
+                                    draw.semi_hard, draw.tie_seed, k, False, 0.0)
+        return Neighbors(index, score)
+
+    def _prepare(self, anchors, candidates, anchor_ids, candidate_ids, generator, draw):
+        """The checked (candidates, anchor ids, candidate ids, draw) of a mining call."""
         if candidates is None:
             if candidate_ids is not None:
                 raise ValueError("candidate_ids needs candidates")
@@ -219,18 +270,7 @@ class TripletMiner:
         elif (draw.tie_seed is None) != (self.tie_break == "first"):
             raise ValueError(f"draw has tie_seed={draw.tie_seed!r} but this miner breaks ties "
                              f"{self.tie_break!r}")
-        semi_hard, tie_seed = draw
-        pos, neg = ops.mine_triplets(anchors, cands, anchor_ids, candidate_ids, semi_hard.to(device),
-                                     self.w_dis, self.w_adj, self.w_dir, self.threshold, self.upper,
-                                     tie_seed)
-        anchor = torch.arange(n, device=device)
-        if self.min_positive_score > 0:
-            score = ops.pair_scores(anchors, cands, anchor, pos, self.w_dis, self.w_adj, self.w_dir)
-            # NaN (no positive) compares False: such rows stay -1
-            weak = ~(score >= torch.tensor(self.min_positive_score, dtype=torch.float32))
-            pos = torch.where(weak, -1, pos)
-            neg = torch.where(weak, -1, neg)
-        return Triplets(anchor, pos, neg)
+        return cands, anchor_ids, candidate_ids, draw
 
     @staticmethod
     def _check_sets(anchors, candidates):

@@ -7,6 +7,6 @@ wrappers (:mod:`.torch_ops`), and the pure-PyTorch reference they equal bit for 
 from __future__ import annotations
 
 from . import reference
-from .torch_ops import mine_triplets, pair_scores, score_matrix, triplet_loss
+from .torch_ops import mine_folded, mine_triplets, pair_scores, score_matrix, triplet_loss
 
-__all__ = ["mine_triplets", "pair_scores", "reference", "score_matrix", "triplet_loss"]
+__all__ = ["mine_folded", "mine_triplets", "pair_scores", "reference", "score_matrix", "triplet_loss"]

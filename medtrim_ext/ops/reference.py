@@ -153,6 +153,92 @@ def mine_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_i
     return positive, negative
 
 
+def _rank_keys(scores, anchor_ids, candidate_ids, tie_seed):
+    """(larger_first, smaller_first) int64 keys of :func:`mine_from_scores`: score bits above the
+    tie key, so one comparison orders by score, then tie key (then index, by a stable sort)."""
+    n, m = scores.shape
+    bits = (scores.float() + 0.0).view(torch.int32).to(torch.int64) << 32
+    tie = (tie_keys(tie_seed, anchor_ids, candidate_ids) if tie_seed is not None
+           else torch.zeros((n, m), dtype=torch.int64, device=scores.device))
+    return bits | (_MASK32 - tie), bits | tie
+
+
+def _first_k(order_key: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the columns of the ``k`` smallest keys among ``mask`` (ties: lower column first)
+    and whether each slot holds one."""
+    n, m = order_key.shape
+    highest = torch.iinfo(torch.int64).max
+    keyed = torch.where(mask, order_key, torch.full_like(order_key, highest))
+    order = torch.sort(keyed, dim=1, stable=True).indices[:, :k]
+    taken = mask.gather(1, order)
+    if order.shape[1] < k:   # fewer candidates than slots
+        pad = k - order.shape[1]
+        order = torch.cat([order, order.new_zeros((n, pad))], 1)
+        taken = torch.cat([taken, taken.new_zeros((n, pad))], 1)
+    return order, taken
+
+
+def top_k_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor,
+                      k: int, *, tie_seed: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, score)``, int64 and float32 ``(N, k)``: each anchor's ``k`` candidates with the
+    highest scores, best first, among those whose id differs from the anchor's; equal scores in
+    the order of :func:`tie_keys` (then lower index), exactly as the miner picks its positive.
+    Slots without a candidate hold -1 and NaN."""
+    n, m = scores.shape
+    larger_first, _ = _rank_keys(scores, anchor_ids, candidate_ids, tie_seed)
+    pool = anchor_ids[:, None] != candidate_ids[None, :]
+    order, taken = _first_k(torch.iinfo(torch.int64).max - larger_first, pool, k) if m else (
+        torch.zeros((n, k), dtype=torch.int64, device=scores.device),
+        torch.zeros((n, k), dtype=torch.bool, device=scores.device))
+    index = torch.where(taken, order, torch.full_like(order, -1))
+    got = scores.gather(1, order.clamp_max(max(m - 1, 0))) if m else torch.zeros((n, k), device=scores.device)
+    return index, torch.where(taken, got, torch.full_like(got, float("nan")))
+
+
+def mine_k_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate_ids: torch.Tensor,
+                       semi_hard: torch.Tensor, k: int, *, threshold: float = 0.25, upper: float = 0.6,
+                       tie_seed: int | torch.Tensor | None = None,
+                       min_positive_score: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` triplets per anchor: ``(positive, negative)``, int64 ``(N, k)``, -1 where none.
+
+    The positives are the anchor's ``k`` best candidates (:func:`top_k_from_scores`), less those
+    scoring below ``min_positive_score`` (with ``k = 1``: the miner's positive). The negatives
+    continue the miner's rule past its first choice, among the candidates that are not one of
+    the positives and score below ``upper``: semi-hard anchors take them from the lowest score
+    >= ``threshold`` upwards, then from the highest score below ``threshold`` downwards; hard
+    anchors from the lowest score upwards; equal scores in tie-key order. Negative ``i`` pairs
+    with positive ``i``; there are at most as many negatives as positives. With ``k = 1`` this
+    is :func:`mine_from_scores` exactly.
+    """
+    n, m = scores.shape
+    device = scores.device
+    pos, pos_score = top_k_from_scores(scores, anchor_ids, candidate_ids, k, tie_seed=tie_seed)
+    if min_positive_score > 0:
+        weak = ~(pos_score >= torch.tensor(min_positive_score, dtype=torch.float32, device=device))
+        pos = torch.where(weak, torch.full_like(pos, -1), pos)
+    neg = torch.full((n, k), -1, dtype=torch.int64, device=device)
+    if m == 0:
+        return pos, neg
+    larger_first, smaller_first = _rank_keys(scores, anchor_ids, candidate_ids, tie_seed)
+    f32 = dict(dtype=torch.float32, device=device)
+    thr, up = torch.tensor(threshold, **f32), torch.tensor(upper, **f32)
+    is_pos = torch.zeros((n, m), dtype=torch.bool, device=device)
+    is_pos.scatter_(1, pos.clamp_min(0), pos >= 0)
+    kept = (anchor_ids[:, None] != candidate_ids[None, :]) & (scores < up) & ~is_pos
+    highest = torch.iinfo(torch.int64).max
+    # one ascending key per rule: semi-hard puts [threshold, upper) first, lowest first (keys
+    # shifted below 0), then the rest highest first (keys mirrored); hard is lowest first
+    above = scores >= thr
+    semi_key = torch.where(above, smaller_first - highest - 1, highest - larger_first)
+    key = torch.where(semi_hard[:, None], semi_key, smaller_first)
+    order, taken = _first_k(key, kept, k)
+    chosen = torch.where(taken, order, torch.full_like(order, -1))
+    # negative i goes with positive i: slots past the positives stay empty
+    slots = (pos >= 0).sum(1, keepdim=True)
+    within = torch.arange(k, device=device)[None, :] < slots
+    return pos, torch.where(within, chosen, neg)
+
+
 def mine_triplets(anchors: MetaEntities, candidates: MetaEntities | None = None, *,
                   anchor_ids: torch.Tensor | None = None, candidate_ids: torch.Tensor | None = None,
                   semi_hard: torch.Tensor | None = None, w_dis: float = 0.85, w_adj: float = 0.10,

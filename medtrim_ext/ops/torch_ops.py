@@ -94,6 +94,39 @@ def mine_triplets(anchors: MetaEntities, candidates: MetaEntities, anchor_ids: t
         float(upper), tie_seed)
 
 
+@torch.library.register_fake("medtrim::mine_folded")
+def _mine_folded_fake(anchor_dis, anchor_adj, anchor_dir, anchor_inverse, anchor_ids, semi_hard,
+                      candidate_dis, candidate_adj, candidate_dir, candidate_inverse, candidate_ids,
+                      w_dis, w_adj, w_dir, threshold, upper, min_positive_score, tie_seed, k, negatives):
+    _check_one_device("mine_folded", anchor_dis=anchor_dis, anchor_inverse=anchor_inverse,
+                      anchor_ids=anchor_ids, semi_hard=semi_hard, candidate_dis=candidate_dis,
+                      candidate_inverse=candidate_inverse, candidate_ids=candidate_ids)
+    n, width = anchor_ids.shape[0], k if negatives else 0
+    return (anchor_ids.new_empty((n, k)), anchor_ids.new_empty((n, width)),
+            anchor_dis.new_empty((n, k), dtype=torch.float32), anchor_dis.new_empty((n, width), dtype=torch.float32))
+
+
+def mine_folded(anchors: MetaEntities, anchor_inverse: torch.Tensor, anchor_ids: torch.Tensor,
+                semi_hard: torch.Tensor, candidates: MetaEntities, candidate_inverse: torch.Tensor,
+                candidate_ids: torch.Tensor, w_dis: float, w_adj: float, w_dir: float,
+                threshold: float, upper: float, min_positive_score: float,
+                tie_seed: torch.Tensor | None, k: int, negatives: bool):
+    """The folded collection kernel (``csrc/cpu/folded_cpu.cpp``) on distinct records
+    (``anchors``/``candidates``: U rows each) and per-sample inverse indices and ids.
+
+    It runs on the CPU. Tensors on a GPU are copied to the CPU and the results back: what the
+    kernel does past the ``U_a x U_c`` scores is a walk over sorted sample lists, and the
+    distinct records of a collection are few (:meth:`MetaEntities.unique` itself runs on the GPU)."""
+    device = anchors.device
+    args = [anchors.disease_bits, anchors.adjective_bits, anchors.direction_bits, anchor_inverse,
+            anchor_ids, semi_hard, candidates.disease_bits, candidates.adjective_bits,
+            candidates.direction_bits, candidate_inverse, candidate_ids]
+    out = torch.ops.medtrim.mine_folded(
+        *(t.cpu() for t in args), float(w_dis), float(w_adj), float(w_dir), float(threshold),
+        float(upper), float(min_positive_score), tie_seed, int(k), bool(negatives))
+    return tuple(t.to(device) for t in out)
+
+
 def pair_scores(anchors: MetaEntities, candidates: MetaEntities, anchor_index: torch.Tensor,
                 candidate_index: torch.Tensor, w_dis: float, w_adj: float, w_dir: float) -> torch.Tensor:
     _require_backend(anchors.device)
