@@ -226,7 +226,8 @@ def test_every_option_has_help_and_shows_its_default():
     from medtrim_ext.mining import MINER_DEFAULTS
 
     parser, commands = _subcommands()
-    assert set(commands) == {"info", "demo", "train", "evaluate", "mine-demo", "mine", "extract"}
+    assert set(commands) == {"info", "demo", "train", "evaluate", "mine-demo", "mine", "neighbors",
+                             "extract"}
     for name, p in commands.items():
         text = " ".join(p.format_help().split())   # wrapped lines joined
         assert p.description and p.description.split(".")[0] in text, name

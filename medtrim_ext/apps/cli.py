@@ -1,16 +1,15 @@
 """The ``medtrim`` command line: ``info``, ``demo``, ``train``, ``evaluate``, ``mine``,
-``mine-demo`` and ``extract``.
+``neighbors``, ``mine-demo`` and ``extract``.
 
 Building the parser imports only the core (torch, numpy): each subcommand imports its own modules
-when it runs, so ``medtrim --help``, ``medtrim --version``, ``medtrim info`` and ``medtrim mine``
-work without the optional extras, and a subcommand whose extra is missing says which one to
-install (exit code 2, no traceback).
+when it runs, so ``medtrim --help``, ``medtrim --version``, ``medtrim info``, ``medtrim mine`` and
+``medtrim neighbors`` (CSV output) work without the optional extras, and a subcommand whose extra
+is missing says which one to install (exit code 2, no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -61,25 +60,33 @@ _MINER_HELP = {
 }
 
 
-def _add_miner_args(p: argparse.ArgumentParser) -> None:
+def _add_miner_args(p: argparse.ArgumentParser, scores_only: bool = False) -> None:
+    """The miner's settings as options; ``scores_only``: those of the pair score and the ties
+    (``neighbors`` ranks by score alone: no negatives, no threshold)."""
     from ..mining import MINER_DEFAULTS as D, TIE_BREAKS
 
-    g = p.add_argument_group("mining (defaults: the published MedTrim settings)")
+    g = p.add_argument_group("scoring (defaults: the published MedTrim settings)" if scores_only
+                             else "mining (defaults: the published MedTrim settings)")
     for name, text in _MINER_HELP.items():
+        if scores_only and not name.startswith("w_"):
+            continue
         g.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(D, name), help=text,
                        metavar=name.upper())
     g.add_argument("--tie-break", choices=TIE_BREAKS, default=D.tie_break,
                    help="equal scores: a random tied candidate per anchor (as the published random "
                         "pools do in effect) or the lowest index")
-    g.add_argument("--min-positive-score", type=float, default=D.min_positive_score,
-                   help="no triplet for an anchor whose best candidate scores less (0: off)")
+    if not scores_only:
+        g.add_argument("--min-positive-score", type=float, default=D.min_positive_score,
+                       help="no triplet for an anchor whose best candidate scores less (0: off)")
     g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw and the ties")
 
 
 def _miner(args):
     from ..mining import MINER_DEFAULTS, TripletMiner
 
-    return TripletMiner(**{name: getattr(args, name) for name in MINER_DEFAULTS.as_kwargs()})
+    # options a command does not have (neighbors: no threshold) keep the defaults
+    return TripletMiner(**{name: getattr(args, name, default)
+                           for name, default in MINER_DEFAULTS.as_kwargs().items()})
 
 
 def _device(name: str) -> torch.device:
@@ -119,63 +126,161 @@ def _mining_ids(anchors, candidates) -> tuple[list, list]:
     return anchor_ids, (anchor_ids if candidates is anchors else key_ids(candidates, 1))
 
 
-def cmd_mine(args) -> int:
-    from ..entities.meta_entities import MetaEntities
-    from ..utils.io import (STDOUT, atomic_write, check_not_input, check_writable, escape_csv_cell,
-                            is_stream_output, load_records)
-    from ..mining.miner import Triplets
-    from ..utils.progress import progress_bar
+def _distinct(ents) -> str:
+    """"U distinct of N (x%)": the share of distinct records, what folding saves."""
+    n = len(ents)
+    u = len(ents.unique()[2]) if n else 0
+    return f"{u} distinct of {n} ({u / max(n, 1):.1%})"
 
-    check_writable(args.output, "output")   # before any work
-    check_not_input(args.output, {"records": args.records, "--candidates": args.candidates})
-    miner = _miner(args)
+
+def _load_collection(args, bar):
+    """Records (and --candidates) of ``mine``/``neighbors`` as (anchors, their RecordsFile,
+    candidates or None for self-mining, their RecordsFile, anchor id keys, candidate id keys)."""
+    from ..entities.meta_entities import MetaEntities
+    from ..utils.io import load_records
+
     device = _device(args.device)
+    bar.set_postfix(stage="read")
     loaded = load_records(args.records)
-    ids = loaded.ids
     anchors = MetaEntities.from_records(loaded.records, device=device)
     if args.candidates and Path(args.candidates).resolve() != Path(args.records).resolve():
         bank_loaded = load_records(args.candidates)
         bank = MetaEntities.from_records(bank_loaded.records, device=device)
     else:
-        bank_loaded, bank = loaded, anchors
-    bank_ids = bank_loaded.ids
+        bank_loaded, bank = loaded, None
     a_keys, b_keys = _mining_ids(loaded, bank_loaded)
     anchor_ids = torch.tensor(a_keys, dtype=torch.int64, device=device)
-    bank_id_t = torch.tensor(b_keys, dtype=torch.int64, device=device)
+    bank_ids = None if bank is None else torch.tensor(b_keys, dtype=torch.int64, device=device)
+    bar.update(1)
+    return anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids
 
-    # one draw for the whole file, so the result does not depend on the chunk size
-    draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
-    parts = []
-    for start in progress_bar(range(0, len(anchors), args.chunk_size), enabled=not args.no_progress,
-                              desc="mining", unit="chunk"):
-        sl = slice(start, start + args.chunk_size)
-        t = miner(anchors[sl], bank, anchor_ids=anchor_ids[sl], candidate_ids=bank_id_t,
-                  draw=draw.rows(sl))
-        parts.append(Triplets(t.anchor + start, t.positive, t.negative))
-    triplets = Triplets(*(torch.cat(x) for x in zip(*parts))) if parts else Triplets(
-        *(torch.empty(0, dtype=torch.int64),) * 3)
-    pos_s, neg_s = miner.triplet_scores(anchors, triplets.to(device), bank)
 
-    with atomic_write(args.output, newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["anchor_id", "positive_id", "negative_id", "positive_score", "negative_score"])
-        for a, p, n, sp, sn in zip(triplets.anchor.tolist(), triplets.positive.tolist(),
-                                   triplets.negative.tolist(), pos_s.tolist(), neg_s.tolist()):
-            # ids come from the input: a spreadsheet must not run one (the scores are numbers)
-            w.writerow([escape_csv_cell(ids[a]), escape_csv_cell(bank_ids[p]) if p >= 0 else "",
-                        escape_csv_cell(bank_ids[n]) if n >= 0 else "",
-                        "" if p < 0 else f"{sp:.6f}", "" if n < 0 else f"{sn:.6f}"])
-    valid = int(triplets.valid.sum())
+def _check_output(args) -> None:
+    """The checks of an output before any work: writable, not an input, its format available."""
+    from ..utils.io import check_not_input, check_writable
+    from ..utils.tables import check_format
+
+    check_writable(args.output, "output")
+    check_not_input(args.output, {"records": args.records, "--candidates": args.candidates})
+    check_format(args.output)
+
+
+def _stage_times(times: dict) -> str:
+    return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times.items())
+
+
+def cmd_mine(args) -> int:
+    import time
+
+    import numpy as np
+
+    from ..utils.io import STDOUT, is_stream_output
+    from ..utils.progress import progress_bar
+    from ..utils.tables import IdColumn, write_table
+
+    _check_output(args)   # before any work
+    if args.chunk_size is not None:
+        print("warning: --chunk-size is deprecated and ignored: `medtrim mine` mines the whole "
+              "collection in one folded call", file=sys.stderr)
+    miner = _miner(args)
+    k = args.per_anchor
+    times = {}
+    t0 = time.perf_counter()
+    with progress_bar(total=3, enabled=not args.no_progress, desc="mine", unit="stage") as bar:
+        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids = _load_collection(args, bar)
+        times["read"] = (t1 := time.perf_counter()) - t0
+        bar.set_postfix(stage="unique+mine")
+        distinct = f"anchors: {_distinct(anchors)}" + (
+            "" if bank is None else f"; candidates: {_distinct(bank)}")
+        # one draw for the whole file from --seed: the triplets of a direct TripletMiner call
+        draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
+        got = miner.mine_collection(anchors, bank, anchor_ids=anchor_ids, candidate_ids=bank_ids,
+                                    per_anchor=k, draw=draw)
+        positive, negative = got.positive.cpu().numpy(), got.negative.cpu().numpy()
+        pos_s, neg_s = got.positive_score.cpu().numpy(), got.negative_score.cpu().numpy()
+        times["unique+mine"] = (t2 := time.perf_counter()) - t1
+        bar.update(1)
+        bar.set_postfix(stage="write")
+        # a row per positive (slot i: the i-th best positive and negative i, empty where the rule
+        # found none); an anchor without any positive keeps one row, rank 0, ids and scores empty
+        keep = positive >= 0
+        keep[:, 0] = True
+        rows, slot = np.nonzero(keep)
+        pos, neg = positive[rows, slot], negative[rows, slot]
+        columns = {"anchor_id": IdColumn(loaded.ids, rows)}
+        if k > 1:
+            columns["rank"] = slot
+        columns.update(positive_id=IdColumn(bank_loaded.ids, pos),
+                       negative_id=IdColumn(bank_loaded.ids, neg),
+                       positive_score=np.where(pos >= 0, pos_s[rows, slot], np.nan).astype(np.float32),
+                       negative_score=np.where(neg >= 0, neg_s[rows, slot], np.nan).astype(np.float32))
+        fmt = write_table(args.output, columns, progress=not args.no_progress)
+        times["write"] = time.perf_counter() - t2
+        bar.update(1)
+    full = (positive[:, 0] >= 0) & (negative[:, 0] >= 0)
+    valid = int(full.sum())
     # a positive with score 0 shares no disease with its anchor (or, for a no-finding anchor, is
     # not a no-finding report): the best candidate there was, but no match (NaN: no positive)
-    unmatched = int((pos_s == 0).sum())
+    unmatched = int((pos_s[:, 0] == 0).sum())
     hint = (" - --min-positive-score leaves such anchors without a triplet"
             if unmatched and args.min_positive_score == 0 else "")
     # "-", /dev/stdout, a pipe: the output may be standard output, which then holds the CSV alone
-    to_stdout = is_stream_output(args.output)
-    print(f"{valid} of {len(anchors)} anchors have a full triplet; {unmatched} got a positive that "
-          f"shares no disease with them (score 0){hint}; wrote "
-          f"{'standard output' if args.output == STDOUT else args.output}", file=sys.stderr if to_stdout else sys.stdout)
+    log = sys.stderr if is_stream_output(args.output) else sys.stdout
+    per = ""
+    if k > 1:
+        all_k = int(((positive >= 0) & (negative >= 0)).all(axis=1).sum())
+        per = (f"; {all_k} have {k} full triplets, {int(((positive >= 0) & (negative >= 0)).sum())} "
+               f"full triplets in all")
+    print(f"{valid} of {len(anchors)} anchors have a full triplet; {len(anchors) - valid} have none"
+          f"{per}; {unmatched} got a positive that shares no disease with them (score 0){hint}; wrote "
+          f"{'standard output' if args.output == STDOUT else args.output} ({len(rows)} rows, {fmt})",
+          file=log)
+    print(f"{distinct}; {_stage_times(times)}", file=log)
+    return 0
+
+
+def cmd_neighbors(args) -> int:
+    import time
+
+    import numpy as np
+
+    from ..utils.io import STDOUT, is_stream_output
+    from ..utils.progress import progress_bar
+    from ..utils.tables import IdColumn, write_table
+
+    _check_output(args)   # before any work
+    miner = _miner(args)
+    k = args.k
+    times = {}
+    t0 = time.perf_counter()
+    with progress_bar(total=3, enabled=not args.no_progress, desc="neighbors", unit="stage") as bar:
+        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids = _load_collection(args, bar)
+        times["read"] = (t1 := time.perf_counter()) - t0
+        bar.set_postfix(stage="unique+rank")
+        distinct = f"studies: {_distinct(anchors)}" + (
+            "" if bank is None else f"; candidates: {_distinct(bank)}")
+        # the draw of --seed: its tie seed orders equal scores (the semi-hard draw is unused)
+        draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
+        got = miner.neighbors(anchors, bank, k=k, anchor_ids=anchor_ids, candidate_ids=bank_ids,
+                              draw=draw)
+        index, score = got.index.cpu().numpy(), got.score.cpu().numpy()
+        times["unique+rank"] = (t2 := time.perf_counter()) - t1
+        bar.update(1)
+        bar.set_postfix(stage="write")
+        rows, rank = np.nonzero(index >= 0)   # a row per neighbour, best first; none: no row
+        columns = {"anchor_id": IdColumn(loaded.ids, rows), "rank": rank,
+                   "neighbor_id": IdColumn(bank_loaded.ids, index[rows, rank]),
+                   "score": score[rows, rank].astype(np.float32)}
+        fmt = write_table(args.output, columns, progress=not args.no_progress)
+        times["write"] = time.perf_counter() - t2
+        bar.update(1)
+    short = int((index[:, k - 1] < 0).sum()) if len(index) else 0
+    log = sys.stderr if is_stream_output(args.output) else sys.stdout
+    print(f"{len(anchors) - short} of {len(anchors)} studies have {k} neighbours; {short} have "
+          f"fewer (fewer candidates with another id); wrote "
+          f"{'standard output' if args.output == STDOUT else args.output} ({len(rows)} rows, {fmt})",
+          file=log)
+    print(f"{distinct}; {_stage_times(times)}", file=log)
     return 0
 
 
@@ -323,21 +428,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="medtrim-mine-demo", help="output folder")
     p.set_defaults(func=cmd_mine_demo)
 
-    p = command("mine", "mine one triplet per record of a records file (what `extract` writes)",
-                "Writes a CSV with one row per anchor: its id, the positive's and the negative's ids "
-                "and their scores (empty where an anchor has none).")
+    p = command("mine", "mine triplets for every record of a records file (what `extract` writes)",
+                "Mines the whole collection at once, folded over its distinct records. Writes one row "
+                "per triplet: the anchor's id, the positive's and the negative's ids and their "
+                "scores (empty where an anchor has none), as CSV or Parquet (by the name).")
     p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
                                    "of records or of {'id', 'entities'} objects")
     p.add_argument("-o", "--output", required=True,
-                   help="CSV of (anchor, positive, negative) ids (-: standard output)")
+                   help="triplets file: .parquet/.pq is Parquet, any other name CSV (-: CSV on "
+                        "standard output)")
     p.add_argument("--candidates", help="records to draw positives/negatives from (default: the "
                                         "records); equal given ids never pair across the two files, "
                                         "records without ids are distinct samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--chunk-size", type=int, default=4096, help="anchors per kernel call")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--per-anchor", type=_at_least_one, default=1, metavar="K",
+                   help="triplets per anchor: its K best candidates as positives, each with the "
+                        "next negative of the rule; K > 1 adds a rank column")
+    p.add_argument("--chunk-size", type=int, default=None, metavar="N",
+                   help="deprecated and ignored (the folded path mines the whole collection in one "
+                        "call); default: not given")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_miner_args(p)
     p.set_defaults(func=cmd_mine)
+
+    p = command("neighbors", "each study's K nearest studies by meta-entity score",
+                "Ranks every study's candidates (the records themselves, or --candidates) by the "
+                "pair score, folded over the distinct records, and writes one row per (study, rank): "
+                "anchor_id, rank, neighbor_id, score; a study never lists itself (nor another record "
+                "with its id). CSV or Parquet (by the name).")
+    p.add_argument("records", help="entities.parquet from `medtrim extract`, or a JSON list or JSONL "
+                                   "of records or of {'id', 'entities'} objects")
+    p.add_argument("-o", "--output", required=True,
+                   help="neighbours file: .parquet/.pq is Parquet, any other name CSV (-: CSV on "
+                        "standard output)")
+    p.add_argument("--k", type=_at_least_one, default=10, help="neighbours per study")
+    p.add_argument("--candidates", help="records to rank (default: the records); equal given ids "
+                                        "never pair across the two files")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_miner_args(p, scores_only=True)
+    p.set_defaults(func=cmd_neighbors)
 
     p = command("extract", "extract meta-entities from radiology reports",
                 "Runs the spaCy/medspacy pipeline over every report and writes one record per report "
@@ -367,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -407,8 +548,6 @@ def missing_extra_message(exc: ImportError, command: str, extra: str | None) -> 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
-    if getattr(args, "chunk_size", 1) < 1:
-        parser.error("--chunk-size must be >= 1")
     try:
         return args.func(args)
     except (ValueError, TypeError) as exc:
