@@ -362,3 +362,21 @@ def test_iu_reports_extract_mine_and_neighbors(tmp_path, capsys):
     # scores of one study's list fall with the rank
     scores = np.array(table["score"]).reshape(300, 5)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_records_are_built_once_per_distinct_record(tmp_path, capsys):
+    from medtrim_ext.apps.cli import _entities
+
+    records, _ = _collection(tmp_path / "r.jsonl")
+    records = records + [dict(reversed(list(r.items()))) for r in records[:20]]   # other key order
+    want = MetaEntities.from_records(records)
+    got = _entities(records, torch.device("cpu"))
+    for name in ("disease_bits", "adjective_bits", "direction_bits"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    # a bad record among repeated ones is named by its own place in the file, not the distinct list's
+    bad = [{"edema": {}}] * 5 + [{"not-a-disease": {}}] + [{"edema": {}}] * 3
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["mine", str(tmp_path / "bad.json"), "-o", str(tmp_path / "o.csv"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "records[5]" in err and "unknown disease 'not-a-disease'" in err, err
+    assert not (tmp_path / "o.csv").exists()
