@@ -380,3 +380,41 @@ def test_records_are_built_once_per_distinct_record(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "records[5]" in err and "unknown disease 'not-a-disease'" in err, err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_records_files_parse_each_distinct_record_once_and_read_as_before(tmp_path):
+    from medtrim_ext.utils import io as mio
+
+    lines = [
+        '{"id": "a", "entities": {"edema": {"adjs": ["mild"]}}}',
+        '{"id": 7, "entities": {"edema": {"adjs": ["mild"]}}}',            # the same record: shared
+        '{"study_id": "b", "entities": {}}',
+        '{"id": "c", "entities": {"edema": {}}, "id": "d"}',                # a repeated key: the last wins
+        '{"id": "e, \\"entities\\": x", "entities": {"edema": {}}}',        # the separator inside the id
+        '{"entities": {"pneumothorax": {}}, "id": "f"}',                    # another order
+        '{"id":"g","entities":{}}',                                          # no spaces
+        '{"edema": {"dirs": ["left"]}}',                                     # a bare record
+        '{"id": "h", "entities": {"edema": {}} }',                           # a space before the end
+    ]
+    (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+    want = [json.loads(line) for line in lines]
+    got = mio.load_records(tmp_path / "r.jsonl")
+    assert got.records == [w.get("entities", w) for w in want]
+    assert got.ids == ["a", "7", "b", "d", 'e, "entities": x', "f", "g", "#7", "h"]
+    assert got.records[0] is got.records[1]   # parsed once
+    parsed = {}
+    for line, w in zip(lines, want):
+        assert mio._json_line(line, parsed) == w, line
+    # a damaged line is still named, with json's own message
+    for bad, message in (('{"id": "a", "entities": {"edema": {}}', "bad.jsonl:2: not valid JSON"),
+                         ('{"id": "a", "entities": {"edema": {}}}}', "bad.jsonl:2: not valid JSON"),
+                         ('{"id": "a", "entities": ' + "[" * 100000 + "}", "bad.jsonl:2: JSON nested too deeply")):
+        (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + bad + "\n")
+        with pytest.raises(ValueError, match=message):
+            mio.load_records(tmp_path / "bad.jsonl")
+    # Parquet: equal cells parsed once
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame({"study_id": ["x", "y", "z"], "entities": ['{"edema": {}}', "{}", '{"edema": {}}']}).to_parquet(
+        tmp_path / "e.parquet")
+    got = mio.load_records(tmp_path / "e.parquet")
+    assert got.records == [{"edema": {}}, {}, {"edema": {}}] and got.records[0] is got.records[2]

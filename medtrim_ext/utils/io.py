@@ -433,7 +433,8 @@ def load_records(path: str | Path) -> RecordsFile:
     that no given id equals, with ``given`` False; a repeated id is one study (its records never
     pair), and must be written the same way (``1`` and ``"1"`` raise, naming both lines). An
     object with an id but no ``"entities"`` is refused (its id would be read as a disease). Raises
-    ``ValueError`` naming the file (and line or row).
+    ``ValueError`` naming the file (and line or row). Equal records of a file may be one shared
+    dict (each distinct record text is parsed once): treat them as read-only.
     """
     path = Path(path)
     try:
@@ -457,13 +458,13 @@ def load_records(path: str | Path) -> RecordsFile:
             raise ValueError(f"records file {str(path)!r}: unknown format (expected JSON lines, a "
                              "JSON list or Parquet, as written by `medtrim extract`)")
     if suffix == ".jsonl":
-        items, places = [], []
+        items, places, parsed = [], [], {}
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             places.append(f"line {lineno}")
             try:
-                items.append(json.loads(line))
+                items.append(_json_line(line, parsed))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
             except RecursionError:   # [[[[...: json recurses once per level
@@ -494,6 +495,38 @@ def load_records(path: str | Path) -> RecordsFile:
             records.append(item)
             raw_ids.append(None)
     return _records_file(records, raw_ids, places, str(path))
+
+
+_JSON = json.JSONDecoder()
+_ENTITIES_AFTER_ID = ', "entities": '
+
+
+def _json_line(line: str, parsed: dict):
+    """``json.loads(line)``, with the record of a line ``{"id": X, "entities": E}`` (as ``json.dumps``
+    and so ``medtrim extract`` write it; ``"study_id"`` too) parsed once per distinct text of
+    ``E``, kept in ``parsed``: a collection's records repeat heavily (the IU reports: 22%
+    distinct) and parsing is most of reading. Any other line, or one whose parts do not parse
+    alone, is parsed whole, so the result and the error are those of ``json.loads(line)``."""
+    for key in ("id", "study_id"):
+        head = '{"' + key + '": '
+        if not line.startswith(head):
+            continue
+        try:
+            value, end = _JSON.raw_decode(line, len(head))
+        except json.JSONDecodeError:
+            break
+        if not (line.startswith(_ENTITIES_AFTER_ID, end) and line.endswith("}")):
+            break
+        text = line[end + len(_ENTITIES_AFTER_ID):-1]
+        record = parsed.get(text)
+        if record is None:
+            try:
+                record = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):   # "{...}, "id": 2": the whole line says
+                break
+            parsed[text] = record
+        return {key: value, "entities": record}
+    return json.loads(line)
 
 
 def _records_file(records: list, raw_ids: list, places: list, source: str) -> RecordsFile:
@@ -541,11 +574,14 @@ def _records_from_parquet(path: Path) -> RecordsFile:
         raise ValueError(f"records file {str(path)!r} has no 'entities' column (a Parquet file from "
                          "`medtrim extract` has one, with the record of each report as JSON)")
     ids = columns.get("study_id", columns.get("id"))
-    records = []
+    records, parsed = [], {}
     for row, cell in enumerate(columns["entities"]):
         if isinstance(cell, str):
             try:
-                record = json.loads(cell)
+                # equal cells (records repeat heavily) are parsed once and share one record
+                record = parsed.get(cell)
+                if record is None:
+                    record = parsed[cell] = json.loads(cell)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: row {row}: 'entities' is not valid JSON: {exc.msg}") from None
             except RecursionError:
