@@ -78,7 +78,9 @@ def _add_miner_args(p: argparse.ArgumentParser, scores_only: bool = False) -> No
     if not scores_only:
         g.add_argument("--min-positive-score", type=float, default=D.min_positive_score,
                        help="no triplet for an anchor whose best candidate scores less (0: off)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the semi-hard/hard draw and the ties")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the order of equal scores" if scores_only
+                   else "seed of the semi-hard/hard draw and the ties")
 
 
 def _miner(args):
