@@ -370,9 +370,11 @@ def test_records_are_built_once_per_distinct_record(tmp_path, capsys):
     records, _ = _collection(tmp_path / "r.jsonl")
     records = records + [dict(reversed(list(r.items()))) for r in records[:20]]   # other key order
     want = MetaEntities.from_records(records)
-    got = _entities(records, torch.device("cpu"))
+    got, share = _entities(records, torch.device("cpu"))
     for name in ("disease_bits", "adjective_bits", "direction_bits"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
+    u = len(want.unique()[2])   # the distinct share counts distinct rows, not distinct texts
+    assert share == f"{u} distinct of {len(records)} ({u / len(records):.1%})"
     # a bad record among repeated ones is named by its own place in the file, not the distinct list's
     bad = [{"edema": {}}] * 5 + [{"not-a-disease": {}}] + [{"edema": {}}] * 3
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -418,3 +420,19 @@ def test_records_files_parse_each_distinct_record_once_and_read_as_before(tmp_pa
         tmp_path / "e.parquet")
     got = mio.load_records(tmp_path / "e.parquet")
     assert got.records == [{"edema": {}}, {}, {"edema": {}}] and got.records[0] is got.records[2]
+
+
+def test_empty_records_or_candidates_give_no_rows_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "none.json").write_text("[]")
+    (tmp_path / "one.json").write_text(json.dumps([{"edema": {}}]))
+    for records, candidates, mine_rows in (("none.json", None, 0), ("one.json", "none.json", 1),
+                                           ("none.json", "one.json", 0)):
+        extra = [] if candidates is None else ["--candidates", str(tmp_path / candidates)]
+        assert main(["mine", str(tmp_path / records), *extra, "-o", str(tmp_path / "t.csv"),
+                     "--device", "cpu", "--no-progress"]) == 0
+        rows = list(csv.reader((tmp_path / "t.csv").open(newline="")))
+        assert rows[0][0] == "anchor_id" and len(rows) == 1 + mine_rows   # an anchor keeps its row
+        assert main(["neighbors", str(tmp_path / records), *extra, "-o", str(tmp_path / "n.csv"),
+                     "--device", "cpu", "--no-progress"]) == 0
+        assert (tmp_path / "n.csv").read_text() == "anchor_id,rank,neighbor_id,score\n"
+    assert "0 distinct of 0 (0.0%)" in capsys.readouterr().out

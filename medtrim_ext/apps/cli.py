@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -128,52 +129,60 @@ def _mining_ids(anchors, candidates) -> tuple[list, list]:
     return anchor_ids, (anchor_ids if candidates is anchors else key_ids(candidates, 1))
 
 
-def _distinct(ents) -> str:
-    """"U distinct of N (x%)": the share of distinct records, what folding saves."""
-    n = len(ents)
-    u = len(ents.unique()[2]) if n else 0
-    return f"{u} distinct of {n} ({u / max(n, 1):.1%})"
-
-
 def _entities(records: list, device):
-    """``MetaEntities.from_records(records)``, each distinct record built once: a collection's
-    records repeat heavily (the IU reports: 22% distinct), and building is a Python loop per
-    record. Equal ``repr`` means equal content for the JSON values a records file holds."""
+    """``(MetaEntities.from_records(records), "U distinct of N (x%)")``, each distinct record built
+    once: a collection's records repeat heavily (the IU reports: 22% distinct), and building is a
+    Python loop per record. Equal ``repr`` means equal content for the JSON values a records file
+    holds. U counts the distinct rows (:meth:`MetaEntities.unique`, what folding works on), found
+    among the built records only: every row is a copy of one of them."""
     from ..entities.meta_entities import MetaEntities
 
     first: dict = {}
     inverse = [first.setdefault(repr(r), len(first)) for r in records]
-    if len(first) == len(records):
-        return MetaEntities.from_records(records, device=device)
     distinct = [None] * len(first)
     for record, k in zip(records, inverse):
         distinct[k] = record
     try:
-        ents = MetaEntities.from_records(distinct, device=device)
+        built = MetaEntities.from_records(distinct, device=device)
     except (TypeError, ValueError):   # said again over all records: the message names the record's own place
-        return MetaEntities.from_records(records, device=device)
-    return ents[torch.tensor(inverse, dtype=torch.int64, device=ents.device)]
+        MetaEntities.from_records(records, device=device)
+        raise
+    ents = built if len(first) == len(records) else built[
+        torch.tensor(inverse, dtype=torch.int64, device=built.device)]
+    n, u = len(records), (len(built.unique()[2]) if len(built) else 0)
+    return ents, f"{u} distinct of {n} ({u / max(n, 1):.1%})"
 
 
-def _load_collection(args, bar):
-    """Records (and --candidates) of ``mine``/``neighbors`` as (anchors, their RecordsFile,
-    candidates or None for self-mining, their RecordsFile, anchor id keys, candidate id keys)."""
+class _Collection(NamedTuple):
+    anchors: object          # MetaEntities
+    loaded: object           # RecordsFile of the records
+    bank: object             # MetaEntities of --candidates, None: the records themselves
+    bank_loaded: object      # RecordsFile of the candidates (the records' when self-mining)
+    anchor_ids: torch.Tensor
+    bank_ids: torch.Tensor | None
+    distinct: str            # the distinct shares, for the summary
+
+
+def _load_collection(args, bar, label: str) -> _Collection:
+    """The records (and --candidates) of ``mine``/``neighbors``, with the miner's integer ids."""
     from ..utils.io import load_records
 
     device = _device(args.device)
     bar.set_postfix(stage="read")
     loaded = load_records(args.records)
-    anchors = _entities(loaded.records, device)
+    anchors, share = _entities(loaded.records, device)
+    distinct = f"{label}: {share}"
     if args.candidates and Path(args.candidates).resolve() != Path(args.records).resolve():
         bank_loaded = load_records(args.candidates)
-        bank = _entities(bank_loaded.records, device)
+        bank, share = _entities(bank_loaded.records, device)
+        distinct += f"; candidates: {share}"
     else:
         bank_loaded, bank = loaded, None
     a_keys, b_keys = _mining_ids(loaded, bank_loaded)
     anchor_ids = torch.tensor(a_keys, dtype=torch.int64, device=device)
     bank_ids = None if bank is None else torch.tensor(b_keys, dtype=torch.int64, device=device)
     bar.update(1)
-    return anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids
+    return _Collection(anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids, distinct)
 
 
 def _check_output(args) -> None:
@@ -208,17 +217,20 @@ def cmd_mine(args) -> int:
     times = {}
     t0 = time.perf_counter()
     with progress_bar(total=3, enabled=not args.no_progress, desc="mine", unit="stage") as bar:
-        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids = _load_collection(args, bar)
+        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids, distinct = _load_collection(
+            args, bar, "anchors")
         times["read"] = (t1 := time.perf_counter()) - t0
         bar.set_postfix(stage="unique+mine")
-        distinct = f"anchors: {_distinct(anchors)}" + (
-            "" if bank is None else f"; candidates: {_distinct(bank)}")
         # one draw for the whole file from --seed: the triplets of a direct TripletMiner call
         draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
-        got = miner.mine_collection(anchors, bank, anchor_ids=anchor_ids, candidate_ids=bank_ids,
-                                    per_anchor=k, draw=draw)
-        positive, negative = got.positive.cpu().numpy(), got.negative.cpu().numpy()
-        pos_s, neg_s = got.positive_score.cpu().numpy(), got.negative_score.cpu().numpy()
+        if len(anchors) and len(anchors if bank is None else bank):
+            got = miner.mine_collection(anchors, bank, anchor_ids=anchor_ids, candidate_ids=bank_ids,
+                                        per_anchor=k, draw=draw)
+            positive, negative = got.positive.cpu().numpy(), got.negative.cpu().numpy()
+            pos_s, neg_s = got.positive_score.cpu().numpy(), got.negative_score.cpu().numpy()
+        else:   # no records or no candidates (`[]`): nothing to fold, no triplet
+            positive = negative = np.full((len(anchors), k), -1, dtype=np.int64)
+            pos_s = neg_s = np.full((len(anchors), k), np.nan, dtype=np.float32)
         times["unique+mine"] = (t2 := time.perf_counter()) - t1
         bar.update(1)
         bar.set_postfix(stage="write")
@@ -275,16 +287,19 @@ def cmd_neighbors(args) -> int:
     times = {}
     t0 = time.perf_counter()
     with progress_bar(total=3, enabled=not args.no_progress, desc="neighbors", unit="stage") as bar:
-        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids = _load_collection(args, bar)
+        anchors, loaded, bank, bank_loaded, anchor_ids, bank_ids, distinct = _load_collection(
+            args, bar, "studies")
         times["read"] = (t1 := time.perf_counter()) - t0
         bar.set_postfix(stage="unique+rank")
-        distinct = f"studies: {_distinct(anchors)}" + (
-            "" if bank is None else f"; candidates: {_distinct(bank)}")
         # the draw of --seed: its tie seed orders equal scores (the semi-hard draw is unused)
         draw = miner.draw(len(anchors), torch.Generator().manual_seed(args.seed))
-        got = miner.neighbors(anchors, bank, k=k, anchor_ids=anchor_ids, candidate_ids=bank_ids,
-                              draw=draw)
-        index, score = got.index.cpu().numpy(), got.score.cpu().numpy()
+        if len(anchors) and len(anchors if bank is None else bank):
+            got = miner.neighbors(anchors, bank, k=k, anchor_ids=anchor_ids, candidate_ids=bank_ids,
+                                  draw=draw)
+            index, score = got.index.cpu().numpy(), got.score.cpu().numpy()
+        else:   # no records or no candidates (`[]`): nothing to rank
+            index = np.full((len(anchors), k), -1, dtype=np.int64)
+            score = np.full((len(anchors), k), np.nan, dtype=np.float32)
         times["unique+rank"] = (t2 := time.perf_counter()) - t1
         bar.update(1)
         bar.set_postfix(stage="write")
