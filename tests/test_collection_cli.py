@@ -397,19 +397,24 @@ def test_records_files_parse_each_distinct_record_once_and_read_as_before(tmp_pa
         '{"id":"g","entities":{}}',                                          # no spaces
         '{"edema": {"dirs": ["left"]}}',                                     # a bare record
         '{"id": "h", "entities": {"edema": {}} }',                           # a space before the end
+        '{"id": -0, "entities": {}}', '{"id": 1.5e3, "entities": {}}', '{"id": "\u00e9\\n", "entities": {}}',
     ]
     (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
     want = [json.loads(line) for line in lines]
     got = mio.load_records(tmp_path / "r.jsonl")
     assert got.records == [w.get("entities", w) for w in want]
-    assert got.ids == ["a", "7", "b", "d", 'e, "entities": x', "f", "g", "#7", "h"]
+    assert got.ids[:9] == ["a", "7", "b", "d", 'e, "entities": x', "f", "g", "#7", "h"]
     assert got.records[0] is got.records[1]   # parsed once
     parsed = {}
     for line, w in zip(lines, want):
         assert mio._json_line(line, parsed) == w, line
+    for line, w in zip(lines, want):   # integers, escapes: json's values, types included
+        assert repr(mio._json_line(line, {})) == repr(w), line
     # a damaged line is still named, with json's own message
     for bad, message in (('{"id": "a", "entities": {"edema": {}}', "bad.jsonl:2: not valid JSON"),
                          ('{"id": "a", "entities": {"edema": {}}}}', "bad.jsonl:2: not valid JSON"),
+                         ('{"id": "a\x01b", "entities": {}}', "bad.jsonl:2: not valid JSON"),   # a raw control character
+                         ('{"id": 01, "entities": {}}', "bad.jsonl:2: not valid JSON"),
                          ('{"id": "a", "entities": ' + "[" * 100000 + "}", "bad.jsonl:2: JSON nested too deeply")):
         (tmp_path / "bad.jsonl").write_text(lines[0] + "\n" + bad + "\n")
         with pytest.raises(ValueError, match=message):

@@ -138,7 +138,13 @@ def _entities(records: list, device):
     from ..entities.meta_entities import MetaEntities
 
     first: dict = {}
-    inverse = [first.setdefault(repr(r), len(first)) for r in records]
+    seen: dict = {}   # id(record) -> its key: load_records shares one dict among equal records
+    inverse = []
+    for r in records:
+        k = seen.get(id(r))
+        if k is None:
+            k = seen[id(r)] = first.setdefault(repr(r), len(first))
+        inverse.append(k)
     distinct = [None] * len(first)
     for record, k in zip(records, inverse):
         distinct[k] = record
@@ -165,20 +171,30 @@ class _Collection(NamedTuple):
 
 def _load_collection(args, bar, label: str) -> _Collection:
     """The records (and --candidates) of ``mine``/``neighbors``, with the miner's integer ids."""
+    import gc
+
     from ..utils.io import load_records
 
     device = _device(args.device)
     bar.set_postfix(stage="read")
-    loaded = load_records(args.records)
-    anchors, share = _entities(loaded.records, device)
-    distinct = f"{label}: {share}"
-    if args.candidates and Path(args.candidates).resolve() != Path(args.records).resolve():
-        bank_loaded = load_records(args.candidates)
-        bank, share = _entities(bank_loaded.records, device)
-        distinct += f"; candidates: {share}"
-    else:
-        bank_loaded, bank = loaded, None
-    a_keys, b_keys = _mining_ids(loaded, bank_loaded)
+    # reading makes a few objects per record and no cycles: the collector's passes over the
+    # growing heap were a third of the read time (377k records: 2.4 s -> 1.5 s without)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        loaded = load_records(args.records)
+        anchors, share = _entities(loaded.records, device)
+        distinct = f"{label}: {share}"
+        if args.candidates and Path(args.candidates).resolve() != Path(args.records).resolve():
+            bank_loaded = load_records(args.candidates)
+            bank, share = _entities(bank_loaded.records, device)
+            distinct += f"; candidates: {share}"
+        else:
+            bank_loaded, bank = loaded, None
+        a_keys, b_keys = _mining_ids(loaded, bank_loaded)
+    finally:
+        if collecting:
+            gc.enable()
     anchor_ids = torch.tensor(a_keys, dtype=torch.int64, device=device)
     bank_ids = None if bank is None else torch.tensor(b_keys, dtype=torch.int64, device=device)
     bar.update(1)

@@ -499,6 +499,8 @@ def load_records(path: str | Path) -> RecordsFile:
 
 _JSON = json.JSONDecoder()
 _ENTITIES_AFTER_ID = ', "entities": '
+# a JSON string without escapes or control characters (its text is its value), or a JSON integer
+_PLAIN_ID = re.compile(r'"([^"\\\x00-\x1f]*)"|(-?(?:0|[1-9][0-9]*))(?=,)')
 
 
 def _json_line(line: str, parsed: dict):
@@ -511,10 +513,14 @@ def _json_line(line: str, parsed: dict):
         head = '{"' + key + '": '
         if not line.startswith(head):
             continue
-        try:
-            value, end = _JSON.raw_decode(line, len(head))
-        except json.JSONDecodeError:
-            break
+        plain = _PLAIN_ID.match(line, len(head))   # "s123" or 42: read without the decoder
+        if plain is not None:
+            value, end = (plain[1] if plain[1] is not None else int(plain[2])), plain.end()
+        else:
+            try:
+                value, end = _JSON.raw_decode(line, len(head))
+            except json.JSONDecodeError:
+                break
         if not (line.startswith(_ENTITIES_AFTER_ID, end) and line.endswith("}")):
             break
         text = line[end + len(_ENTITIES_AFTER_ID):-1]
