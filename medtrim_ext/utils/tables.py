@@ -228,10 +228,13 @@ def _write_parquet(path, columns: dict, n: int, bar) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    prepared = {}
+    prepared, done = {}, {}
     for name, column in columns.items():
-        if isinstance(column, IdColumn):   # the distinct ids once, as an Arrow array to take from
-            column = _ArrowIds(column.texts, column.index, pa.array(list(column.texts), pa.string()))
+        if isinstance(column, IdColumn):   # the ids once, as an Arrow array to take from
+            key = id(column.texts)   # mine's anchor, positive and negative ids share one list
+            if key not in done:
+                done[key] = pa.array(list(column.texts), pa.string())
+            column = _ArrowIds(column.texts, column.index, done[key])
         prepared[name] = column
     schema = pa.schema([(name, _arrow_column(c, slice(0, 0)).type) for name, c in prepared.items()])
     with atomic_write(path, "wb") as f:
