@@ -441,3 +441,28 @@ def test_empty_records_or_candidates_give_no_rows_not_a_traceback(tmp_path, caps
                      "--device", "cpu", "--no-progress"]) == 0
         assert (tmp_path / "n.csv").read_text() == "anchor_id,rank,neighbor_id,score\n"
     assert "0 distinct of 0 (0.0%)" in capsys.readouterr().out
+
+
+def test_a_failed_write_is_named_and_leaves_nothing(tmp_path):
+    """A write that fails half-way (here the file size limit: EFBIG, as a full disk gives ENOSPC)
+    is one error line naming the output, for pyarrow's Parquet writer as for the CSV bytes."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("pyarrow")
+    _collection(tmp_path / "r.jsonl", n=2000, evil=False)
+    script = r'''
+import json, resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails with EFBIG instead of a signal
+from medtrim_ext.apps.cli import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+print(json.dumps([main(["neighbors", "r.jsonl", "--k", "5", "-o", name, "--device", "cpu", "--no-progress"])
+                  for name in ("n.parquet", "n.csv")]))
+'''
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert json.loads(done.stdout.splitlines()[-1]) == [2, 2], done.stderr
+    for name in ("n.parquet", "n.csv"):
+        assert f"error: cannot write '{name}': File too large; nothing was written" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]   # no temporary left
