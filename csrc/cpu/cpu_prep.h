@@ -102,15 +102,18 @@ inline cpu::Params params(const at::Tensor& adj, const at::Tensor& dir, double w
 struct HotLoops {
   decltype(&cpu::baseline::score_rows) score_rows;
   decltype(&cpu::baseline::mine_rows) mine_rows;
+  decltype(&cpu::baseline::score_group) score_group;
 };
 
 inline const HotLoops& hot_loops() {
 #if defined(MEDTRIM_HAVE_POPCNT_BUILD)
   static const HotLoops loops = __builtin_cpu_supports("popcnt")
-      ? HotLoops{&cpu::popcnt::score_rows, &cpu::popcnt::mine_rows}
-      : HotLoops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows};
+      ? HotLoops{&cpu::popcnt::score_rows, &cpu::popcnt::mine_rows, &cpu::popcnt::score_group}
+      : HotLoops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows,
+                 &cpu::baseline::score_group};
 #else
-  static const HotLoops loops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows};
+  static const HotLoops loops{&cpu::baseline::score_rows, &cpu::baseline::mine_rows,
+                              &cpu::baseline::score_group};
 #endif
   return loops;
 }

@@ -2,26 +2,31 @@
 // whole collection, from the distinct records of the anchors and of the candidates.
 //
 // Scores depend on records only, so each distinct anchor record u is scored once against each
-// distinct candidate record v (one row of U_c floats, reused, never a U x U matrix). The mining
-// rule then needs, per u, only a few score *levels* (distinct score values) and the records at
-// each: the K highest (positives), and the first 2K of each negative order (semi-hard: from the
-// lowest score >= threshold up, then from the highest below threshold down; hard: from the lowest
-// up); every level holds at least one usable sample, so K positives can use up at most K levels.
+// distinct candidate record v, group by group (candidate records grouped by disease mask: a group
+// that shares no disease with u scores one value for all its records; never a U x U matrix). The
+// mining rule then needs, per u, only a few score *levels* (distinct score values) and the groups
+// and records at each: the K highest (positives), and the first 2K of each negative order
+// (semi-hard: from the lowest score >= threshold up, then from the highest below threshold down;
+// hard: from the lowest up). A level is unusable for an anchor only when every sample in it has
+// the anchor's id, which takes at most E levels (E: the records all of whose samples carry the
+// id, almost always 0 or 1), and K positives use up at most K levels; so K + E and 2K + E levels
+// always hold enough.
 // Within a level every sample scores the same, and the miner's tie rule decides: the smallest tie
 // key (the clockwise distance on the seed's circle from the anchor's hash to the candidate's),
 // then the lowest index, i.e. the samples in circular (hash, index) order starting just after the
 // anchor's hash. Each record keeps its samples in (hash, index) order, so that order over a level
 // is a k-way merge of its records, a scan of the global order (large levels), or one merged,
-// sorted array per level (many small records). Samples with the anchor's id are skipped; a record
-// whose every sample has the anchor's id is not a candidate of that anchor at all, so anchors are
-// grouped by that set of records (almost always empty, or their own record when it is a single
-// sample) and each group computes its levels without them. The result equals the unfolded
+// sorted array per level (many small records). Samples with the anchor's id are skipped. The
+// result equals the unfolded
 // miner's (meta_entity.h, mine_rows) and the reference (ops/reference.py, mine_k_from_scores /
 // top_k_from_scores) exactly.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -100,72 +105,185 @@ struct CandidateOrders {
   }
 };
 
-// The first `limit` distinct values of one order, best first (a handful: K or 2K).
-struct LevelPicker {
-  bool descending;
-  size_t limit;
-  std::vector<float> values;
-
-  bool before(float x, float y) const { return descending ? x > y : x < y; }
-  void offer(float s) {
-    if (values.size() == limit && !before(s, values.back())) return;
-    auto it = std::lower_bound(values.begin(), values.end(), s, [&](float x, float y) { return before(x, y); });
-    if (it != values.end() && *it == s) return;
-    values.insert(it, s);
-    if (values.size() > limit) values.pop_back();
-  }
-  int find(float s) const {
-    auto it = std::lower_bound(values.begin(), values.end(), s, [&](float x, float y) { return before(x, y); });
-    return it != values.end() && *it == s ? static_cast<int>(it - values.begin()) : -1;
-  }
-};
-
 struct Level {
   float value;
-  std::vector<int64_t> records;
-  int64_t samples = 0;
+  std::vector<int64_t> groups;    // candidate groups whose every record scores `value`
+  std::vector<int64_t> records;   // single records (of groups that score record by record)
+  int64_t record_count = 0, samples = 0;
   std::vector<std::pair<uint32_t, int64_t>> merged;  // built on first use (many small records)
   bool has_merged = false;
 };
 
-// One order of levels (positives, semi-hard above threshold, below threshold, hard).
+// How the candidate groups score against an anchor disease mask (shared by every anchor record
+// with that mask): group_score[g] is the one score of every record of a group that shares no
+// disease with the mask (or of any group, for a no-finding anchor), NaN for a group scored record
+// by record; `pending` holds the latter with bounds on their scores, best upper bound first.
+struct MaskPlan {
+  uint32_t mask = 0;
+  bool ready = false;
+  std::vector<float> group_score;   // [groups]
+  struct Pending { float hi, lo; int64_t g; };
+  std::vector<Pending> pending;
+  std::vector<int64_t> zero;        // groups that score 0
+  std::vector<std::pair<int64_t, float>> other;  // constant groups with another score
+
+  void build(uint32_t mu, const cpu::GroupedCandidates& gv, const cpu::Params& p) {
+    mask = mu;
+    ready = true;
+    group_score.resize(gv.groups);
+    pending.clear();
+    zero.clear();
+    other.clear();
+    const ScoreWeights w{p.w_dis, p.w_adj, p.w_dir};
+    const double inv = mu != 0 ? 1.0 / popcount32(mu) : 0.0;
+    for (int64_t g = 0; g < gv.groups; ++g) {
+      const uint32_t mg = gv.mask[g], shared = mu & mg;
+      if (mu == 0 || shared == 0) {
+        const float s = mu == 0 ? empty_anchor_score(mg, w) : 0.0f;
+        group_score[g] = s;
+        if (s == 0.0f) zero.push_back(g); else other.emplace_back(g, s);
+        continue;
+      }
+      group_score[g] = std::numeric_limits<float>::quiet_NaN();
+      const double lo = p.w_dis * popcount32(shared) / popcount32(mu | mg);
+      const double hi = lo + (p.w_adj + p.w_dir) * popcount32(shared) * inv;
+      // widened by 1e-6 (relative): the kernel's float rounding (6e-8) never leaves the range
+      pending.push_back({static_cast<float>(hi * (1 + 1e-6) + 1e-30), static_cast<float>(lo * (1 - 1e-6)), g});
+    }
+    std::sort(pending.begin(), pending.end(),
+              [](const Pending& x, const Pending& y) { return x.hi > y.hi || (x.hi == y.hi && x.g < y.g); });
+  }
+};
+
+// What one anchor record's walks read: its mask's plan and a scratch for one group's scores.
+struct Row {
+  const MaskPlan* plan = nullptr;
+  std::vector<float> member_score;
+};
+
+// One order of levels (positives, semi-hard above threshold, below threshold, hard): its first
+// `limit` distinct score values, best first, with the groups and records at each, kept in one
+// pass (a better value evicts the last level); and the tags that say which level a group or a
+// record belongs to (global scans test membership with them).
 struct LevelOrder {
-  LevelPicker picker;
-  std::vector<Level> levels;
-  std::vector<int32_t>* tag;  // record -> level index in this order, -1 (global scans)
+  bool descending = true;
+  size_t limit = 1;
+  std::vector<Level> levels;      // best first; slots past `used` are spare (recycled)
+  size_t used = 0;
+  std::vector<int32_t> group_tag, record_tag;  // -1: in no level
+
+  bool before(float x, float y) const { return descending ? x > y : x < y; }
+  void reset(size_t new_limit) {
+    limit = new_limit;
+    for (size_t i = 0; i < used; ++i) {
+      levels[i].groups.clear();
+      levels[i].records.clear();
+      levels[i].merged.clear();
+      levels[i].has_merged = false;
+      levels[i].record_count = levels[i].samples = 0;
+    }
+    used = 0;
+  }
+  // The level of value s, made if s is among the first `limit` values (else null).
+  Level* slot(float s) {
+    if (used == limit && before(levels[used - 1].value, s)) return nullptr;   // most entries
+    return insert(s);
+  }
+  __attribute__((noinline)) Level* insert(float s) {
+    size_t i = 0;
+    while (i < used && before(levels[i].value, s)) ++i;
+    if (i < used && levels[i].value == s) return &levels[i];
+    if (used == limit) {   // evict the last level: its lists become the new level's
+      Level& last = levels[used - 1];
+      last.groups.clear();
+      last.records.clear();
+      --used;
+    }
+    if (levels.size() == used) levels.emplace_back();
+    // rotate the spare slot at `used` into place i (moves vectors, keeps their storage)
+    std::rotate(levels.begin() + i, levels.begin() + used, levels.begin() + used + 1);
+    ++used;
+    levels[i].value = s;
+    return &levels[i];
+  }
+  int level_of(int64_t v, int64_t g, const Row& row) const {
+    return std::isnan(row.plan->group_score[g]) ? record_tag[v] : group_tag[g];
+  }
+};
+
+// Shared, read-only: the candidate records' groups and their sample counts.
+struct Groups {
+  const cpu::GroupedCandidates& view;
+  std::vector<int64_t> group_of;   // [records] group of each record
+  std::vector<int64_t> samples;    // [groups] samples of all records of the group
+
+  Groups(const cpu::GroupedCandidates& v, const CandidateOrders& c) : view(v) {
+    group_of.resize(v.m);
+    samples.assign(v.groups, 0);
+    for (int64_t g = 0; g < v.groups; ++g)
+      for (int64_t k = v.start[g]; k < v.start[g + 1]; ++k) {
+        group_of[v.order[k]] = g;
+        samples[g] += c.count(v.order[k]);
+      }
+  }
+  int64_t size(int64_t g) const { return view.start[g + 1] - view.start[g]; }
+  template <class F>
+  void for_records(const Level& level, F&& f) const {
+    for (int64_t g : level.groups)
+      for (int64_t k = view.start[g]; k < view.start[g + 1]; ++k) f(view.order[k]);
+    for (int64_t v : level.records) f(v);
+  }
 };
 
 // Walks the samples of one level in tie order for one anchor (hash h): next() gives the next
 // sample index, or -1 when the level is exhausted. The caller skips the samples it cannot use.
 class LevelWalk {
  public:
-  LevelWalk(const CandidateOrders& c, Level& level, const std::vector<int32_t>& tag, int level_id,
-            uint32_t h)
-      : c_(c), tag_(tag), level_id_(level_id), h_(h) {
-    if (level.records.size() <= 8) {
-      for (int64_t v : level.records) add_range(c.rec_hash.data(), c.rec_index.data(), c.rec_start[v], c.rec_start[v + 1]);
-    } else if (level.samples * 32 >= c.n) {
+  // The cheapest of the three walks for this level, by expected work per anchor sample of the
+  // `group` samples of the anchor record: a scan of the circle visits about n / samples entries
+  // per sample it finds; a merge of the records costs a search per record; one merged array costs
+  // its sort, shared by the anchor record's samples, and a search.
+  // `force` (tests): 1 merge, 2 scan, 3 merged array, 0 by cost. All three give the same order.
+  LevelWalk(const CandidateOrders& c, const Groups& groups, const LevelOrder& order, const Row& row,
+            Level& level, int level_id, uint32_t h, int64_t group, int force)
+      : c_(c), groups_(groups), order_(order), row_(row), level_id_(level_id), h_(h) {
+    const double records = static_cast<double>(level.record_count);
+    const double samples = static_cast<double>(std::max<int64_t>(level.samples, 1));
+    const double log_m = std::log2(samples + 1.0);
+    double scan = 2.0 * static_cast<double>(c.n) / samples;
+    double merge = records * (1.0 + std::log2(samples / std::max(records, 1.0) + 1.0));
+    double merged = log_m + (level.has_merged ? 0.0 : samples * log_m / static_cast<double>(group));
+    if (force != 0) {
+      merge = force == 1 ? 0.0 : 1e300;
+      scan = force == 2 ? 0.0 : 1e300;
+      merged = force == 3 ? 0.0 : 1e300;
+    }
+    if ((force == 0 && records <= 2) || (merge <= scan && merge <= merged)) {
+      groups.for_records(level, [&](int64_t v) {
+        add_range(c.rec_hash.data(), c.rec_index.data(), c.rec_start[v], c.rec_start[v + 1]);
+      });
+    } else if (scan <= merged) {
       global_ = true;
       pos_ = std::upper_bound(c.all_hash.begin(), c.all_hash.end(), h) - c.all_hash.begin();
       left_ = c.n;
     } else {
       if (!level.has_merged) {
         level.merged.reserve(level.samples);
-        for (int64_t v : level.records)
+        groups.for_records(level, [&](int64_t v) {
           for (int64_t k = c.rec_start[v]; k < c.rec_start[v + 1]; ++k)
             level.merged.emplace_back(c.rec_hash[k], c.rec_index[k]);
+        });
         std::sort(level.merged.begin(), level.merged.end());
         level.has_merged = true;
       }
       merged_ = &level.merged;
       Range r;
-      r.begin = 0;
-      r.end = static_cast<int64_t>(level.merged.size());
-      auto it = std::upper_bound(level.merged.begin(), level.merged.end(), std::make_pair(h, std::numeric_limits<int64_t>::max()));
+      r.end = r.left = static_cast<int64_t>(level.merged.size());
+      auto it = std::upper_bound(level.merged.begin(), level.merged.end(),
+                                 std::make_pair(h, std::numeric_limits<int64_t>::max()));
       r.pos = it - level.merged.begin();
-      r.left = r.end;
-      if (r.pos == r.end) r.pos = r.begin;
-      ranges_.push_back(r);
+      if (r.pos == r.end) r.pos = 0;
+      if (r.left > 0) ranges_.push_back(r);
     }
   }
 
@@ -175,7 +293,8 @@ class LevelWalk {
         if (pos_ == c_.n) pos_ = 0;
         const int64_t k = pos_++;
         --left_;
-        if (tag_[c_.all_record[k]] == level_id_) return c_.all_index[k];
+        const int64_t v = c_.all_record[k];
+        if (order_.level_of(v, groups_.group_of[v], row_) == level_id_) return c_.all_index[k];
       }
       return -1;
     }
@@ -213,7 +332,9 @@ class LevelWalk {
   }
 
   const CandidateOrders& c_;
-  const std::vector<int32_t>& tag_;
+  const Groups& groups_;
+  const LevelOrder& order_;
+  const Row& row_;
   int level_id_;
   uint32_t h_;
   bool global_ = false;
@@ -227,70 +348,126 @@ struct FoldedParams {
   bool negatives;
   float threshold, upper, min_positive;
   std::optional<uint64_t> seed;
+  int walk;  // MEDTRIM_FOLDED_WALK (tests): merge / scan / merged forces one walk; unset: by cost
 };
 
-// Per-thread scratch: the score row of one anchor record and the level tags of each order.
-struct Scratch {
-  std::vector<float> row;
-  std::vector<int32_t> tags[4];
-  explicit Scratch(int64_t records) : row(records) {
-    for (auto& t : tags) t.assign(records, -1);
-  }
-};
+int walk_mode_from_env() {
+  const char* v = std::getenv("MEDTRIM_FOLDED_WALK");
+  if (v == nullptr || *v == '\0') return 0;
+  const std::string s(v);
+  if (s == "merge") return 1;
+  if (s == "scan") return 2;
+  if (s == "merged") return 3;
+  TORCH_CHECK(false, "MEDTRIM_FOLDED_WALK must be merge, scan or merged, got '", s, "'");
+  return 0;
+}
 
-// The levels of one group of anchor samples (one anchor record, one set of excluded records).
-void build_levels(const std::vector<float>& row, const std::vector<char>& excluded,
-                  const CandidateOrders& c, const FoldedParams& fp, bool want_semi, bool want_hard,
+using ScoreGroupFn = decltype(&cpu::baseline::score_group);
+
+// The levels of anchor record `one` (a view of that record alone): which orders it needs, with E
+// levels of slack (see the top). Groups that share no disease score one value; a group that does
+// has its scores in [w_dis J, w_dis J + (w_adj + w_dir) |shared| / |D_u|] (every IoU is in [0, 1]),
+// and is scored only when that range can still reach a level of some order: most groups cannot
+// once the first ones have set the levels, as in the unfolded kernel's could_take.
+void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, const cpu::Params& p,
+                  ScoreGroupFn score_group, const Groups& groups, const CandidateOrders& c,
+                  const FoldedParams& fp, bool want_semi, bool want_hard, int64_t slack, Row& row,
                   std::vector<LevelOrder*>& orders) {
   LevelOrder& pos = *orders[0];
   LevelOrder& above = *orders[1];
   LevelOrder& below = *orders[2];
   LevelOrder& hard = *orders[3];
-  for (LevelOrder* o : orders) { o->picker.values.clear(); o->levels.clear(); }
-  const int64_t m = static_cast<int64_t>(row.size());
-  for (int64_t v = 0; v < m; ++v) {
-    if (excluded[v]) continue;
-    const float s = row[v];
-    pos.picker.offer(s);
-    if (!fp.negatives || !(s < fp.upper)) continue;
-    if (want_semi) {
-      if (s >= fp.threshold) above.picker.offer(s); else below.picker.offer(s);
+  const size_t neg_limit = static_cast<size_t>(2 * fp.k + slack);
+  pos.reset(static_cast<size_t>(fp.k + slack));
+  above.reset(fp.negatives && want_semi ? neg_limit : 0);
+  below.reset(fp.negatives && want_semi ? neg_limit : 0);
+  hard.reset(fp.negatives && want_hard ? neg_limit : 0);
+  // the order(s) of value s: positives always; below `upper`, the negative orders asked for
+  auto place = [&](float s, auto&& add) {
+    if (Level* l = pos.slot(s)) add(*l);
+    if (!(s < fp.upper)) return;
+    LevelOrder& semi = s >= fp.threshold ? above : below;
+    if (semi.limit > 0)
+      if (Level* l = semi.slot(s)) add(*l);
+    if (hard.limit > 0)
+      if (Level* l = hard.slot(s)) add(*l);
+  };
+  auto last = [](const LevelOrder& o) { return o.levels[o.used - 1].value; };
+  // whether some score in [lo, hi] could still be a level of some order (levels only get better)
+  auto reachable = [&](float lo, float hi) {
+    if (pos.used < pos.limit || hi >= last(pos)) return true;
+    if (!fp.negatives || !(lo < fp.upper)) return false;
+    if (above.limit > 0 && hi >= fp.threshold && (above.used < above.limit || lo <= last(above))) return true;
+    if (below.limit > 0 && lo < fp.threshold && (below.used < below.limit || hi >= last(below))) return true;
+    return hard.limit > 0 && (hard.used < hard.limit || lo <= last(hard));
+  };
+  const MaskPlan& plan = *row.plan;
+  for (const auto& [g, s] : plan.other) place(s, [&](Level& l) { l.groups.push_back(g); });
+  // the groups that score 0 share one level (placed once, not once per group)
+  if (!plan.zero.empty())
+    place(0.0f, [&](Level& l) { l.groups.insert(l.groups.end(), plan.zero.begin(), plan.zero.end()); });
+  auto score = [&](const MaskPlan::Pending& pg) {
+    score_group(one, gv, p, 0, pg.g, row.member_score.data());
+    const int64_t start = gv.start[pg.g];
+    for (int64_t k = start; k < gv.start[pg.g + 1]; ++k) {
+      const int64_t v = gv.order[k];
+      place(row.member_score[k - start], [&](Level& l) { l.records.push_back(v); });
     }
-    if (want_hard) hard.picker.offer(s);
+  };
+  // Two passes, so that the levels settle after few groups and the rest are skipped: the best
+  // ranges first until no other group can reach a positive level, then the rest nearest to the
+  // threshold first, where the negative levels lie.
+  size_t first = 0;
+  for (; first < plan.pending.size(); ++first) {
+    const MaskPlan::Pending& pg = plan.pending[first];
+    if (pos.used == pos.limit && pg.hi < last(pos)) break;
+    score(pg);
   }
-  for (LevelOrder* o : orders) {
-    o->levels.resize(o->picker.values.size());
-    for (size_t i = 0; i < o->levels.size(); ++i) o->levels[i].value = o->picker.values[i];
+  if (fp.negatives && first < plan.pending.size()) {
+    // the groups whose range holds the threshold, then the others (no sort needed: by then the
+    // negative levels sit next to the threshold and few other groups reach them)
+    const float t = fp.threshold;
+    for (int straddle = 1; straddle >= 0; --straddle)
+      for (size_t i = first; i < plan.pending.size(); ++i) {
+        const MaskPlan::Pending& pg = plan.pending[i];
+        if ((pg.lo <= t && t <= pg.hi) == static_cast<bool>(straddle) && reachable(pg.lo, pg.hi)) score(pg);
+      }
   }
-  for (int64_t v = 0; v < m; ++v) {
-    if (excluded[v]) continue;
-    const float s = row[v];
-    for (LevelOrder* o : orders) {
-      if (o->levels.empty()) continue;
-      const int i = o->picker.find(s);
-      if (i < 0) continue;
-      o->levels[i].records.push_back(v);
-      o->levels[i].samples += c.count(v);
-      (*o->tag)[v] = i;
+  for (LevelOrder* o : orders)
+    for (size_t i = 0; i < o->used; ++i) {
+      Level& l = o->levels[i];
+      for (int64_t g : l.groups) {
+        l.record_count += groups.size(g);
+        l.samples += groups.samples[g];
+        o->group_tag[g] = static_cast<int32_t>(i);
+      }
+      for (int64_t v : l.records) {
+        ++l.record_count;
+        l.samples += c.count(v);
+        o->record_tag[v] = static_cast<int32_t>(i);
+      }
     }
-  }
 }
 
 void clear_tags(std::vector<LevelOrder*>& orders) {
   for (LevelOrder* o : orders)
-    for (const Level& l : o->levels)
-      for (int64_t v : l.records) (*o->tag)[v] = -1;
+    for (size_t i = 0; i < o->used; ++i) {
+      const Level& l = o->levels[i];
+      for (int64_t g : l.groups) o->group_tag[g] = -1;
+      for (int64_t v : l.records) o->record_tag[v] = -1;
+    }
 }
 
 // Takes up to `want` usable samples of one order's levels for one anchor; `taken` holds the
 // samples already chosen (positives), which a negative must not repeat.
-void take(LevelOrder& order, const CandidateOrders& c, int64_t anchor_id, uint32_t h, int64_t want,
-          float floor, bool use_floor, const std::vector<int64_t>& taken, std::vector<int64_t>& out,
-          std::vector<float>& out_score) {
-  for (size_t i = 0; i < order.levels.size() && static_cast<int64_t>(out.size()) < want; ++i) {
+void take(LevelOrder& order, const CandidateOrders& c, const Groups& groups, const Row& row,
+          int64_t anchor_id, uint32_t h, int64_t group, int64_t want, float floor, bool use_floor,
+          const std::vector<int64_t>& taken, std::vector<int64_t>& out, std::vector<float>& out_score,
+          int walk_mode) {
+  for (size_t i = 0; i < order.used && static_cast<int64_t>(out.size()) < want; ++i) {
     Level& level = order.levels[i];
     if (use_floor && !(level.value >= floor)) return;
-    LevelWalk walk(c, level, *order.tag, static_cast<int>(i), h);
+    LevelWalk walk(c, groups, order, row, level, static_cast<int>(i), h, group, walk_mode);
     for (int64_t j = walk.next(); j >= 0; j = walk.next()) {
       if (c.ids[j] == anchor_id) continue;
       if (std::find(taken.begin(), taken.end(), j) != taken.end()) continue;
@@ -319,7 +496,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
   TORCH_CHECK(std::isfinite(min_positive_score) && min_positive_score >= 0,
               "min_positive_score must be finite and >= 0, got ", min_positive_score);
   const FoldedParams fp{k, negatives, static_cast<float>(threshold), static_cast<float>(upper),
-                        static_cast<float>(min_positive_score), read_tie_seed(tie_seed_tensor)};
+                        static_cast<float>(min_positive_score), read_tie_seed(tie_seed_tensor),
+                        walk_mode_from_env()};
 
   const auto ad = a_dis.contiguous(), aa = a_adj.contiguous(), ar = a_dir.contiguous();
   const auto bd = b_dis.contiguous(), ba = b_adj.contiguous(), br = b_dir.contiguous();
@@ -355,78 +533,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
   int64_t* neg_out = negatives ? negative.data_ptr<int64_t>() : nullptr;
   float* pos_s = pos_score.data_ptr<float>();
   float* neg_s = negatives ? neg_score.data_ptr<float>() : nullptr;
-  const auto score_rows = hot_loops().score_rows;
-  const size_t neg_levels = static_cast<size_t>(2 * k);
+  const auto score_group = hot_loops().score_group;
+  const Groups groups(grouping.view, cands);
+  const int64_t n_groups = grouping.view.groups;
+  int64_t largest_group = 0;
+  for (int64_t g = 0; g < n_groups; ++g) largest_group = std::max(largest_group, groups.size(g));
 
-  at::parallel_for(0, records_a, 1, [&](int64_t begin, int64_t end) {
-    Scratch scratch(records_b);
-    LevelOrder pos_order{LevelPicker{true, static_cast<size_t>(k), {}}, {}, &scratch.tags[0]};
-    LevelOrder above{LevelPicker{false, neg_levels, {}}, {}, &scratch.tags[1]};
-    LevelOrder below{LevelPicker{true, neg_levels, {}}, {}, &scratch.tags[2]};
-    LevelOrder hard{LevelPicker{false, neg_levels, {}}, {}, &scratch.tags[3]};
-    std::vector<LevelOrder*> orders{&pos_order, &above, &below, &hard};
-    std::vector<char> excluded(records_b, 0);
+  // Work units: an anchor record and up to kChunk of its samples (a record held by most of the
+  // collection, e.g. the no-finding one, is split so that it does not keep one thread busy alone;
+  // each chunk recomputes the record's levels, which costs far less than its samples' walks).
+  // Threads take units from a shared counter: their costs vary widely.
+  constexpr int64_t kChunk = 2048;
+  std::vector<std::pair<int64_t, int64_t>> units;  // (record, first sample position)
+  std::vector<int64_t> by_mask(records_a);   // records sorted by disease mask: see MaskPlan
+  for (int64_t u = 0; u < records_a; ++u) by_mask[u] = u;
+  const uint32_t* a_mask = anchors.dis;
+  std::stable_sort(by_mask.begin(), by_mask.end(), [&](int64_t x, int64_t y) {
+    return (a_mask[x] & anchors.classes_mask) < (a_mask[y] & anchors.classes_mask);
+  });
+  for (int64_t u : by_mask)
+    for (int64_t t = a_start[u]; t < a_start[u + 1]; t += kChunk) units.emplace_back(u, t);
+  std::atomic<size_t> next_unit{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    Row row;
+    MaskPlan plan;   // of the last mask seen: units come sorted by mask
+    row.plan = &plan;
+    row.member_score.resize(largest_group);
+    std::vector<LevelOrder> order_store;
+    for (int o = 0; o < 4; ++o)   // positives (descending), above (ascending), below (descending), hard (ascending)
+      order_store.push_back(LevelOrder{o == 0 || o == 2, 1, {}, 0, std::vector<int32_t>(n_groups, -1),
+                                       std::vector<int32_t>(records_b, -1)});
+    std::vector<LevelOrder*> orders{&order_store[0], &order_store[1], &order_store[2], &order_store[3]};
     std::vector<std::pair<int64_t, int64_t>> same;
-    std::vector<std::pair<std::vector<int64_t>, int64_t>> keyed;  // (excluded records, sample)
     std::vector<int64_t> pos_pick, neg_pick;
     const std::vector<int64_t> no_samples;
     std::vector<float> pos_val, neg_val;
-    for (int64_t u = begin; u < end; ++u) {
-      if (a_start[u] == a_start[u + 1]) continue;
+    for (size_t unit = next_unit++; unit < units.size(); unit = next_unit++) {
+      const int64_t u = units[unit].first;
+      const int64_t first = units[unit].second, stop = std::min(a_start[u + 1], first + kChunk);
+      const int64_t group = stop - first;
       cpu::Anchors one = anchors;  // a view of record u alone
       one.dis += u;
       one.adj += u * anchors.adj_stride;
       one.dir += u * anchors.dir_stride;
-      score_rows(one, grouping.view, p, 0, 1, scratch.row.data());
-      // group the record's samples by the candidate records their id uses up entirely
-      keyed.clear();
-      for (int64_t t = a_start[u]; t < a_start[u + 1]; ++t) {
+      const uint32_t mu = one.dis[0] & one.classes_mask;
+      if (!plan.ready || plan.mask != mu) plan.build(mu, grouping.view, p);
+      // slack: the most levels one of u's samples can find unusable (records all of whose
+      // samples carry its id), and which rules u's samples use
+      int64_t slack = 0;
+      bool want_semi = false, want_hard = false;
+      for (int64_t t = first; t < stop; ++t) {
         const int64_t i = a_list[t];
+        (semi_p[i] ? want_semi : want_hard) = true;
         cands.same_id_records(ids[i], same);
-        std::vector<int64_t> gone;
-        for (const auto& [v, cnt] : same)
-          if (cnt == cands.count(v)) gone.push_back(v);
-        std::sort(gone.begin(), gone.end());
-        keyed.emplace_back(std::move(gone), i);
+        int64_t gone = 0;
+        for (const auto& [v, cnt] : same) gone += cnt == cands.count(v);
+        slack = std::max(slack, gone);
       }
-      std::sort(keyed.begin(), keyed.end());
-      for (size_t g0 = 0; g0 < keyed.size();) {
-        size_t g1 = g0;
-        bool want_semi = false, want_hard = false;
-        while (g1 < keyed.size() && keyed[g1].first == keyed[g0].first) {
-          (semi_p[keyed[g1].second] ? want_semi : want_hard) = true;
-          ++g1;
+      build_levels(one, grouping.view, p, score_group, groups, cands, fp, want_semi, want_hard, slack,
+                   row, orders);
+      for (int64_t t = first; t < stop; ++t) {
+        const int64_t i = a_list[t];
+        const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
+        pos_pick.clear(); pos_val.clear();
+        take(*orders[0], cands, groups, row, ids[i], h, group, k, fp.min_positive,
+             fp.min_positive > 0.0f, no_samples, pos_pick, pos_val, fp.walk);
+        for (size_t s = 0; s < pos_pick.size(); ++s) {
+          pos_out[i * k + s] = pos_pick[s];
+          pos_s[i * k + s] = pos_val[s];
         }
-        for (int64_t v : keyed[g0].first) excluded[v] = 1;
-        build_levels(scratch.row, excluded, cands, fp, want_semi, want_hard, orders);
-        for (size_t t = g0; t < g1; ++t) {
-          const int64_t i = keyed[t].second;
-          const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
-          pos_pick.clear(); pos_val.clear();
-          take(pos_order, cands, ids[i], h, k, fp.min_positive, fp.min_positive > 0.0f, no_samples,
-               pos_pick, pos_val);
-          for (size_t s = 0; s < pos_pick.size(); ++s) {
-            pos_out[i * k + s] = pos_pick[s];
-            pos_s[i * k + s] = pos_val[s];
-          }
-          if (!negatives || pos_pick.empty()) continue;
-          neg_pick.clear(); neg_val.clear();
-          const int64_t want = static_cast<int64_t>(pos_pick.size());
-          if (semi_p[i]) {
-            take(above, cands, ids[i], h, want, 0.0f, false, pos_pick, neg_pick, neg_val);
-            take(below, cands, ids[i], h, want, 0.0f, false, pos_pick, neg_pick, neg_val);
-          } else {
-            take(hard, cands, ids[i], h, want, 0.0f, false, pos_pick, neg_pick, neg_val);
-          }
-          for (size_t s = 0; s < neg_pick.size(); ++s) {
-            neg_out[i * k + s] = neg_pick[s];
-            neg_s[i * k + s] = neg_val[s];
-          }
+        if (!negatives || pos_pick.empty()) continue;
+        neg_pick.clear(); neg_val.clear();
+        const int64_t want = static_cast<int64_t>(pos_pick.size());
+        for (LevelOrder* o : semi_p[i] ? std::vector<LevelOrder*>{orders[1], orders[2]}
+                                       : std::vector<LevelOrder*>{orders[3]})
+          take(*o, cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+               neg_val, fp.walk);
+        for (size_t s = 0; s < neg_pick.size(); ++s) {
+          neg_out[i * k + s] = neg_pick[s];
+          neg_s[i * k + s] = neg_val[s];
         }
-        clear_tags(orders);
-        for (int64_t v : keyed[g0].first) excluded[v] = 0;
-        g0 = g1;
       }
+      clear_tags(orders);
     }
   });
   return {positive, negative, pos_score, neg_score};

@@ -181,6 +181,23 @@ void score_rows(const Anchors& a, const GroupedCandidates& c, const Params& p, i
   });
 }
 
+void score_group(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t i, int64_t g,
+                 float* member_score) {
+  with_layout(a, c, p, [&](const auto& ctx, auto wa, auto wr) {
+    const SampleView anchor{a.dis[i] & a.classes_mask, a.adj + i * a.adj_stride, a.dir + i * a.dir_stride};
+    const uint32_t b_dis = c.mask[g];
+    const uint32_t shared = anchor.dis & b_dis;
+    // the pieces of score_row, in its order: bit-identical scores
+    const double jaccard = ctx.q(popcount32(shared), popcount32(anchor.dis | b_dis));
+    const double inv_count = ctx.q(1, popcount32(anchor.dis));
+    for (int64_t k = c.start[g]; k < c.start[g + 1]; ++k) {
+      const SampleView cand{b_dis, c.adj + k * c.adj_stride, c.dir + k * c.dir_stride};
+      member_score[k - c.start[g]] = combine_score(jaccard, descriptor_term(anchor, cand, shared, wa, wr, ctx.w, ctx.q),
+                                                   inv_count, ctx.w);
+    }
+  });
+}
+
 void mine_rows(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t begin,
                int64_t end, int64_t* positive, int64_t* negative) {
   with_layout(a, c, p, [&](const auto& ctx, auto wa, auto wr) {

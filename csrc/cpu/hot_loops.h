@@ -38,6 +38,10 @@ struct GroupedCandidates {
   int64_t adj_stride, dir_stride;
 };
 
+// score_group: the scores of anchor row i against each member of group g, in grouped order
+// (member_score[k - start[g]]), for a group that shares a disease with the anchor (the others
+// score one value, see score_row). The folded kernel (folded_cpu.cpp) scores only the groups whose
+// score range can reach a mining level.
 struct Params {
   int wa, wr;                  // 32-bit words per class of the adjective / direction masks
   double w_dis, w_adj, w_dir;
@@ -54,6 +58,8 @@ struct Params {
                   int64_t end, float* out);                                                   \
   void mine_rows(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t begin,  \
                  int64_t end, int64_t* positive, int64_t* negative);                          \
+  void score_group(const Anchors& a, const GroupedCandidates& c, const Params& p, int64_t i,     \
+                   int64_t g, float* member_score);                                            \
   }
 
 MEDTRIM_DECLARE_HOT_LOOPS(baseline)

@@ -166,11 +166,11 @@ class MetaEntities:
         so any order of the rows gives the same ``distinct`` and ``counts``.
         """
         n = len(self)
-        rows = torch.cat([self.disease_bits[:, None], self.adjective_bits.reshape(n, -1),
-                          self.direction_bits.reshape(n, -1)], dim=1)
         if n == 0:
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
             return self, empty, empty.clone()
+        rows = torch.cat([self.disease_bits[:, None], self.adjective_bits.reshape(n, -1),
+                          self.direction_bits.reshape(n, -1)], dim=1)
         wide = rows.to(torch.int64)
         h = torch.zeros(n, dtype=torch.int64, device=self.device)
         for j in range(wide.shape[1]):   # a polynomial hash, wrapping mod 2^64
