@@ -223,7 +223,8 @@ def mine_k_from_scores(scores: torch.Tensor, anchor_ids: torch.Tensor, candidate
     f32 = dict(dtype=torch.float32, device=device)
     thr, up = torch.tensor(threshold, **f32), torch.tensor(upper, **f32)
     is_pos = torch.zeros((n, m), dtype=torch.bool, device=device)
-    is_pos.scatter_(1, pos.clamp_min(0), pos >= 0)
+    got = pos >= 0   # (not a scatter of pos >= 0: an empty slot's clamped 0 would unmark column 0)
+    is_pos[torch.arange(n, device=device)[:, None].expand(n, k)[got], pos[got]] = True
     kept = (anchor_ids[:, None] != candidate_ids[None, :]) & (scores < up) & ~is_pos
     highest = torch.iinfo(torch.int64).max
     # one ascending key per rule: semi-hard puts [threshold, upper) first, lowest first (keys
