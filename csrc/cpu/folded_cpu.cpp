@@ -369,37 +369,43 @@ using ScoreGroupFn = decltype(&cpu::baseline::score_group);
 // has its scores in [w_dis J, w_dis J + (w_adj + w_dir) |shared| / |D_u|] (every IoU is in [0, 1]),
 // and is scored only when that range can still reach a level of some order: most groups cannot
 // once the first ones have set the levels, as in the unfolded kernel's could_take.
+// Which orders a call of build_levels builds (the others are left as they are).
+enum : unsigned { kPos = 1, kAbove = 2, kBelow = 4, kHard = 8 };
+
 void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, const cpu::Params& p,
                   ScoreGroupFn score_group, const Groups& groups, const CandidateOrders& c,
-                  const FoldedParams& fp, bool want_semi, bool want_hard, int64_t slack, Row& row,
+                  const FoldedParams& fp, unsigned active, int64_t slack, Row& row,
                   std::vector<LevelOrder*>& orders) {
   LevelOrder& pos = *orders[0];
   LevelOrder& above = *orders[1];
   LevelOrder& below = *orders[2];
   LevelOrder& hard = *orders[3];
   const size_t neg_limit = static_cast<size_t>(2 * fp.k + slack);
-  pos.reset(static_cast<size_t>(fp.k + slack));
-  above.reset(fp.negatives && want_semi ? neg_limit : 0);
-  below.reset(fp.negatives && want_semi ? neg_limit : 0);
-  hard.reset(fp.negatives && want_hard ? neg_limit : 0);
-  // the order(s) of value s: positives always; below `upper`, the negative orders asked for
+  if (active & kPos) pos.reset(static_cast<size_t>(fp.k + slack));
+  if (active & kAbove) above.reset(neg_limit);
+  if (active & kBelow) below.reset(neg_limit);
+  if (active & kHard) hard.reset(neg_limit);
+  const bool use_pos = active & kPos, use_above = active & kAbove, use_below = active & kBelow,
+             use_hard = active & kHard;
+  // the order(s) of value s: positives; below `upper`, the negative orders being built
   auto place = [&](float s, auto&& add) {
-    if (Level* l = pos.slot(s)) add(*l);
+    if (use_pos)
+      if (Level* l = pos.slot(s)) add(*l);
     if (!(s < fp.upper)) return;
-    LevelOrder& semi = s >= fp.threshold ? above : below;
-    if (semi.limit > 0)
-      if (Level* l = semi.slot(s)) add(*l);
-    if (hard.limit > 0)
+    if (s >= fp.threshold ? use_above : use_below)
+      if (Level* l = (s >= fp.threshold ? above : below).slot(s)) add(*l);
+    if (use_hard)
       if (Level* l = hard.slot(s)) add(*l);
   };
   auto last = [](const LevelOrder& o) { return o.levels[o.used - 1].value; };
-  // whether some score in [lo, hi] could still be a level of some order (levels only get better)
+  // whether some score in [lo, hi] could still be a level of an order being built (levels only
+  // get better as groups are placed)
   auto reachable = [&](float lo, float hi) {
-    if (pos.used < pos.limit || hi >= last(pos)) return true;
-    if (!fp.negatives || !(lo < fp.upper)) return false;
-    if (above.limit > 0 && hi >= fp.threshold && (above.used < above.limit || lo <= last(above))) return true;
-    if (below.limit > 0 && lo < fp.threshold && (below.used < below.limit || hi >= last(below))) return true;
-    return hard.limit > 0 && (hard.used < hard.limit || lo <= last(hard));
+    if (use_pos && (pos.used < pos.limit || hi >= last(pos))) return true;
+    if (!(lo < fp.upper)) return false;
+    if (use_above && hi >= fp.threshold && (above.used < above.limit || lo <= last(above))) return true;
+    if (use_below && lo < fp.threshold && (below.used < below.limit || hi >= last(below))) return true;
+    return use_hard && (hard.used < hard.limit || lo <= last(hard));
   };
   const MaskPlan& plan = *row.plan;
   for (const auto& [g, s] : plan.other) place(s, [&](Level& l) { l.groups.push_back(g); });
@@ -418,12 +424,13 @@ void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, con
   // ranges first until no other group can reach a positive level, then the rest nearest to the
   // threshold first, where the negative levels lie.
   size_t first = 0;
-  for (; first < plan.pending.size(); ++first) {
-    const MaskPlan::Pending& pg = plan.pending[first];
-    if (pos.used == pos.limit && pg.hi < last(pos)) break;
-    score(pg);
-  }
-  if (fp.negatives && first < plan.pending.size()) {
+  if (use_pos)
+    for (; first < plan.pending.size(); ++first) {
+      const MaskPlan::Pending& pg = plan.pending[first];
+      if (pos.used == pos.limit && pg.hi < last(pos)) break;
+      score(pg);
+    }
+  if ((use_above || use_below || use_hard) && first < plan.pending.size()) {
     // the groups whose range holds the threshold, then the others (no sort needed: by then the
     // negative levels sit next to the threshold and few other groups reach them)
     const float t = fp.threshold;
@@ -433,20 +440,23 @@ void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, con
         if ((pg.lo <= t && t <= pg.hi) == static_cast<bool>(straddle) && reachable(pg.lo, pg.hi)) score(pg);
       }
   }
-  for (LevelOrder* o : orders)
-    for (size_t i = 0; i < o->used; ++i) {
-      Level& l = o->levels[i];
+  for (int o = 0; o < 4; ++o) {
+    if (!(active & (1u << o))) continue;
+    LevelOrder* order = orders[o];
+    for (size_t i = 0; i < order->used; ++i) {
+      Level& l = order->levels[i];
       for (int64_t g : l.groups) {
         l.record_count += groups.size(g);
         l.samples += groups.samples[g];
-        o->group_tag[g] = static_cast<int32_t>(i);
+        order->group_tag[g] = static_cast<int32_t>(i);
       }
       for (int64_t v : l.records) {
         ++l.record_count;
         l.samples += c.count(v);
-        o->record_tag[v] = static_cast<int32_t>(i);
+        order->record_tag[v] = static_cast<int32_t>(i);
       }
     }
+  }
 }
 
 void clear_tags(std::vector<LevelOrder*>& orders) {
@@ -568,6 +578,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
     std::vector<int64_t> pos_pick, neg_pick;
     const std::vector<int64_t> no_samples;
     std::vector<float> pos_val, neg_val;
+    std::vector<int64_t> short_of_below;   // anchor samples whose negatives need the levels below
     for (size_t unit = next_unit++; unit < units.size(); unit = next_unit++) {
       const int64_t u = units[unit].first;
       const int64_t first = units[unit].second, stop = std::min(a_start[u + 1], first + kChunk);
@@ -590,8 +601,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
         for (const auto& [v, cnt] : same) gone += cnt == cands.count(v);
         slack = std::max(slack, gone);
       }
-      build_levels(one, grouping.view, p, score_group, groups, cands, fp, want_semi, want_hard, slack,
-                   row, orders);
+      // the levels below the threshold (the semi-hard rule's fallback) are built only when an
+      // anchor sample runs out of levels above it, which is rare in a large collection
+      const unsigned active = kPos | (negatives && want_semi ? kAbove : 0u) | (negatives && want_hard ? kHard : 0u);
+      build_levels(one, grouping.view, p, score_group, groups, cands, fp, active, slack, row, orders);
+      orders[2]->reset(0);
+      short_of_below.clear();
+      auto negatives_of = [&](int64_t i, uint32_t h, bool with_below) {
+        neg_pick.clear(); neg_val.clear();
+        const int64_t want = static_cast<int64_t>(pos_pick.size());
+        if (semi_p[i]) {
+          take(*orders[1], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+               neg_val, fp.walk);
+          if (static_cast<int64_t>(neg_pick.size()) < want && !with_below) return false;
+          take(*orders[2], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+               neg_val, fp.walk);
+        } else {
+          take(*orders[3], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+               neg_val, fp.walk);
+        }
+        for (size_t s = 0; s < neg_pick.size(); ++s) {
+          neg_out[i * k + s] = neg_pick[s];
+          neg_s[i * k + s] = neg_val[s];
+        }
+        return true;
+      };
       for (int64_t t = first; t < stop; ++t) {
         const int64_t i = a_list[t];
         const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
@@ -602,16 +636,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
           pos_out[i * k + s] = pos_pick[s];
           pos_s[i * k + s] = pos_val[s];
         }
-        if (!negatives || pos_pick.empty()) continue;
-        neg_pick.clear(); neg_val.clear();
-        const int64_t want = static_cast<int64_t>(pos_pick.size());
-        for (LevelOrder* o : semi_p[i] ? std::vector<LevelOrder*>{orders[1], orders[2]}
-                                       : std::vector<LevelOrder*>{orders[3]})
-          take(*o, cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
-               neg_val, fp.walk);
-        for (size_t s = 0; s < neg_pick.size(); ++s) {
-          neg_out[i * k + s] = neg_pick[s];
-          neg_s[i * k + s] = neg_val[s];
+        if (negatives && !pos_pick.empty() && !negatives_of(i, h, false)) short_of_below.push_back(i);
+      }
+      if (!short_of_below.empty()) {
+        build_levels(one, grouping.view, p, score_group, groups, cands, fp, kBelow, slack, row, orders);
+        for (const int64_t i : short_of_below) {
+          const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
+          pos_pick.clear();
+          for (int64_t s = 0; s < k && pos_out[i * k + s] >= 0; ++s) pos_pick.push_back(pos_out[i * k + s]);
+          negatives_of(i, h, true);
         }
       }
       clear_tags(orders);
