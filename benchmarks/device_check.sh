@@ -13,7 +13,8 @@
 #   sanitizer  compute-sanitizer memcheck, racecheck, synccheck on
 #              benchmarks/sanitize_case.py, caching allocator off .......... 150-300 s  [540 s]
 #   bench      benchmarks/bench_kernels.py --device cuda, the pure-PyTorch
-#              references only up to N = 16384 ............................. 120-250 s  [480 s]
+#              references only up to N = 16384; whole collections (377k, 1M)
+#              folded, with CUDA and CPU tensors ............................ 150-300 s  [480 s]
 #   train      phantoms, batch 256, bf16, ViT-S/16 at 128 px (TRAIN_STEPS,
 #              default 300), with the step-time breakdown ................... 150-350 s  [540 s]
 #   suite      the rest of the test suite (not part of `all`) .............. 150-300 s  [540 s]
@@ -161,7 +162,33 @@ body_bench() {
   ensure_built || return 1
   cd /tmp || return 1
   # the references materialize N x N float64 matrices and take seconds each beyond N = 16384
-  "$PY" "$REPO/benchmarks/bench_kernels.py" --device cuda --max-reference-n 16384 --out "$OUT"
+  "$PY" "$REPO/benchmarks/bench_kernels.py" --device cuda --max-reference-n 16384 --out "$OUT" || return 1
+  # whole collections (issue 23): MetaEntities.unique on the GPU, the folded kernel (CPU, all
+  # cores) with CUDA inputs and outputs, against CPU inputs; 377k and 1M resampled records
+  "$PY" - <<'PYEOF'
+import time, torch
+from medtrim_ext import MetaEntities, TripletMiner
+from medtrim_ext.entities.synthetic import synthetic_records
+base = MetaEntities.from_records(synthetic_records(40000, seed=1) + [{}] * 60000)
+miner = TripletMiner()
+print(f"collections: {torch.get_num_threads()} CPU threads, {torch.cuda.get_device_name()}")
+for n in (377_000, 1_000_000):
+    ents = base[torch.randint(0, len(base), (n,), generator=torch.Generator().manual_seed(0))]
+    draw = miner.draw(n, torch.Generator().manual_seed(0))
+    for dev in ("cpu", "cuda"):
+        e = ents.to(dev)
+        torch.cuda.synchronize()
+        t = time.perf_counter(); u = e.unique(); torch.cuda.synchronize(); tu = time.perf_counter() - t
+        t = time.perf_counter(); got = miner.mine_collection(e, draw=draw); torch.cuda.synchronize()
+        tm = time.perf_counter() - t
+        t = time.perf_counter(); near = miner.neighbors(e, k=10, draw=draw); torch.cuda.synchronize()
+        tn = time.perf_counter() - t
+        if dev == "cpu":
+            ref = got
+        same = torch.equal(got.positive.cpu(), ref.positive) and torch.equal(got.negative.cpu(), ref.negative)
+        print(f"  n={n:,} ({len(u[0]):,} distinct) {dev}: unique {tu:.3f} s, mine {tm:.2f} s, "
+              f"top-10 {tn:.2f} s, same triplets as CPU: {same}")
+PYEOF
 }
 
 body_train() {
