@@ -169,16 +169,23 @@ class MetaEntities:
         if n == 0:
             empty = torch.zeros(0, dtype=torch.int64, device=self.device)
             return self, empty, empty.clone()
-        rows = torch.cat([self.disease_bits[:, None], self.adjective_bits.reshape(n, -1),
-                          self.direction_bits.reshape(n, -1)], dim=1)
-        wide = rows.to(torch.int64)
+        # one column at a time over views of the bits: no (N, width) copy of the whole set
+        columns = [self.disease_bits[:, None], self.adjective_bits.reshape(n, -1),
+                   self.direction_bits.reshape(n, -1)]
         h = torch.zeros(n, dtype=torch.int64, device=self.device)
-        for j in range(wide.shape[1]):   # a polynomial hash, wrapping mod 2^64
-            h = (h * 1_000_003) ^ (wide[:, j] + 0x9E3779B9)
+        for part in columns:
+            for j in range(part.shape[1]):   # a polynomial hash, wrapping mod 2^64
+                h = (h * 1_000_003) ^ (part[:, j].to(torch.int64) + 0x9E3779B9)
         keys, inverse, counts = torch.unique(h, return_inverse=True, return_counts=True)
         first = torch.full((len(keys),), n, dtype=torch.int64, device=self.device)
         first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
-        if not bool((rows == rows[first[inverse]]).all()):   # a collision: exact, slower path
+        # every row equals its group's first row, checked in blocks (bounded extra memory)
+        rep = first[inverse]
+        block = 1 << 16
+        same = all(bool((part[k:k + block] == part[rep[k:k + block]]).all())
+                   for part in columns for k in range(0, n, block))
+        if not same:   # a collision: exact, slower path
+            rows = torch.cat(columns, dim=1)
             _, inverse, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
             first = torch.full((len(counts),), n, dtype=torch.int64, device=self.device)
             first.scatter_reduce_(0, inverse, torch.arange(n, device=self.device), reduce="amin")
