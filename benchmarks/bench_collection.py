@@ -18,7 +18,7 @@ JSON), then each command runs in its own process, as a user runs it:
 included), the stages the command reports (read, unique + mine or rank, write), the peak resident
 memory of the process and its peak above a process that only imports the package and torch (the
 extra memory the work needs), and the distinct share. At 100k the same run also times the unfolded
-in-batch kernel (``TripletMiner()(entities)``, one call over all pairs) against the folded one
+in-batch kernel (``TripletMiner()(entities, fold=False)``, one call over all pairs) against the folded one
 (``TripletMiner().mine_collection``) in one process, on the same draw, and checks they agree.
 
     python benchmarks/bench_collection.py                       # all sizes (about 5 minutes)
@@ -124,7 +124,7 @@ def unfolded_ratio(records: list[dict]) -> dict:
     folded = miner.mine_collection(ents, draw=draw)
     t_folded = time.perf_counter() - t
     t = time.perf_counter()
-    unfolded = miner(ents, draw=draw)
+    unfolded = miner(ents, draw=draw, fold=False)
     t_unfolded = time.perf_counter() - t
     same = (torch.equal(folded.positive[:, 0], unfolded.positive)
             and torch.equal(folded.negative[:, 0], unfolded.negative))

@@ -55,7 +55,7 @@ def check_collection(miner, anchors, candidates, anchor_ids, candidate_ids, seed
                            torch.full((n, k), float("nan")))
         assert torch.allclose(val, want, equal_nan=True, atol=0, rtol=0)
     if k == 1:   # the in-batch miner's triplets, exactly
-        t = miner(anchors, candidates, draw=draw, **ids) if ids else miner(anchors, candidates, draw=draw)
+        t = miner(anchors, candidates, draw=draw, fold=False, **ids)
         assert torch.equal(got.positive[:, 0], t.positive) and torch.equal(got.negative[:, 0], t.negative)
     return got
 
@@ -172,7 +172,7 @@ def test_random_ties_are_uniform_over_candidate_samples():
         got = miner.mine_collection(ents[:1], ents, anchor_ids=torch.tensor([0]),
                                     candidate_ids=torch.arange(len(ents)), draw=draw.rows(slice(0, 1)))
         unfolded = miner(ents[:1], ents, anchor_ids=torch.tensor([0]), candidate_ids=torch.arange(len(ents)),
-                         draw=draw.rows(slice(0, 1)))
+                         draw=draw.rows(slice(0, 1)), fold=False)
         assert got.positive[0, 0] == unfolded.positive[0]
         in_big += 1 <= got.positive[0, 0].item() <= 500
     share = in_big / trials
@@ -234,3 +234,39 @@ def test_cuda_equals_reference():
     d_cpu, i_cpu, c_cpu = ents.unique()
     d_gpu, i_gpu, c_gpu = ents.cuda().unique()
     assert torch.equal(i_gpu.cpu(), i_cpu) and torch.equal(c_gpu.cpu(), c_cpu)
+
+
+def test_large_cpu_calls_fold_by_default(monkeypatch):
+    """TripletMiner.__call__ takes the folded path from FOLD_MIN_PAIRS pairs on (the same
+    triplets, faster there), and fold= forces either path."""
+    base = MetaEntities.from_records(synthetic_records(50, seed=6) + [{}])
+    ents = base[torch.randint(0, len(base), (400,), generator=torch.Generator().manual_seed(0))]
+    miner = TripletMiner(semi_hard_prob=0.5)
+    draw = miner.draw(400, torch.Generator().manual_seed(3))
+    calls = []
+    real = torch.ops.medtrim.mine_folded
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr("medtrim_ext.ops.torch_ops.torch.ops.medtrim.mine_folded", counting, raising=False)
+    unfolded = miner(ents, draw=draw)            # 160,000 pairs: below the threshold
+    assert not calls
+    monkeypatch.setattr(TripletMiner, "FOLD_MIN_PAIRS", 400 * 400)
+    auto = miner(ents, draw=draw)
+    assert calls and all(torch.equal(a, b) for a, b in zip(auto, unfolded))
+    assert all(torch.equal(a, b) for a, b in zip(miner(ents, draw=draw, fold=False), unfolded))
+
+
+@pytest.mark.parametrize("k, negatives", [(1, True), (3, False)])
+def test_opcheck(k, negatives):
+    """Schema, fake kernel and tracing of torch.ops.medtrim.mine_folded (inputs where every slot
+    is filled: opcheck compares outputs without equal_nan)."""
+    ents = MetaEntities.from_records(synthetic_records(60, seed=1) + [{}] * 5)
+    distinct, inverse, _ = ents.unique()
+    n, ids = len(ents), torch.arange(len(ents))
+    bits = (distinct.disease_bits, distinct.adjective_bits, distinct.direction_bits)
+    torch.library.opcheck(torch.ops.medtrim.mine_folded.default,
+                          (*bits, inverse, ids, torch.ones(n, dtype=torch.bool), *bits, inverse, ids,
+                           0.85, 0.1, 0.05, 0.0, 1.0, 0.0, torch.tensor([5]), k, negatives))
