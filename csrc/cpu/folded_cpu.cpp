@@ -374,14 +374,13 @@ enum : unsigned { kPos = 1, kAbove = 2, kBelow = 4, kHard = 8 };
 
 void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, const cpu::Params& p,
                   ScoreGroupFn score_group, const Groups& groups, const CandidateOrders& c,
-                  const FoldedParams& fp, unsigned active, int64_t slack, Row& row,
-                  std::vector<LevelOrder*>& orders) {
+                  const FoldedParams& fp, unsigned active, size_t pos_limit, size_t neg_limit,
+                  Row& row, std::vector<LevelOrder*>& orders) {
   LevelOrder& pos = *orders[0];
   LevelOrder& above = *orders[1];
   LevelOrder& below = *orders[2];
   LevelOrder& hard = *orders[3];
-  const size_t neg_limit = static_cast<size_t>(2 * fp.k + slack);
-  if (active & kPos) pos.reset(static_cast<size_t>(fp.k + slack));
+  if (active & kPos) pos.reset(pos_limit);
   if (active & kAbove) above.reset(neg_limit);
   if (active & kBelow) below.reset(neg_limit);
   if (active & kHard) hard.reset(neg_limit);
@@ -544,6 +543,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
   float* pos_s = pos_score.data_ptr<float>();
   float* neg_s = negatives ? neg_score.data_ptr<float>() : nullptr;
   const auto score_group = hot_loops().score_group;
+  const auto* b_dis_p = reinterpret_cast<const uint32_t*>(bd.data_ptr<int32_t>());
+  const auto* b_adj_p = reinterpret_cast<const uint32_t*>(ba.data_ptr<int32_t>());
+  const auto* b_dir_p = reinterpret_cast<const uint32_t*>(br.data_ptr<int32_t>());
+  const ScoreWeights weights{w_dis, w_adj, w_dir};
   const Groups groups(grouping.view, cands);
   const int64_t n_groups = grouping.view.groups;
   int64_t largest_group = 0;
@@ -589,62 +592,83 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
       one.dir += u * anchors.dir_stride;
       const uint32_t mu = one.dis[0] & one.classes_mask;
       if (!plan.ready || plan.mask != mu) plan.build(mu, grouping.view, p);
-      // slack: the most levels one of u's samples can find unusable (records all of whose
-      // samples carry its id), and which rules u's samples use
-      int64_t slack = 0;
+      // Levels per order: K positives need K usable levels, plus one for each record that is
+      // unusable to a sample (all its samples carry the sample's id: E, the slack). The
+      // negatives need as many usable levels as positives, plus one for each positive that
+      // scores below `upper` (it may use up a level of theirs) and each such record scoring
+      // below `upper`. So the positives are walked first and the negative levels built after.
+      int64_t slack = 0, slack_below_upper = 0;
       bool want_semi = false, want_hard = false;
+      const SampleView anchor_view{mu, one.adj, one.dir};
       for (int64_t t = first; t < stop; ++t) {
         const int64_t i = a_list[t];
         (semi_p[i] ? want_semi : want_hard) = true;
         cands.same_id_records(ids[i], same);
-        int64_t gone = 0;
-        for (const auto& [v, cnt] : same) gone += cnt == cands.count(v);
+        int64_t gone = 0, gone_below = 0;
+        for (const auto& [v, cnt] : same) {
+          if (cnt != cands.count(v)) continue;
+          ++gone;
+          const SampleView rec{static_cast<uint32_t>(b_dis_p[v]) & anchors.classes_mask,
+                               b_adj_p + v * anchors.adj_stride, b_dir_p + v * anchors.dir_stride};
+          gone_below += pair_score(anchor_view, rec, p.wa, p.wr, weights, DivideQuotient{}) < fp.upper;
+        }
         slack = std::max(slack, gone);
+        slack_below_upper = std::max(slack_below_upper, gone_below);
       }
-      // the levels below the threshold (the semi-hard rule's fallback) are built only when an
-      // anchor sample runs out of levels above it, which is rare in a large collection
-      const unsigned active = kPos | (negatives && want_semi ? kAbove : 0u) | (negatives && want_hard ? kHard : 0u);
-      build_levels(one, grouping.view, p, score_group, groups, cands, fp, active, slack, row, orders);
-      orders[2]->reset(0);
-      short_of_below.clear();
-      auto negatives_of = [&](int64_t i, uint32_t h, bool with_below) {
-        neg_pick.clear(); neg_val.clear();
-        const int64_t want = static_cast<int64_t>(pos_pick.size());
-        if (semi_p[i]) {
-          take(*orders[1], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
-               neg_val, fp.walk);
-          if (static_cast<int64_t>(neg_pick.size()) < want && !with_below) return false;
-          take(*orders[2], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
-               neg_val, fp.walk);
-        } else {
-          take(*orders[3], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
-               neg_val, fp.walk);
-        }
-        for (size_t s = 0; s < neg_pick.size(); ++s) {
-          neg_out[i * k + s] = neg_pick[s];
-          neg_s[i * k + s] = neg_val[s];
-        }
-        return true;
-      };
+      build_levels(one, grouping.view, p, score_group, groups, cands, fp, kPos,
+                   static_cast<size_t>(k + slack), 0, row, orders);
+      for (LevelOrder* o : {orders[1], orders[2], orders[3]}) o->reset(0);
+      int64_t low_positives = 0;   // the most positives of one sample that score below `upper`
       for (int64_t t = first; t < stop; ++t) {
         const int64_t i = a_list[t];
         const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
         pos_pick.clear(); pos_val.clear();
         take(*orders[0], cands, groups, row, ids[i], h, group, k, fp.min_positive,
              fp.min_positive > 0.0f, no_samples, pos_pick, pos_val, fp.walk);
+        int64_t low = 0;
         for (size_t s = 0; s < pos_pick.size(); ++s) {
           pos_out[i * k + s] = pos_pick[s];
           pos_s[i * k + s] = pos_val[s];
+          low += pos_val[s] < fp.upper;
         }
-        if (negatives && !pos_pick.empty() && !negatives_of(i, h, false)) short_of_below.push_back(i);
+        low_positives = std::max(low_positives, low);
       }
-      if (!short_of_below.empty()) {
-        build_levels(one, grouping.view, p, score_group, groups, cands, fp, kBelow, slack, row, orders);
-        for (const int64_t i : short_of_below) {
+      if (negatives) {
+        const size_t neg_limit = static_cast<size_t>(k + low_positives + slack_below_upper);
+        // the levels below the threshold (the semi-hard rule's fallback) are built only when an
+        // anchor sample runs out of levels above it, which is rare in a large collection
+        const unsigned active = (want_semi ? kAbove : 0u) | (want_hard ? kHard : 0u);
+        build_levels(one, grouping.view, p, score_group, groups, cands, fp, active, 0, neg_limit, row, orders);
+        short_of_below.clear();
+        auto negatives_of = [&](int64_t i, bool with_below) {
           const uint32_t h = fp.seed ? sample_tie_hash(*fp.seed, ids[i]) : 0u;
           pos_pick.clear();
           for (int64_t s = 0; s < k && pos_out[i * k + s] >= 0; ++s) pos_pick.push_back(pos_out[i * k + s]);
-          negatives_of(i, h, true);
+          if (pos_pick.empty()) return true;
+          neg_pick.clear(); neg_val.clear();
+          const int64_t want = static_cast<int64_t>(pos_pick.size());
+          if (semi_p[i]) {
+            take(*orders[1], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+                 neg_val, fp.walk);
+            if (static_cast<int64_t>(neg_pick.size()) < want && !with_below) return false;
+            take(*orders[2], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+                 neg_val, fp.walk);
+          } else {
+            take(*orders[3], cands, groups, row, ids[i], h, group, want, 0.0f, false, pos_pick, neg_pick,
+                 neg_val, fp.walk);
+          }
+          for (size_t s = 0; s < neg_pick.size(); ++s) {
+            neg_out[i * k + s] = neg_pick[s];
+            neg_s[i * k + s] = neg_val[s];
+          }
+          return true;
+        };
+        for (int64_t t = first; t < stop; ++t)
+          if (!negatives_of(a_list[t], false)) short_of_below.push_back(a_list[t]);
+        if (!short_of_below.empty()) {
+          build_levels(one, grouping.view, p, score_group, groups, cands, fp, kBelow, 0, neg_limit, row,
+                       orders);
+          for (const int64_t i : short_of_below) negatives_of(i, true);
         }
       }
       clear_tags(orders);
