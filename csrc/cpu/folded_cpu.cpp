@@ -5,30 +5,29 @@
 // distinct candidate record v, group by group (candidate records grouped by disease mask: a group
 // that shares no disease with u scores one value for all its records; never a U x U matrix). The
 // mining rule then needs, per u, only a few score *levels* (distinct score values) and the groups
-// and records at each: the K highest (positives), and the first 2K of each negative order
-// (semi-hard: from the lowest score >= threshold up, then from the highest below threshold down;
-// hard: from the lowest up). A level is unusable for an anchor only when every sample in it has
-// the anchor's id, which takes at most E levels (E: the records all of whose samples carry the
-// id, almost always 0 or 1), and K positives use up at most K levels; so K + E and 2K + E levels
-// always hold enough.
+// and records at each: the K + E highest (positives), then the first K + P + E' of each negative
+// order (semi-hard: from the lowest score >= threshold up, then from the highest below threshold
+// down; hard: from the lowest up). A level is unusable for an anchor only when every sample in it
+// has the anchor's id (E: the records all of whose samples carry the id, almost always 0 or 1;
+// E': those of them scoring below `upper`), and each positive scoring below `upper` (P of them)
+// can use up a negative level; so these levels always hold enough.
 // Within a level every sample scores the same, and the miner's tie rule decides: the smallest tie
 // key (the clockwise distance on the seed's circle from the anchor's hash to the candidate's),
 // then the lowest index, i.e. the samples in circular (hash, index) order starting just after the
 // anchor's hash. Each record keeps its samples in (hash, index) order, so that order over a level
 // is a k-way merge of its records, a scan of the global order (large levels), or one merged,
 // sorted array per level (many small records). Samples with the anchor's id are skipped. The
-// result equals the unfolded
-// miner's (meta_entity.h, mine_rows) and the reference (ops/reference.py, mine_k_from_scores /
-// top_k_from_scores) exactly.
+// result equals the unfolded miner's (meta_entity.h, mine_rows) and the reference
+// (ops/reference.py, mine_k_from_scores / top_k_from_scores) exactly.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
-#include <string>
 #include <limits>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -364,14 +363,15 @@ int walk_mode_from_env() {
 
 using ScoreGroupFn = decltype(&cpu::baseline::score_group);
 
-// The levels of anchor record `one` (a view of that record alone): which orders it needs, with E
-// levels of slack (see the top). Groups that share no disease score one value; a group that does
-// has its scores in [w_dis J, w_dis J + (w_adj + w_dir) |shared| / |D_u|] (every IoU is in [0, 1]),
-// and is scored only when that range can still reach a level of some order: most groups cannot
-// once the first ones have set the levels, as in the unfolded kernel's could_take.
 // Which orders a call of build_levels builds (the others are left as they are).
 enum : unsigned { kPos = 1, kAbove = 2, kBelow = 4, kHard = 8 };
 
+// The levels of anchor record `one` (a view of that record alone) of the `active` orders, the
+// first pos_limit / neg_limit of each (see the top). Groups that share no disease score one
+// value; a group that does has its scores in [w_dis J, w_dis J + (w_adj + w_dir) |shared| / |D_u|]
+// (every IoU is in [0, 1]), and is scored only when that range can still reach a level of an
+// order being built: most groups cannot once the first ones have set the levels, as in the
+// unfolded kernel's could_take.
 void build_levels(const cpu::Anchors& one, const cpu::GroupedCandidates& gv, const cpu::Params& p,
                   ScoreGroupFn score_group, const Groups& groups, const CandidateOrders& c,
                   const FoldedParams& fp, unsigned active, size_t pos_limit, size_t neg_limit,

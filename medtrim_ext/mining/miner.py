@@ -183,7 +183,7 @@ class TripletMiner:
 
     #: CPU calls with at least this many (anchor, candidate) pairs go through the folded kernel
     #: (the same triplets): measured on the 2-core VM, folding pays from about 2,000 x 2,000 on
-    #: (2x at 4,096 samples, 6x at 16k, 17x at 64k on the IU mix; see docs/semantics.md).
+    #: (2.4x at 4,096 samples, 7x at 16k, 25x at 64k on the IU mix; see docs/semantics.md).
     FOLD_MIN_PAIRS = 2048 * 2048
 
     def __call__(self, anchors: MetaEntities, candidates: MetaEntities | None = None, *,
