@@ -21,7 +21,7 @@ from .attributes import attribute_agreement, evaluate_attributes, hub_diagnostic
 from .keys import attribute_disease_keys, attribute_keys, disease_set_keys, entity_keys, keys_for
 from .probe import linear_probe, roc_auc
 from .report import flatten_metrics, key_metrics, results_markdown, summarize_runs, write_results
-from .retrieval import evaluate_retrieval, retrieval_metrics
+from .retrieval import evaluate_retrieval, retrieval_metrics, text_groups
 
 _PLOTS = {"plot_attributes", "plot_probe_auc", "plot_results", "plot_retrieval",
           "plot_step_breakdown", "plot_training_curves", "step_breakdown_bars"}
@@ -29,7 +29,7 @@ _RUN = {"class_labels", "embed_dataset", "evaluate_model", "evaluate_run", "load
 
 __all__ = ["attribute_agreement", "attribute_disease_keys", "attribute_keys", "disease_set_keys",
            "entity_keys", "evaluate_attributes", "evaluate_retrieval", "flatten_metrics",
-           "hub_diagnostic", "key_metrics", "keys_for", "linear_probe", "results_markdown",
+           "hub_diagnostic", "key_metrics", "keys_for", "linear_probe", "results_markdown", "text_groups",
            "retrieval_metrics", "roc_auc", "summarize_runs", "write_results", *sorted(_PLOTS), *sorted(_RUN)]
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..utils.checks import check_ids, check_int, check_tensor
 
-__all__ = ["evaluate_retrieval", "retrieval_metrics"]
+__all__ = ["text_groups", "evaluate_retrieval", "retrieval_metrics"]
 
 # at most this many similarities per chunk: with the sort, the relevance mask and the cumulative
 # counts a chunk holds about 30 bytes per similarity, so about 120 MB
@@ -77,10 +77,34 @@ def _full_ranking(sims: torch.Tensor) -> torch.Tensor:
     return sims.sort(dim=1, descending=True, stable=True).indices
 
 
+def text_groups(texts: Sequence[str]) -> torch.Tensor:
+    """int64 ``(N,)``: equal ids for texts that are identical after normalisation (Unicode NFKC,
+    lower case, every run of characters other than letters and digits one space, no space at
+    the ends), so that retrieving another study's identical report counts as retrieving one's
+    own (CXR-CLIP's evaluation counts identical texts as one item)."""
+    import re
+    import unicodedata
+
+    ids: dict = {}
+    out = []
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings, got {type(t).__name__}")
+        norm = re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", t).lower()).strip()
+        out.append(ids.setdefault(norm, len(ids)))
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def _dcg_weights(k: int, device) -> torch.Tensor:
+    """1 / log2(rank + 1) for ranks 1..k."""
+    return 1.0 / torch.log2(torch.arange(2, k + 2, device=device, dtype=torch.float64))
+
+
 def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: torch.Tensor,
                       gallery_keys: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
                       pair_index: torch.Tensor | None = None, chunk_size: int = 2048, *,
-                      compute_map: bool = True, progress: bool = False) -> dict:
+                      compute_map: bool = True, progress: bool = False,
+                      pair_groups: torch.Tensor | None = None, graded=None, ndcg_k: int = 10) -> dict:
     """Retrieve the gallery for every query by cosine similarity and score the rankings.
 
     Args:
@@ -108,7 +132,18 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
       (the "Recall@K" of MedTrim and most image-report retrieval papers; also called hit rate,
       it is *not* the share of all relevant items that were retrieved).
     - ``pair_recall@K`` (only with ``pair_index``): share of queries whose own pair is among
-      the top k.
+      the top k; with ``pair_groups`` (``(M,)`` ids of the gallery items, e.g.
+      :func:`text_groups` of the reports), a gallery item in the same group as the own pair
+      counts as the pair (identical reports are one item), and ``exact_pair_recall@K`` keeps
+      the strict own-pair share.
+    - ``ndcg@{ndcg_k}`` (only with ``graded``): graded retrieval. ``graded`` is ``(query
+      entities, gallery entities, miner)`` (:class:`~medtrim_ext.MetaEntities`, a
+      :class:`~medtrim_ext.TripletMiner` for the weights): the relevance of gallery item j to
+      query i is the meta-entity score ``S(i, j)`` in [0, 1]. With ``r_i(1..)`` the relevances
+      of query i's ranking, ``DCG_i = sum_{j<=k} r_i(j) / log2(j + 1)`` and ``IDCG_i`` the same
+      sum over the k largest relevances of the whole gallery (linear gain); ``nDCG_i = DCG_i /
+      IDCG_i``, averaged over the queries with ``IDCG_i > 0`` (``queries_without_graded`` counts
+      the others: no gallery item shares anything with them).
     - ``mAP`` (only with ``compute_map``): mean over the queries that have at least one
       relevant gallery item of their average precision over the full ranking,
       ``AP_i = (1 / R_i) sum_j rel_i(j) * precision_i@j`` with ``R_i`` their relevant items.
@@ -132,6 +167,16 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
         if n and (int(pair_index.min()) < 0 or int(pair_index.max()) >= m):
             raise ValueError(f"pair_index must lie in [0, {m}) (gallery positions)")
     check_int("chunk_size", chunk_size)
+    if pair_groups is not None:
+        if pair_index is None:
+            raise ValueError("pair_groups needs pair_index")
+        pair_groups = check_ids("pair_groups", pair_groups, m, None).to(device)
+    if graded is not None:
+        check_int("ndcg_k", ndcg_k)
+        q_ents, g_ents, miner = graded
+        if len(q_ents) != n or len(g_ents) != m:
+            raise ValueError(f"graded entities must have {n} (queries) and {m} (gallery) rows, got "
+                             f"{len(q_ents)} and {len(g_ents)}")
 
     eff = {k: min(k, m) for k in ks}
     kmax = max(eff.values())
@@ -143,6 +188,12 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
     hits = {k: torch.zeros((), dtype=torch.float64, device=device) for k in ks}   # sum of shares
     found = {k: torch.zeros((), dtype=torch.int64, device=device) for k in ks}
     pair_found = {k: torch.zeros((), dtype=torch.int64, device=device) for k in ks}
+    exact_found = {k: torch.zeros((), dtype=torch.int64, device=device) for k in ks}
+    kn = min(ndcg_k, m) if graded is not None else 0
+    ndcg_sum = torch.zeros((), dtype=torch.float64, device=device)
+    ndcg_count = 0
+    if graded is not None:
+        weights = _dcg_weights(kn, device)
     ap_sum = torch.zeros((), dtype=torch.float64, device=device)
     # relevant gallery items per query, from the key histogram (no N x M matrix)
     uniq, g_counts = torch.unique(gk, return_counts=True)
@@ -156,7 +207,7 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
         # raw dot products scaled afterwards: identical gallery rows get bit-identical
         # similarities, so ties are real ties and the index rule decides them
         sims = (q[s:e] @ g_t) * q_inv[s:e, None] * g_inv[None, :]
-        ranking = _full_ranking(sims) if compute_map else _top_indices(sims, kmax)
+        ranking = _full_ranking(sims) if compute_map else _top_indices(sims, max(kmax, kn))
         rel = gk[ranking] == qk[s:e, None]                     # (rows, M or kmax)
         cum = rel.cumsum(1)
         for k in ks:
@@ -166,8 +217,19 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
         if pair_index is not None:
             is_pair = ranking[:, :kmax] == pair_index[s:e, None]
             pair_cum = is_pair.cumsum(1)
+            if pair_groups is not None:   # any item identical (after normalisation) to the pair
+                same = pair_groups[ranking[:, :kmax]] == pair_groups[pair_index[s:e]][:, None]
+                group_cum = same.cumsum(1)
             for k in ks:
-                pair_found[k] += (pair_cum[:, eff[k] - 1] > 0).sum()
+                exact_found[k] += (pair_cum[:, eff[k] - 1] > 0).sum()
+                pair_found[k] += ((group_cum if pair_groups is not None else pair_cum)[:, eff[k] - 1] > 0).sum()
+        if graded is not None:
+            rel = miner.score_matrix(q_ents[s:e], g_ents).to(device, torch.float64)   # (rows, M) in [0, 1]
+            dcg = (rel.gather(1, ranking[:, :kn]) * weights).sum(1)
+            idcg = (rel.topk(kn, dim=1).values * weights).sum(1)
+            has = idcg > 0
+            ndcg_sum += (dcg[has] / idcg[has]).sum()
+            ndcg_count += int(has.sum())
         if compute_map:
             ranks = torch.arange(1, m + 1, device=device, dtype=torch.float64)
             prec = cum.to(torch.float64) / ranks
@@ -181,9 +243,14 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
         out[f"recall@{k}"] = int(found[k]) / n
         if pair_index is not None:
             out[f"pair_recall@{k}"] = int(pair_found[k]) / n
+            if pair_groups is not None:
+                out[f"exact_pair_recall@{k}"] = int(exact_found[k]) / n
     with_relevant = int((n_relevant > 0).sum())
     if compute_map:
         out["mAP"] = float(ap_sum) / with_relevant if with_relevant else float("nan")
+    if graded is not None:
+        out[f"ndcg@{ndcg_k}"] = float(ndcg_sum) / ndcg_count if ndcg_count else float("nan")
+        out["queries_without_graded"] = n - ndcg_count
     out["num_queries"] = n
     out["gallery_size"] = m
     out["queries_without_relevant"] = n - with_relevant
@@ -193,14 +260,18 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
 
 def evaluate_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, keys: Mapping[str, torch.Tensor],
                        ks: Sequence[int] = (1, 5, 10), *, chunk_size: int = 2048,
-                       compute_map: bool = True, progress: bool = False) -> dict:
+                       compute_map: bool = True, progress: bool = False,
+                       texts: Sequence[str] | None = None, entities=None, miner=None) -> dict:
     """Image-to-text and text-to-image retrieval over one paired test set.
 
     Row i of ``img_emb`` ``(N, D)`` and of ``txt_emb`` ``(N, D)`` belong to sample i (so
     ``pair_index`` is ``arange(N)``); ``keys`` maps a relevance name (e.g. ``"disease"``,
     ``"fine"``, from :func:`~medtrim_ext.evaluation.keys.keys_for`) to ``(N,)`` keys shared by
     both modalities. Returns ``{"i2t": {name: metrics}, "t2i": {name: metrics}}`` with the
-    metrics of :func:`retrieval_metrics`.
+    metrics of :func:`retrieval_metrics`. ``texts`` (the N reports) makes ``pair_recall@K``
+    count identical reports as one item (:func:`text_groups`); ``entities`` (the N samples'
+    :class:`~medtrim_ext.MetaEntities`) adds the graded ``ndcg@10`` under ``out[d]["graded"]``,
+    scored with ``miner`` (default: the published weights).
     """
     img_emb = _check_embeddings("img_emb", img_emb)
     txt_emb = _check_embeddings("txt_emb", txt_emb)
@@ -211,6 +282,17 @@ def evaluate_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, keys: Mappi
         raise TypeError("keys must be a non-empty dict {relevance name: (N,) key tensor}")
     n = img_emb.shape[0]
     pair = torch.arange(n, device=img_emb.device)
+    groups = None
+    if texts is not None:
+        if len(texts) != n:
+            raise ValueError(f"texts has {len(texts)} entries for {n} samples")
+        groups = text_groups(texts)
+    if entities is not None and len(entities) != n:
+        raise ValueError(f"entities has {len(entities)} rows for {n} samples")
+    if entities is not None and miner is None:
+        from ..mining.miner import TripletMiner
+
+        miner = TripletMiner()
     out: dict = {"i2t": {}, "t2i": {}}
     for name, k in keys.items():
         if not isinstance(name, str):
@@ -219,5 +301,12 @@ def evaluate_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, keys: Mappi
         for direction, (qe, ge) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
             out[direction][name] = retrieval_metrics(qe, ge, k, k, ks, pair_index=pair,
                                                      chunk_size=chunk_size, compute_map=compute_map,
-                                                     progress=progress)
+                                                     progress=progress, pair_groups=groups)
+    if entities is not None:   # one key-free entry: the graded ranking by meta-entity score
+        zero = torch.zeros(n, dtype=torch.int64)
+        for direction, (qe, ge) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
+            graded = retrieval_metrics(qe, ge, zero, zero, [1], chunk_size=chunk_size, compute_map=False,
+                                       progress=progress, graded=(entities, entities, miner))
+            out[direction]["graded"] = {key: graded[key] for key in ("ndcg@10", "queries_without_graded",
+                                                                      "num_queries", "gallery_size")}
     return out

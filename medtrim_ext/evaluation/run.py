@@ -86,8 +86,13 @@ def evaluate_model(model, tokenizer, cfg: Config, device: torch.device, progress
     img, txt = embed_dataset(model, test, tokenizer, cfg, device, progress)
     n = img.shape[0]
     keys = relevance_keys(test, n)
+    from ..entities.meta_entities import MetaEntities
+
+    # pair recall counts identical reports as one item; nDCG@10 grades by the meta-entity score
+    # of the samples' records with the published weights, the same for every objective compared
     result = {"split": cfg.data.eval_split, "num_samples": n,
-              **evaluate_retrieval(img, txt, keys, cfg.eval.ks, progress=progress)}
+              **evaluate_retrieval(img, txt, keys, cfg.eval.ks, progress=progress, texts=test.texts[:n],
+                                   entities=MetaEntities.from_records(test.records[:n]))}
     # per attribute kind (with ground truth) and the hub diagnostic (always)
     truth = _ground_truth(test, n)
     result["attributes"] = evaluate_attributes(img, txt, truth if truth is not None else test.records[:n],
