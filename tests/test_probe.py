@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -123,13 +124,14 @@ def test_probe_all_classes_skipped():
     (dict(class_names="ab"), TypeError, "class_names"),
     (dict(weight_decay=-1.0), ValueError, "weight_decay"),
     (dict(max_iter=0), ValueError, "max_iter"),
+    (dict(solver="liblinear"), ValueError, "solver must be"),
 ])
 def test_probe_bad_input(change, exc, match):
     args = dict(train_x=torch.randn(10, 3), train_y=torch.zeros(10, 2), test_x=torch.randn(5, 3),
                 test_y=torch.zeros(5, 2), class_names=["a", "b"])
     args.update(change)
     names = args.pop("class_names")
-    kw = {k: args.pop(k) for k in ("weight_decay", "max_iter") if k in args}
+    kw = {k: args.pop(k) for k in ("weight_decay", "max_iter", "solver") if k in args}
     with pytest.raises(exc, match=match):
         linear_probe(args["train_x"], args["train_y"], args["test_x"], args["test_y"], names, **kw)
 
@@ -152,8 +154,9 @@ def _structured(seed=0, n=700, d=24, c=6):
 
 @pytest.mark.parametrize("weight_decay", [1e-3, 0.1])
 def test_probe_is_scikit_learn(weight_decay):
-    """linear_probe = StandardScaler on all training rows, then per class LogisticRegression with
-    C = 1 / (known labels * weight_decay) on the known labels, scored by roc_auc_score."""
+    """linear_probe = StandardScaler on all training rows, then per class LogisticRegression
+    (Newton-Cholesky) with C = 1 / (known labels * weight_decay) on the known labels, scored by
+    roc_auc_score."""
     tx, ty, vx, vy, names = _structured()
     res = linear_probe(tx, ty, vx, vy, names, weight_decay=weight_decay)
     scaler = StandardScaler().fit(tx.double().numpy())
@@ -161,7 +164,8 @@ def test_probe_is_scikit_learn(weight_decay):
     assert res["scored"] == names
     for j, name in enumerate(names):
         known, test_known = ~torch.isnan(ty[:, j]).numpy(), ~torch.isnan(vy[:, j]).numpy()
-        model = LogisticRegression(C=1 / (known.sum() * weight_decay), tol=1e-8, max_iter=200)
+        model = LogisticRegression(C=1 / (known.sum() * weight_decay), tol=1e-8, max_iter=200,
+                                   solver="newton-cholesky")
         model.fit(sx[known], ty[known, j].numpy())
         want = roc_auc_score(vy[test_known, j].numpy(), model.decision_function(svx[test_known]))
         assert res["auc"][name] == want
@@ -169,7 +173,8 @@ def test_probe_is_scikit_learn(weight_decay):
     full = torch.nan_to_num(ty, nan=0.0), torch.nan_to_num(vy, nan=0.0)
     res = linear_probe(tx, full[0], vx, full[1], names, weight_decay=weight_decay)
     for j, name in enumerate(names):
-        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (500 * weight_decay), tol=1e-8, max_iter=200))
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (500 * weight_decay), tol=1e-8, max_iter=200,
+                                                                  solver="newton-cholesky"))
         pipe.fit(tx.double().numpy(), full[0][:, j].numpy())
         want = roc_auc_score(full[1][:, j].numpy(), pipe.decision_function(vx.double().numpy()))
         assert res["auc"][name] == want
@@ -182,7 +187,8 @@ def test_probe_penalty_is_mean_loss_plus_half_weight_decay():
     ty = torch.nan_to_num(ty, nan=0.0)
     res = linear_probe(tx, ty, vx, vy, names, weight_decay=0.05)
     sx = StandardScaler().fit_transform(tx.double().numpy())
-    model = LogisticRegression(C=1 / (500 * 0.05), tol=1e-8, max_iter=200).fit(sx, ty[:, 0].numpy())
+    model = LogisticRegression(C=1 / (500 * 0.05), tol=1e-8, max_iter=200,
+                               solver="newton-cholesky").fit(sx, ty[:, 0].numpy())
     y = ty[:, 0].double().numpy()
 
     def objective(scale):
@@ -208,3 +214,34 @@ def test_roc_auc_is_roc_auc_score():
         y = torch.rand(300, generator=gen) < 0.2
         assert roc_auc(s, y) == roc_auc_score(y.numpy(), s.numpy())
     assert math.isnan(roc_auc([], []))
+
+
+def _demo_like(seed=0, n=1000, d=64, c=9):
+    """Embeddings shaped like the demo's after a short run: 64 dimensions whose spread falls by
+    3.5 decades (the demo's singular values run from about 150 to 0.06), rotated so that every
+    feature mixes them, and a weak class signal (probe AUC about 0.6). With L-BFGS at 200
+    iterations most classes stopped unconverged here, as in `medtrim demo --steps 20`."""
+    gen = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, c, generator=gen) < torch.linspace(0.3, 0.03, c)).float()
+    z = (torch.randn(n, d, generator=gen) + 0.1 * y @ torch.randn(c, d, generator=gen)) * torch.logspace(0, -3.5, d)
+    x = z @ torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+    return x[:600], y[:600], x[600:], y[600:], [f"c{j}" for j in range(c)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probe_converges_on_demo_like_embeddings(seed):
+    from sklearn.exceptions import ConvergenceWarning
+
+    tx, ty, vx, vy, names = _demo_like(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)   # an unconverged class fails the test
+        res = linear_probe(tx, ty, vx, vy, names)
+    assert res["scored"] == names and res["iterations"] < 200
+    # the converged fit is the optimum: a much longer L-BFGS run on the same problem agrees
+    sx = StandardScaler().fit_transform(tx.double().numpy())
+    for j in (0, 4):
+        y = ty[:, j].double().numpy()
+        ref = LogisticRegression(C=1 / (600 * 1e-3), tol=1e-10, max_iter=20000).fit(sx, y)
+        want = roc_auc_score(vy[:, j].numpy(), ref.decision_function(StandardScaler().fit(
+            tx.double().numpy()).transform(vx.double().numpy())))
+        assert res["auc"][names[j]] == pytest.approx(want, abs=1e-6)
