@@ -46,6 +46,24 @@ def test_hub_diagnostic():
     assert hub["no_finding@2"] == pytest.approx(4 / 6)
     assert hub["no_finding_share"] == pytest.approx(0.5)
     assert hub["distinct@2"] == 4
+    # item 0 is in the top 2 of all three queries: the hub share is 1
+    assert hub["hub_share@2"] == 1.0 and hub["gallery_size"] == 4
+    assert hub_diagnostic(torch.tensor([[0, 1], [2, 3]]), gallery)["hub_share@2"] == 0.5
+
+
+def test_collapse_rule():
+    from medtrim_ext.evaluation.attributes import collapse_reasons
+
+    # every query's top 5 from the same 5 items of 100: both parts of the rule fire
+    assert len(collapse_reasons(distinct=5, hub_share=1.0, k=5, gallery_size=100)) == 2
+    assert collapse_reasons(distinct=10, hub_share=0.2, k=5, gallery_size=100)[0].startswith(
+        "the top 5 of all queries hold only 10 distinct items")
+    assert "51% of the queries" in collapse_reasons(distinct=80, hub_share=0.51, k=5, gallery_size=100)[0]
+    assert collapse_reasons(distinct=11, hub_share=0.5, k=5, gallery_size=100) == []
+    # a gallery under 4K items fills every top K with the same few items anyway: no verdict
+    assert collapse_reasons(distinct=5, hub_share=1.0, k=5, gallery_size=19) == []
+    # missing parts (older results) are not evidence either way
+    assert collapse_reasons(distinct=float("nan"), hub_share=float("nan"), k=5, gallery_size=100) == []
 
 
 def test_evaluate_attributes_ranks_by_cosine():

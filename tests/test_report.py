@@ -99,6 +99,38 @@ def test_markdown_table_and_comparisons():
         results_markdown({})
 
 
+def _with_hub(run: dict, top: torch.Tensor) -> dict:
+    """``run`` plus the hub diagnostic of the top-5 lists ``top`` in both directions."""
+    from medtrim_ext.evaluation import hub_diagnostic
+
+    hub = hub_diagnostic(top, [{}] * 100)
+    return {**run, "num_samples": 100, "attributes": {"i2t": {"hub": hub}, "t2i": {"hub": hub}}}
+
+
+def test_markdown_shows_and_warns_of_a_collapse():
+    import warnings
+
+    from medtrim_ext.evaluation.report import CollapseWarning
+
+    same5 = torch.arange(5).repeat(100, 1)                            # every query: items 0-4
+    spread = (torch.arange(100)[:, None] + torch.arange(5)) % 100     # every item in 5 lists
+    runs = {"collapsed": [_with_hub(fake_run(s, 0.0), same5) for s in range(2)],
+            "healthy": [_with_hub(fake_run(s, 0.0), spread) for s in range(2)]}
+    with pytest.warns(CollapseWarning) as caught:
+        md = results_markdown(summarize_runs(runs))
+    assert [str(w.message).split(":")[1] for w in caught] == [" collapsed i2t, seeds 0, 1", " collapsed t2i, seeds 0, 1"]
+    assert "the top 5 of all queries hold only 5 distinct items" in str(caught[0].message)
+    assert "| `i2t` distinct items in any top 5 (of 100) | 5, 5 | 100, 100 |" in md
+    assert "| `t2i` hub share: queries whose top 5 holds the most retrieved item | 1.000, 1.000 | 0.050, 0.050 |" in md
+    assert "**Collapse warning** (collapsed i2t, seeds 0, 1)" in md and "(healthy" not in md
+    # the diagnostic sits beside the metrics: before the comparisons
+    assert md.index("distinct items in any top 5") < md.index("Comparisons.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)             # nothing fires when healthy
+        md = results_markdown(summarize_runs({"healthy": runs["healthy"]}))
+    assert "distinct items in any top 5" in md and "Collapse warning" not in md
+
+
 def test_markdown_single_seed_and_within_spread():
     runs = {"a": [{"seed": 0, "i2t": {"fine": {"precision@1": 0.5}}}],
             "b": [{"seed": 0, "i2t": {"fine": {"precision@1": 0.4}}}]}

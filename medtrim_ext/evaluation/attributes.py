@@ -13,11 +13,19 @@ side), how many of the query's top-K retrieved items have that finding with the 
 
 Shares are averaged over (query, finding) pairs. It also reports the hub diagnostic: the share of
 "no finding" items among all top-K lists (``no_finding@K``, against ``no_finding_share``, their share
-of the gallery) and how many distinct gallery items appear in any top K (``distinct@K``).
+of the gallery), how many distinct gallery items appear in any top K (``distinct@K``), the share of
+queries whose top K holds the single most retrieved item (``hub_share@K``) and the gallery size.
+
+A collapse (:func:`collapse_reasons`) is when the top K of all queries hold at most
+``COLLAPSE_DISTINCT_FACTOR * K`` distinct items, or one item is in the top K of more than
+``COLLAPSE_HUB_SHARE`` of the queries; judged only for galleries of at least
+``COLLAPSE_MIN_GALLERY_FACTOR * K`` items (a smaller one fills every top K with the same few items
+anyway). Then the ranking ignores the query and the retrieval metrics measure a constant list.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -27,6 +35,11 @@ from .keys import _canonical_attributes
 from .retrieval import _check_embeddings, _inverse_norms, _top_indices
 
 ATTRIBUTE_KINDS = ("side", "size", "zone")
+# the collapse rule (module docstring): a healthy ranking of a gallery of N >> K items spreads the
+# top K over far more than 2K items, and no item is among the K best of most queries
+COLLAPSE_DISTINCT_FACTOR = 2
+COLLAPSE_HUB_SHARE = 0.5
+COLLAPSE_MIN_GALLERY_FACTOR = 4
 
 
 def top_k(query: torch.Tensor, gallery: torch.Tensor, k: int, chunk_size: int = 1024) -> torch.Tensor:
@@ -73,12 +86,34 @@ def attribute_agreement(top: torch.Tensor, query_attributes: Sequence[Mapping],
 
 
 def hub_diagnostic(top: torch.Tensor, gallery_attributes: Sequence[Mapping]) -> dict:
-    """How much the top-K lists concentrate on "no finding" items and on a few items overall."""
+    """How much the top-K lists concentrate on "no finding" items and on a few items overall:
+    ``no_finding@K``, ``no_finding_share``, ``distinct@K`` (distinct items in any top K),
+    ``hub_share@K`` (share of the queries whose top K holds the most retrieved item; a top-K list
+    has no repeats, so it is that item's count over the queries) and ``gallery_size``."""
     normal = torch.tensor([not a for a in _canonical_attributes(gallery_attributes)], dtype=torch.bool)
     k = top.shape[1]
+    hub = int(torch.bincount(top.flatten()).max()) / top.shape[0] if top.numel() else float("nan")
     return {f"no_finding@{k}": float(normal[top].float().mean()) if top.numel() else float("nan"),
             "no_finding_share": float(normal.float().mean()) if len(normal) else float("nan"),
-            f"distinct@{k}": len(set(top.flatten().tolist()))}
+            f"distinct@{k}": len(set(top.flatten().tolist())),
+            f"hub_share@{k}": hub,
+            "gallery_size": len(normal)}
+
+
+def collapse_reasons(distinct: float, hub_share: float, k: int, gallery_size: float) -> list[str]:
+    """Why the top-K lists of one evaluation look collapsed (the rule of the module docstring);
+    empty when they do not, when the gallery is under ``COLLAPSE_MIN_GALLERY_FACTOR * K`` items, or
+    for a part that is NaN (not measured)."""
+    if math.isfinite(gallery_size) and gallery_size < COLLAPSE_MIN_GALLERY_FACTOR * k:
+        return []
+    out = []
+    if math.isfinite(distinct) and distinct <= COLLAPSE_DISTINCT_FACTOR * k:
+        out.append(f"the top {k} of all queries hold only {distinct:.0f} distinct items "
+                   f"(at most {COLLAPSE_DISTINCT_FACTOR}K = {COLLAPSE_DISTINCT_FACTOR * k})")
+    if math.isfinite(hub_share) and hub_share > COLLAPSE_HUB_SHARE:
+        out.append(f"one item is in the top {k} of {hub_share:.0%} of the queries "
+                   f"(over {COLLAPSE_HUB_SHARE:.0%})")
+    return out
 
 
 def evaluate_attributes(img_emb: torch.Tensor, txt_emb: torch.Tensor, attributes: Sequence[Mapping],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,7 +15,8 @@ import torch
 
 from ..utils.io import atomic_write
 
-__all__ = ["key_metrics", "flatten_metrics", "results_markdown", "summarize_runs", "write_results"]
+__all__ = ["CollapseWarning", "key_metrics", "flatten_metrics", "results_markdown", "summarize_runs",
+           "write_results"]
 
 SEP = "/"
 
@@ -179,6 +181,77 @@ def _comparison(summary: dict, a: str, b: str, path: str) -> str | None:
     return f"| `{path}` | {who} | {_fmt(diff)} | {spread_s} | {verdict} | {paired_s} |"
 
 
+class CollapseWarning(UserWarning):
+    """:func:`results_markdown`: an evaluation's top-K lists look collapsed (the rule of
+    :func:`medtrim_ext.evaluation.attributes.collapse_reasons`), so its retrieval metrics measure
+    a near-constant ranking."""
+
+
+_HUB_DISTINCT = re.compile(rf"^attributes{SEP}(i2t|t2i){SEP}hub{SEP}distinct@(\d+)$")
+
+
+def _run_values(info: Mapping, path: str) -> list[float]:
+    st = info["metrics"].get(path)
+    return list(st["values"]) if st else [float("nan")] * info["n_runs"]
+
+
+def _runs_label(info: Mapping, runs: list[int]) -> str:
+    if info["seeds"] is not None:
+        return ("seed " if len(runs) == 1 else "seeds ") + ", ".join(str(info["seeds"][i]) for i in runs)
+    return ("run " if len(runs) == 1 else "runs ") + ", ".join(str(i + 1) for i in runs)
+
+
+def _collapse_section(summary: Mapping) -> tuple[list[str], list[str]]:
+    """Markdown lines of the collapse diagnostic (per direction: distinct items in any top K and
+    the hub share, per run) and the warnings that fire (``"who: why"``); empty without the hub
+    diagnostic (``attributes/<dir>/hub/distinct@K``)."""
+    from .attributes import COLLAPSE_DISTINCT_FACTOR, COLLAPSE_HUB_SHARE, COLLAPSE_MIN_GALLERY_FACTOR
+    from .attributes import collapse_reasons
+
+    methods = summary["methods"]
+    found = sorted({(m.group(1), int(m.group(2))) for info in methods.values() for p in info["metrics"]
+                    for m in [_HUB_DISTINCT.match(p)] if m})
+    if not found:
+        return [], []
+
+    def cells(values, fmt):
+        return ", ".join(fmt.format(v) if math.isfinite(v) else "n/a" for v in values)
+
+    lines = ["", f"Collapse diagnostic, per run: the distinct items in the top K of all queries, and the "
+                 f"hub share (the share of queries whose top K holds the single most retrieved item). "
+                 f"A collapse fires when the distinct items are at most {COLLAPSE_DISTINCT_FACTOR}K or the "
+                 f"hub share exceeds {COLLAPSE_HUB_SHARE:.0%} (galleries of at least "
+                 f"{COLLAPSE_MIN_GALLERY_FACTOR}K items): the ranking then ignores the query.", "",
+             "| diagnostic | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    alarms = []
+    for d, k in found:
+        per = {}
+        for name, info in methods.items():
+            gallery = _run_values(info, f"attributes{SEP}{d}{SEP}hub{SEP}gallery_size")
+            evaluated = _run_values(info, "num_samples")     # results made before gallery_size
+            gallery = [g if math.isfinite(g) else e for g, e in zip(gallery, evaluated)]
+            per[name] = (_run_values(info, f"attributes{SEP}{d}{SEP}hub{SEP}distinct@{k}"),
+                         _run_values(info, f"attributes{SEP}{d}{SEP}hub{SEP}hub_share@{k}"), gallery)
+        sizes = {g for _, _, gs in per.values() for g in gs if math.isfinite(g)}
+        of = f" (of {sizes.pop():.0f})" if len(sizes) == 1 else ""
+        lines.append(f"| `{d}` distinct items in any top {k}{of} | " +
+                     " | ".join(cells(per[n][0], "{:.0f}") for n in methods) + " |")
+        lines.append(f"| `{d}` hub share: queries whose top {k} holds the most retrieved item | " +
+                     " | ".join(cells(per[n][1], "{:.3f}") for n in methods) + " |")
+        for name, (distinct, share, gallery) in per.items():
+            groups: dict[str, list[int]] = {}
+            for i, (x, h, g) in enumerate(zip(distinct, share, gallery)):
+                why = collapse_reasons(x, h, k, g)
+                if why:
+                    groups.setdefault("; ".join(why), []).append(i)
+            for why, runs in groups.items():
+                alarms.append(f"{name} {d}, {_runs_label(methods[name], runs)}: {why}")
+    for alarm in alarms:
+        lines += ["", f"**Collapse warning** ({alarm.replace(': ', '): ', 1)}. Its retrieval metrics "
+                      f"measure a near-constant ranking, not how well it matches the query."]
+    return lines, alarms
+
+
 def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> str:
     """A markdown report of :func:`summarize_runs` output: a table (rows = metrics, columns =
     methods, cells ``mean ± std (n seeds)``) and a comparison table with one row per metric and
@@ -190,6 +263,10 @@ def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> 
     difference of means exceeds the combined seed spread ``sqrt(std_a^2 + std_b^2)`` (a rough
     yardstick, not a significance test) and, when seeds can be paired, in how many paired seeds
     the leading method was higher.
+
+    Beside the metrics, where the summary has the hub diagnostic
+    (:func:`~medtrim_ext.evaluation.attributes.hub_diagnostic`), a collapse diagnostic per run;
+    each run whose top-K lists look collapsed gets a warning line and a :class:`CollapseWarning`.
     """
     if not isinstance(summary, Mapping) or not isinstance(summary.get("methods"), Mapping) \
             or not summary["methods"]:
@@ -214,6 +291,10 @@ def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> 
     for p in rows:
         cells = [_cell(summary["methods"][m]["metrics"].get(p)) for m in methods]
         lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+    collapse, alarms = _collapse_section(summary)
+    lines += collapse
+    for alarm in alarms:
+        warnings.warn(f"retrieval collapse: {alarm}", CollapseWarning, stacklevel=2)
     if len(methods) > 1:
         lines += ["", "Comparisons. Gap: difference of the means. Seed spread: sqrt(std_a² + std_b²) "
                       "of the two methods; a gap beyond it is a rough yardstick, not a significance "
