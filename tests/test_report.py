@@ -79,7 +79,7 @@ def test_markdown_table_and_comparisons():
     header = next(line for line in lines if line.startswith("| metric"))
     assert header == "| metric | medtrim | infonce |"
     table = lines[:next(i for i, line in enumerate(lines) if line.startswith("Comparisons"))]
-    rows = [line.split("|")[1].strip().strip("`") for line in table if line.startswith("| `")]
+    rows = [line.split("`")[1] for line in table if line.startswith("| `")]   # the path in backticks
     assert rows == key_metrics(list(s["methods"]["medtrim"]["metrics"]))
     assert rows[0] == "i2t/fine/precision@1" and rows[-1] == "probe/macro_auc"
     assert rows.index("i2t/fine/mAP") < rows.index("i2t/disease/precision@1")
@@ -90,6 +90,14 @@ def test_markdown_table_and_comparisons():
     assert p5 == ("| `i2t/fine/precision@5` | medtrim ahead of infonce | 0.0500 | 0.0141 | "
                   "gap exceeds spread | medtrim higher in 3 of 3 |")
     assert "further metrics are in results.json" in md
+    # the disease key's precision@K is the field's label-match P@K (disease set equals the
+    # query's); named so in both tables, K = 1, 5 and 10, the JSON path kept beside the name
+    for k in (1, 5, 10):
+        for d in ("i2t", "t2i"):
+            row = f"| `{d}/disease/precision@{k}` = label-match P@{k} | "
+            assert sum(line.startswith(row) for line in lines) == 2    # the metric and its comparison
+    assert "= label-match" not in "".join(line for line in lines if "/fine/" in line)
+    assert "Label-match P@K" in md
     # a chosen metric that is not "higher is better" is reported neutrally
     md2 = results_markdown(s, metrics=["train_seconds"])
     assert "tie" in md2 or "higher than" in md2

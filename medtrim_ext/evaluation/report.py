@@ -132,6 +132,16 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 100 else f"{x:.4g}"
 
 
+_LABEL_MATCH = re.compile(rf"^(?:i2t|t2i){SEP}disease{SEP}precision@(\d+)$")
+
+
+def _row_name(path: str) -> str:
+    """A table row's name: the results.json path in backticks, plus the field's name where it has
+    one (the ``disease`` key's precision@K is the label-match P@K of MedCLIP, GLoRIA, CXR-CLIP)."""
+    m = _LABEL_MATCH.match(path)
+    return f"`{path}` = label-match P@{m.group(1)}" if m else f"`{path}`"
+
+
 def _cell(stats: Mapping | None) -> str:
     if stats is None or stats["n"] == 0:
         return "n/a"
@@ -178,7 +188,7 @@ def _comparison(summary: dict, a: str, b: str, path: str) -> str | None:
         verdict, spread_s = "spread unknown (single seed)", "n/a"
     paired = _paired(summary, a, b, path)
     paired_s = f"{a} higher in {paired[0]} of {paired[1]}" if paired is not None else "n/a"
-    return f"| `{path}` | {who} | {_fmt(diff)} | {spread_s} | {verdict} | {paired_s} |"
+    return f"| {_row_name(path)} | {who} | {_fmt(diff)} | {spread_s} | {verdict} | {paired_s} |"
 
 
 class CollapseWarning(UserWarning):
@@ -285,12 +295,15 @@ def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> 
     if not rows:
         raise ValueError("the summary has no metrics to report")
     runs = ", ".join(f"{m}: {summary['methods'][m]['n_runs']}" for m in methods)
-    lines = [f"Runs per method: {runs}. Cells: mean ± sample std over seeds.", "",
-             "| metric | " + " | ".join(methods) + " |",
-             "|---|" + "---|" * len(methods)]
+    lines = [f"Runs per method: {runs}. Cells: mean ± sample std over seeds.", ""]
+    if any(_LABEL_MATCH.match(p) for p in rows):
+        lines += ["Label-match P@K (`disease/precision@K`): the share of the top K whose disease set "
+                  "equals the query's, the CheXpert 5x200-style precision of MedCLIP, GLoRIA and "
+                  "CXR-CLIP.", ""]
+    lines += ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for p in rows:
         cells = [_cell(summary["methods"][m]["metrics"].get(p)) for m in methods]
-        lines.append(f"| `{p}` | " + " | ".join(cells) + " |")
+        lines.append(f"| {_row_name(p)} | " + " | ".join(cells) + " |")
     collapse, alarms = _collapse_section(summary)
     lines += collapse
     for alarm in alarms:
