@@ -287,3 +287,61 @@ def test_plot_errors(tmp_path):
     with pytest.raises(ValueError, match="mixes"):
         plot_step_breakdown({"a": {"mining": 1.0}, "b": 1.0}, tmp_path / "s.png")
     assert not list(tmp_path.iterdir())
+
+
+def _errorbars(ax) -> int:
+    from matplotlib.container import ErrorbarContainer
+
+    return sum(isinstance(c, ErrorbarContainer) for c in ax.containers)
+
+
+def _na_marks(ax) -> int:
+    """"n/a" labels on the axes (a missing value, told apart from a zero)."""
+    return sum(t.get_text() == "n/a" for t in ax.texts)
+
+
+def test_retrieval_plot_from_zero_no_error_bars_for_one_run_missing_marked():
+    from medtrim_ext.evaluation.plots import retrieval_figure
+
+    flat = fake_run(0, 0.0)
+    for k in (1, 5, 10):                      # a flat curve: 0.30 at every K
+        flat["i2t"]["fine"][f"precision@{k}"] = 0.30
+    flat["t2i"]["fine"]["precision@5"] = float("nan")   # one missing point
+    fig = retrieval_figure(summarize_runs({"one": [flat]}), "precision")
+    axes = fig.axes
+    assert all(ax.get_ylim()[0] == 0 for ax in axes)    # a flat 0.30 must not fill the panel
+    assert all(_errorbars(ax) == 0 for ax in axes)      # n = 1: no (zero-height) error bars
+    t2i_fine = next(ax for ax in axes if ax.get_title() == "text → image, fine relevance")
+    assert _na_marks(t2i_fine) == 1 and sum(_na_marks(ax) for ax in axes) == 1
+    fig = retrieval_figure(summarize_runs(RUNS), "precision")    # 3 seeds each: error bars
+    assert all(_errorbars(ax) == 2 for ax in fig.axes) and all(_na_marks(ax) == 0 for ax in fig.axes)
+
+
+def test_probe_plot_marks_missing_auc_and_drops_error_bars_for_one_run():
+    from medtrim_ext.evaluation.plots import probe_auc_figure
+
+    one = summarize_runs({"a": [fake_run(0, 0.0, nan_auc=True)], "b": [fake_run(0, 0.1)]})
+    ax = probe_auc_figure(one).axes[0]
+    assert ax.get_ylim()[0] == 0 and _errorbars(ax) == 0
+    # a's "pleural effusion" AUC is NaN: a hatched empty bar marked n/a, not a missing or zero bar
+    assert _na_marks(ax) == 1
+    assert sum(1 for p in ax.patches if p.get_hatch()) == 1
+    ax = probe_auc_figure(summarize_runs(RUNS)).axes[0]   # 3 seeds: error bars per method
+    assert _errorbars(ax) == 2 and _na_marks(ax) == 0      # medtrim has 2 finite seeds of 3
+
+
+def test_attribute_plot_marks_missing_and_drops_error_bars_for_one_run():
+    from medtrim_ext.evaluation.plots import attributes_figure
+
+    def run(x, zone=True):
+        out = {d: {k: {"same@5": x, "same_given_disease@5": x + 0.1, "queries": 10}
+                   for k in ("side", "size", "zone")} for d in ("i2t", "t2i")}
+        if not zone:
+            out["i2t"]["zone"]["same_given_disease@5"] = float("nan")
+        return {"attributes": out}
+
+    fig = attributes_figure(summarize_runs({"a": [run(0.0, zone=False)], "b": [run(0.3)]}), 5)
+    assert all(ax.get_ylim()[0] == 0 and _errorbars(ax) == 0 for ax in fig.axes)
+    assert sum(_na_marks(ax) for ax in fig.axes) == 1    # the NaN; a's 0.0 bars are zeros, drawn
+    fig = attributes_figure(summarize_runs({"a": [run(0.4), run(0.5)], "b": [run(0.3), run(0.35)]}), 5)
+    assert all(_errorbars(ax) == 2 for ax in fig.axes)

@@ -53,22 +53,45 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision") -> Path:
-    """``metric@K`` over K, one line per method with error bars (std over seeds), one panel per
-    direction (rows: i2t, t2i) and relevance (columns: fine, disease, then others).
+def _missing_bar(ax, x: float, width: float, color: str, top: float = 1.0) -> None:
+    """A missing value (metric absent or NaN) at ``x``: an unfilled hatched bar labelled "n/a", so
+    it cannot be read as a zero (no bar) or a value."""
+    ax.bar([x], [top], width=width, fill=False, hatch="//", edgecolor=color, linewidth=0.6, alpha=0.5)
+    ax.text(x, 0.02 * top, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color=color)
 
-    ``metric`` is ``"precision"``, ``"recall"`` or ``"pair_recall"``. NaN means are left out;
+
+def _bar_errors(errors: list[float]) -> list[float] | None:
+    """Error bars of one method's bars: none at all when no bar has a seed spread (a single run),
+    else the std (0 where a bar has fewer than two finite seeds)."""
+    return [e if _finite(e) else 0.0 for e in errors] if any(_finite(e) for e in errors) else None
+
+
+def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision") -> Path:
+    """``metric@K`` over K, one line per method with error bars (std over seeds; none for a
+    single run), one panel per direction (rows: i2t, t2i) and relevance (columns: fine, disease,
+    then others). The axis runs from 0 to 1, so a flat value looks flat.
+
+    ``metric`` is ``"precision"``, ``"recall"`` or ``"pair_recall"``. A K that a method lacks or
+    has NaN at (where another method has it) is marked "n/a" at the bottom, in the method's colour;
     ``ValueError`` when the summary has no such metric.
     """
+    return _save(retrieval_figure(summary, metric), path)
+
+
+def retrieval_figure(summary: Mapping, metric: str = "precision") -> Figure:
+    """The figure of :func:`plot_retrieval`, not saved."""
     methods = _methods(summary)
     pattern = re.compile(rf"^(i2t|t2i)/([^/]+)/{re.escape(metric)}@(\d+)$")
     curves: dict = {}   # (direction, relevance) -> method -> [(k, mean, std)]
+    panel_ks: dict = {}   # (direction, relevance) -> every K any method has (finite or not)
     for name, info in methods.items():
         for p, st in info["metrics"].items():
             m = pattern.match(p)
+            if m:
+                panel_ks.setdefault((m.group(1), m.group(2)), set()).add(int(m.group(3)))
             if m and _finite(st["mean"]):
                 curves.setdefault((m.group(1), m.group(2)), {}).setdefault(name, []).append(
-                    (int(m.group(3)), st["mean"], st["std"] if _finite(st["std"]) else 0.0))
+                    (int(m.group(3)), st["mean"], st["std"]))
     if not curves:
         raise ValueError(f"summary has no finite retrieval {metric}@K metrics (paths like "
                          f"'i2t/fine/{metric}@5')")
@@ -82,11 +105,24 @@ def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision"
             ax = axes[r_i][c_i]
             for m_i, name in enumerate(methods):
                 pts = sorted(curves.get((d, rel), {}).get(name, []))
+                for k in sorted(panel_ks.get((d, rel), set()) - {p[0] for p in pts}):
+                    ax.text(k, 0.02, "n/a", ha="center", va="bottom", rotation=90, fontsize=7,
+                            color=_color(m_i))
                 if not pts:
                     continue
-                ks, means, stds = zip(*pts)
-                ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, color=_color(m_i),
-                            label=f"{name} (n={methods[name]['n_runs']})")
+                # NaN at a missing K breaks the line there instead of bridging the gap
+                have = {p[0]: p for p in pts}
+                ks = sorted(panel_ks[(d, rel)])
+                means = [have[k][1] if k in have else math.nan for k in ks]
+                stds = [have[k][2] if k in have else math.nan for k in ks]
+                label = f"{name} (n={methods[name]['n_runs']})"
+                errors = _bar_errors(list(stds))
+                if errors is None:   # one run: a seed spread of 0 would claim a certainty it lacks
+                    ax.plot(ks, means, marker="o", color=_color(m_i), label=label)
+                else:
+                    ax.errorbar(ks, means, yerr=errors, marker="o", capsize=3, color=_color(m_i),
+                                label=label)
+            ax.set_ylim(0.0, 1.05)
             ax.set_title(f"{titles[d]}, {rel} relevance")
             ax.set_xlabel("K")
             ax.set_ylabel(f"{metric}@K")
@@ -94,14 +130,20 @@ def plot_retrieval(summary: Mapping, path: str | Path, metric: str = "precision"
             if ax.has_data():
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_attributes(summary: Mapping, path: str | Path, k: int = 5) -> Path:
     """Per attribute kind (side, size, zone) and direction, the share of the top K with the same
     disease and value (``attributes/<dir>/<kind>/same@K``), grouped bars per method with error bars
-    over seeds; a second row of panels: the same share among the items that have the disease.
+    over seeds (none for a single run); a second row of panels: the same share among the items
+    that have the disease. A missing or NaN value is a hatched "n/a" bar, not a zero.
     ``ValueError`` when the summary has no such metric (data without ground-truth attributes)."""
+    return _save(attributes_figure(summary, k), path)
+
+
+def attributes_figure(summary: Mapping, k: int = 5) -> Figure:
+    """The figure of :func:`plot_attributes`, not saved."""
     methods = _methods(summary)
     pattern = re.compile(rf"^attributes/(i2t|t2i)/([^/]+)/(same|same_given_disease)@{k}$")
     kinds: list[str] = []
@@ -125,12 +167,16 @@ def plot_attributes(summary: Mapping, path: str | Path, k: int = 5) -> Path:
                 xs, hs, es = [], [], []
                 for g_i, kind in enumerate(kinds):
                     st = info["metrics"].get(f"attributes/{d}/{kind}/{stat}@{k}")
+                    x = g_i + (m_i - (len(methods) - 1) / 2) * width
                     if st and _finite(st["mean"]):
-                        xs.append(g_i + (m_i - (len(methods) - 1) / 2) * width)
+                        xs.append(x)
                         hs.append(st["mean"])
-                        es.append(st["std"] if _finite(st["std"]) else 0.0)
+                        es.append(st["std"])
+                    else:
+                        _missing_bar(ax, x, width, _color(m_i))
                 if xs:
-                    ax.bar(xs, hs, width=width, yerr=es, capsize=2, color=_color(m_i), label=name)
+                    ax.bar(xs, hs, width=width, yerr=_bar_errors(es), capsize=2, color=_color(m_i),
+                           label=name)
             ax.set_xticks(range(len(kinds)))
             ax.set_xticklabels(kinds)
             ax.set_ylim(0, 1)
@@ -139,13 +185,19 @@ def plot_attributes(summary: Mapping, path: str | Path, k: int = 5) -> Path:
             if ax.has_data():
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_probe_auc(summary: Mapping, path: str | Path) -> Path:
     """Test AUC of the linear probe per class (and the macro mean), grouped bars per method with
-    error bars over seeds. Classes whose AUC is NaN for a method get no bar. ``ValueError`` when
+    error bars over seeds (none for a single run). A class whose AUC a method lacks or has as NaN
+    (e.g. not scorable on its test split) gets a hatched "n/a" bar, not a zero. ``ValueError`` when
     the summary has no ``probe/auc/<class>`` metric."""
+    return _save(probe_auc_figure(summary), path)
+
+
+def probe_auc_figure(summary: Mapping) -> Figure:
+    """The figure of :func:`plot_probe_auc`, not saved."""
     methods = _methods(summary)
     classes: list[str] = []
     for info in methods.values():
@@ -159,21 +211,26 @@ def plot_probe_auc(summary: Mapping, path: str | Path) -> Path:
     width = 0.8 / len(methods)
     fig = Figure(figsize=(max(6.0, 0.55 * len(groups) * max(1, len(methods)) + 2), 4.2))
     ax = fig.subplots()
-    drawn = False
+    drawn, missing = False, []
     for m_i, (name, info) in enumerate(methods.items()):
         xs, hs, es = [], [], []
         for g_i, p in enumerate(paths):
             st = info["metrics"].get(p)
+            x = g_i + (m_i - (len(methods) - 1) / 2) * width
             if st and _finite(st["mean"]):
-                xs.append(g_i + (m_i - (len(methods) - 1) / 2) * width)
+                xs.append(x)
                 hs.append(st["mean"])
-                es.append(st["std"] if _finite(st["std"]) else 0.0)
+                es.append(st["std"])
+            else:
+                missing.append((x, _color(m_i)))
         if xs:
             drawn = True
-            ax.bar(xs, hs, width=width, yerr=es, capsize=2, color=_color(m_i),
+            ax.bar(xs, hs, width=width, yerr=_bar_errors(es), capsize=2, color=_color(m_i),
                    label=f"{name} (n={info['n_runs']})")
     if not drawn:
         raise ValueError("every linear-probe AUC in the summary is NaN: nothing to plot")
+    for x, color in missing:
+        _missing_bar(ax, x, width, color)
     ax.axhline(0.5, color="black", lw=0.8, ls="--", label="chance")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=40, ha="right", fontsize=8)
@@ -183,7 +240,7 @@ def plot_probe_auc(summary: Mapping, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 RESULT_PLOTS = {"retrieval": "retrieval.png", "probe_auc": "probe_auc.png",
