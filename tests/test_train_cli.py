@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -138,13 +139,56 @@ def test_paired_verdict_needs_every_seed_and_does_not_count_a_hub():
         return {"methods": {"a": arm(best, auc), "b": arm(base, (0.9, 0.9))}}
 
     cmp = paired_comparison(summary((0.5, 0.6), (0.4, 0.5)), hub_level=0.2, a="a", b="b")
-    assert cmp["wins_every_seed"] and cmp["guard_ok"] and cmp["goal_met"]
+    assert cmp["wins_every_seed"] and cmp["guard_ok"]
+    assert not cmp["goal_met"]         # ahead in both seeds, but 2 seeds are too few to conclude
     cmp = paired_comparison(summary((0.5, 0.45), (0.4, 0.5)), hub_level=0.2, a="a", b="b")
     assert not cmp["wins_every_seed"]  # behind in seed 1
     cmp = paired_comparison(summary((0.3245, 0.3245), (0.2, 0.2)), hub_level=0.324, a="a", b="b")
     assert not cmp["wins_every_seed"]  # the hub level is not a win
     cmp = paired_comparison(summary((0.5, 0.6), (0.4, 0.5), auc=(0.85, 0.88)), hub_level=0.2, a="a", b="b")
     assert cmp["wins_every_seed"] and not cmp["guard_ok"] and not cmp["goal_met"]
+
+
+def _per_seed_summary(best, base, aucs=None):
+    """A summarize_runs-like summary of arms "a" and "b" with the claim metrics at the given
+    per-seed values (seeds 0, 1, ...) and a probe AUC of 0.9."""
+    from medtrim_ext.apps.demo import CLAIM_METRICS
+
+    def arm(values, auc):
+        metrics = {p: {"values": list(values)} for p in CLAIM_METRICS}
+        metrics["probe/macro_auc"] = {"values": list(auc)}
+        return {"metrics": metrics, "seeds": list(range(len(values))), "n_runs": len(values)}
+    return {"methods": {"a": arm(best, aucs or [0.9] * len(best)), "b": arm(base, [0.9] * len(base))}}
+
+
+def test_verdict_knows_its_limits():
+    """A +0.001 lead in one seed (what `medtrim demo --steps 20 --seeds 0` called a win) is not
+    enough to compare; nor are margins within the seed-to-seed spread; three seeds with margins
+    beyond the spread are."""
+    from medtrim_ext.apps.demo import paired_comparison
+
+    one = paired_comparison(_per_seed_summary([0.199], [0.198]), hub_level=0.05, a="a", b="b")
+    assert one["wins_every_seed"] and not one["conclusive"] and not one["goal_met"]
+    assert one["limits"] == ["1 seed: not enough to compare (at least 3 needed)"]
+    assert "beats" not in one["verdict"] and "NOT conclusive: 1 seed: not enough to compare" in one["verdict"]
+    # three seeds, ahead in each by 0.001-0.003, but the metric moves by about 0.05 between seeds
+    noisy = paired_comparison(_per_seed_summary([0.301, 0.352, 0.403], [0.300, 0.350, 0.400]),
+                              hub_level=0.05, a="a", b="b")
+    assert noisy["wins_every_seed"] and not noisy["conclusive"] and not noisy["goal_met"]
+    assert noisy["limits"] == ["margin within the seed spread on i2t/fine/precision@5, "
+                               "t2i/fine/precision@5, i2t/fine/mAP, t2i/fine/mAP"]
+    m = noisy["margins"]["t2i/fine/mAP"]
+    assert m["mean_difference"] == pytest.approx(0.002) and m["seed_spread"] == pytest.approx(math.hypot(0.051, 0.05))
+    assert "margin within the seed spread" in noisy["verdict"]
+    # three seeds, ahead by 0.05 against a spread of about 0.01: conclusive, the goal is met
+    clear = paired_comparison(_per_seed_summary([0.35, 0.36, 0.35], [0.30, 0.31, 0.30]),
+                              hub_level=0.05, a="a", b="b")
+    assert clear["conclusive"] and clear["limits"] == [] and clear["goal_met"]
+    assert clear["verdict"].startswith("a beats b on all four fine-grained metrics in every seed (3)")
+    # behind in one seed: the verdict says so whatever the number of seeds
+    lost = paired_comparison(_per_seed_summary([0.35, 0.29, 0.35], [0.30, 0.31, 0.30]),
+                             hub_level=0.05, a="a", b="b")
+    assert lost["verdict"].startswith("a does NOT beat b")
 
 
 def _readme_own_data_commands() -> list[list[str]]:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..utils.io import atomic_write
@@ -29,6 +30,8 @@ CLAIM_METRICS = ("i2t/fine/precision@5", "t2i/fine/precision@5", "i2t/fine/mAP",
 # must stay within GUARD_TOLERANCE of the baseline (or better)
 GUARD_METRICS = ("i2t/disease/mAP", "t2i/disease/mAP", "probe/macro_auc")
 GUARD_TOLERANCE = 0.01
+# fewer paired seeds than this cannot tell a lead from seed-to-seed noise: the verdict says so
+MIN_SEEDS = 3
 ATTRIBUTE_KINDS = ("side", "size", "zone")
 
 
@@ -91,6 +94,13 @@ def paired_comparison(summary: dict, hub_level: float, a: str = BEST, b: str = B
     ``a`` within 0.01 of ``hub_level`` (the most common fine-grained class's share: what retrieving
     that class for every query scores) does not count as ahead. ``guard_ok``: on each guard metric
     (disease-level mAP, probe AUC) the mean over seeds of ``a - b`` is >= -``GUARD_TOLERANCE``.
+
+    ``margins``: per claim metric, the mean difference and the seed spread ``sqrt(std_a^2 +
+    std_b^2)`` (sample stds over the paired seeds; results.md's yardstick). ``limits``: why the
+    comparison cannot conclude: fewer than ``MIN_SEEDS`` paired seeds, or claim metrics whose mean
+    difference is within the seed spread (``|difference| <= spread``). ``conclusive``: no limits.
+    ``goal_met`` needs ``wins_every_seed``, ``guard_ok`` and ``conclusive``. ``verdict``: the
+    sentence (:func:`verdict_line`).
     """
     seeds_a, seeds_b = _seeds(summary, a), _seeds(summary, b)
     shared = [s for s in seeds_a if s in seeds_b]
@@ -112,9 +122,52 @@ def paired_comparison(summary: dict, hub_level: float, a: str = BEST, b: str = B
             guard[path] = {"mean_difference": mean_diff, "ok": mean_diff >= -GUARD_TOLERANCE}
     wins_every_seed = bool(wins) and all(wins)
     guard_ok = all(g["ok"] for g in guard.values())
-    return {"arm": a, "baseline": b, "seeds": shared, "hub_level": hub_level, "per_seed": per_seed,
-            "wins_every_seed": wins_every_seed, "guard": guard, "guard_ok": guard_ok,
-            "goal_met": wins_every_seed and guard_ok}
+    margins = {}
+    for path in CLAIM_METRICS:
+        rows = per_seed.get(path)
+        if not rows:
+            continue
+        xa, xb = np.array([r[a] for r in rows]), np.array([r[b] for r in rows])
+        spread = float(np.hypot(xa.std(ddof=1), xb.std(ddof=1))) if len(rows) > 1 else float("nan")
+        diff = float((xa - xb).mean())
+        margins[path] = {"mean_difference": diff, "seed_spread": spread,
+                         "beyond_spread": bool(abs(diff) > spread)}   # False when the spread is NaN
+    limits = []
+    if len(shared) < MIN_SEEDS:
+        limits.append(f"{len(shared)} seed{'' if len(shared) == 1 else 's'}: not enough to compare "
+                      f"(at least {MIN_SEEDS} needed)")
+    within = [p for p, m in margins.items() if math.isfinite(m["seed_spread"]) and not m["beyond_spread"]]
+    if within:
+        limits.append("margin within the seed spread on " + ", ".join(within))
+    out = {"arm": a, "baseline": b, "seeds": shared, "hub_level": hub_level, "per_seed": per_seed,
+           "wins_every_seed": wins_every_seed, "guard": guard, "guard_ok": guard_ok,
+           "margins": margins, "limits": limits, "conclusive": not limits,
+           "goal_met": wins_every_seed and guard_ok and not limits}
+    out["verdict"] = verdict_line(out)
+    return out
+
+
+def verdict_line(comparison: dict) -> str:
+    """The sentence that sums up :func:`paired_comparison`: who is ahead where, and (when it
+    cannot conclude) why not, e.g. "NOT conclusive: 1 seed: not enough to compare"."""
+    a, b, cmp = comparison["arm"], comparison["baseline"], comparison
+    seeds = f"every seed ({len(cmp['seeds'])})"
+    if cmp["wins_every_seed"]:
+        verb = "beats" if cmp["conclusive"] else "is ahead of"
+        line = f"{a} {verb} {b} on all four fine-grained metrics in {seeds}"
+        if cmp["guard_ok"]:
+            line += f", with disease-level mAP and probe AUC within {GUARD_TOLERANCE} or better"
+        else:
+            line += (f", BUT falls more than {GUARD_TOLERANCE} behind on " +
+                     ", ".join(p for p, g in cmp["guard"].items() if not g["ok"]))
+    else:
+        lost = sorted({p for p, rows in cmp["per_seed"].items() if p in CLAIM_METRICS
+                       for r in rows if r["difference"] <= 0 or r["hub"]})
+        line = (f"{a} does NOT beat {b} on every fine-grained metric in every seed "
+                f"(not ahead on: {', '.join(lost)})")
+    if cmp["limits"]:
+        line += "; NOT conclusive: " + "; ".join(cmp["limits"])
+    return line
 
 
 def paired_table(comparison: dict) -> str:
@@ -265,17 +318,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         cmp = paired_comparison(summary, hub_level, a=arm, b=BASELINE)
         verdicts[arm] = cmp
         table = paired_table(cmp)
-        if cmp["goal_met"]:
-            line = (f"{arm} beats {BASELINE} on all four fine-grained metrics in every seed, with "
-                    f"disease-level mAP and probe AUC within {GUARD_TOLERANCE} or better")
-        elif cmp["wins_every_seed"]:
-            line = (f"{arm} beats {BASELINE} on all four fine-grained metrics in every seed, BUT "
-                    "falls more than 0.01 behind on " +
-                    ", ".join(p for p, g in cmp["guard"].items() if not g["ok"]))
-        else:
-            lost = sorted({p for p, rows in cmp["per_seed"].items() if p in CLAIM_METRICS
-                           for r in rows if r["difference"] <= 0 or r["hub"]})
-            line = f"{arm} does NOT beat {BASELINE} on every fine-grained metric in every seed (not ahead on: {', '.join(lost)})"
+        line = cmp["verdict"]
         print(f"\n{line}:\n{table}")
         report += [f"## {arm} against {BASELINE}, per seed\n", line + ".\n", table, ""]
     with atomic_write(out / "verdict.json") as f:
