@@ -241,3 +241,19 @@ def test_readme_own_data_recipe_trains_on_a_manifest_without_split_column(tmp_pa
     run = result["runs"]["medtrim"][0]
     assert run["split"] == "test" and run["num_samples"] == sum(hash_split(s) == "test" for s in ids) > 0
     assert "side" in run["attributes"]["i2t"]
+
+
+def test_verdict_is_not_conclusive_on_collapsed_retrieval():
+    """Clear margins over 3 seeds, but the baseline's text->image top 5 is the same 5 items for
+    every query in seed 1 (results.md's collapse diagnostic): no conclusion from such a run."""
+    from medtrim_ext.apps.demo import paired_comparison
+
+    summary = _per_seed_summary([0.35, 0.36, 0.35], [0.30, 0.31, 0.30])
+    for arm, distinct in (("a", [400, 380, 390]), ("b", [400, 5, 390])):
+        m = summary["methods"][arm]["metrics"]
+        m["attributes/t2i/hub/distinct@5"] = {"values": distinct}
+        m["attributes/t2i/hub/hub_share@5"] = {"values": [0.05, 1.0 if arm == "b" else 0.05, 0.05]}
+        m["attributes/t2i/hub/gallery_size"] = {"values": [1000] * 3}
+    cmp = paired_comparison(summary, hub_level=0.05, a="a", b="b")
+    assert cmp["wins_every_seed"] and not cmp["conclusive"] and not cmp["goal_met"]
+    assert cmp["limits"] == ["retrieval collapsed (results.md's collapse diagnostic): b t2i, seed 1"]

@@ -97,8 +97,10 @@ def paired_comparison(summary: dict, hub_level: float, a: str = BEST, b: str = B
 
     ``margins``: per claim metric, the mean difference and the seed spread ``sqrt(std_a^2 +
     std_b^2)`` (sample stds over the paired seeds; results.md's yardstick). ``limits``: why the
-    comparison cannot conclude: fewer than ``MIN_SEEDS`` paired seeds, or claim metrics whose mean
-    difference is within the seed spread (``|difference| <= spread``). ``conclusive``: no limits.
+    comparison cannot conclude: fewer than ``MIN_SEEDS`` paired seeds, claim metrics whose mean
+    difference is within the seed spread (``|difference| <= spread``), or a run of either arm
+    whose retrieval collapsed (:func:`~medtrim_ext.evaluation.report.collapse_alarms`).
+    ``conclusive``: no limits.
     ``goal_met`` needs ``wins_every_seed``, ``guard_ok`` and ``conclusive``. ``verdict``: the
     sentence (:func:`verdict_line`).
     """
@@ -139,6 +141,12 @@ def paired_comparison(summary: dict, hub_level: float, a: str = BEST, b: str = B
     within = [p for p, m in margins.items() if math.isfinite(m["seed_spread"]) and not m["beyond_spread"]]
     if within:
         limits.append("margin within the seed spread on " + ", ".join(within))
+    from ..evaluation.report import collapse_alarms
+
+    collapsed = collapse_alarms({"methods": {m: summary["methods"][m] for m in (a, b)}})
+    if collapsed:   # a collapsed run's metrics measure a constant ranking, whoever leads
+        limits.append("retrieval collapsed (results.md's collapse diagnostic): " +
+                      "; ".join(c.split(": ", 1)[0] for c in collapsed))
     out = {"arm": a, "baseline": b, "seeds": shared, "hub_level": hub_level, "per_seed": per_seed,
            "wins_every_seed": wins_every_seed, "guard": guard, "guard_ok": guard_ok,
            "margins": margins, "limits": limits, "conclusive": not limits,

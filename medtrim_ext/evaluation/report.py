@@ -15,8 +15,8 @@ import torch
 
 from ..utils.io import atomic_write
 
-__all__ = ["CollapseWarning", "key_metrics", "flatten_metrics", "results_markdown", "summarize_runs",
-           "write_results"]
+__all__ = ["CollapseWarning", "collapse_alarms", "key_metrics", "flatten_metrics", "results_markdown",
+           "summarize_runs", "write_results"]
 
 SEP = "/"
 
@@ -262,6 +262,13 @@ def _collapse_section(summary: Mapping) -> tuple[list[str], list[str]]:
     return lines, alarms
 
 
+def collapse_alarms(summary: Mapping) -> list[str]:
+    """The runs whose retrieval looks collapsed (the collapse diagnostic of
+    :func:`results_markdown`), as ``"method direction, seed(s) ...: why"``; empty when none or
+    without the hub diagnostic."""
+    return _collapse_section(summary)[1]
+
+
 def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> str:
     """A markdown report of :func:`summarize_runs` output: a table (rows = metrics, columns =
     methods, cells ``mean ± std (n seeds)``) and a comparison table with one row per metric and
@@ -307,7 +314,9 @@ def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> 
     collapse, alarms = _collapse_section(summary)
     lines += collapse
     for alarm in alarms:
-        warnings.warn(f"retrieval collapse: {alarm}", CollapseWarning, stacklevel=2)
+        # stacklevel 1: one location, so the default filter prints each alarm once per
+        # process, however many callers make the report (the demo writes and prints it)
+        warnings.warn(f"retrieval collapse: {alarm}", CollapseWarning)
     if len(methods) > 1:
         lines += ["", "Comparisons. Gap: difference of the means. Seed spread: sqrt(std_a² + std_b²) "
                       "of the two methods; a gap beyond it is a rough yardstick, not a significance "
