@@ -252,7 +252,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         arms=DEFAULT_ARMS, overrides=(), device: str = "auto", progress: bool = True) -> int:
     from ..evaluation import plot_attributes, plot_probe_auc, plot_retrieval, plot_step_breakdown
     from ..evaluation import plot_training_curves
-    from ..evaluation import results_markdown, summarize_runs, write_results
+    from ..evaluation import summarize_runs, write_results
     from ..training import load_config, replace, train
     from ..training.builders import resolve_device
     from ..training.distributed import DistContext
@@ -303,7 +303,8 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     times = {a: _mean_times(t) for a, t in step_times.items() if t}
     if times:   # every arm side by side
         plot_step_breakdown(times, out / "step_breakdown.png")
-    print("\n" + results_markdown(summary))
+    # the report write_results made (making it again would repeat its collapse warnings)
+    print("\n" + paths["markdown"].read_text(encoding="utf-8").removeprefix("# Results\n\n"))
     attributes = attribute_table(summary, arms)
     print("\nper attribute (top 5):\n" + attributes)
     report = [f"# MedTrim demo: {', '.join(arms)}, seeds {list(seeds)}, {base.train.steps} steps (test split)\n",

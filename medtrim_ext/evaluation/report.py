@@ -314,8 +314,7 @@ def results_markdown(summary: Mapping, metrics: Sequence[str] | None = None) -> 
     collapse, alarms = _collapse_section(summary)
     lines += collapse
     for alarm in alarms:
-        # stacklevel 1: one location, so the default filter prints each alarm once per
-        # process, however many callers make the report (the demo writes and prints it)
+        # stacklevel 1: one location for every caller of the report
         warnings.warn(f"retrieval collapse: {alarm}", CollapseWarning)
     if len(methods) > 1:
         lines += ["", "Comparisons. Gap: difference of the means. Seed spread: sqrt(std_a² + std_b²) "
