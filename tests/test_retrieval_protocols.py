@@ -106,3 +106,13 @@ def test_evaluate_retrieval_reports_graded_ndcg_both_ways():
         assert 0.0 < value < 1.0
     with pytest.raises(ValueError, match="entities has 3 rows for 40 samples"):
         evaluate_retrieval(img, txt, {"disease": torch.zeros(40, dtype=torch.int64)}, entities=ents[:3])
+
+
+def test_results_tables_show_the_graded_ndcg():
+    from medtrim_ext.evaluation import key_metrics
+
+    paths = ["i2t/disease/precision@5", "i2t/disease/pair_recall@5", "i2t/graded/ndcg@10",
+             "t2i/graded/ndcg@10", "t2i/disease/precision@5"]
+    shown = key_metrics(paths)
+    assert shown.index("i2t/graded/ndcg@10") > shown.index("i2t/disease/pair_recall@5")
+    assert "t2i/graded/ndcg@10" in shown

@@ -102,7 +102,8 @@ def summarize_runs(runs: Mapping[str, Sequence[Mapping]]) -> dict:
 def key_metrics(paths: Sequence[str]) -> list[str]:
     """The headline metrics among ``paths``, in table order: fine-grained then disease-level
     relevance, image-to-text then text-to-image, precision@K then recall@K by K and mAP; then
-    the own-pair recall per direction and the linear probe's macro AUC."""
+    the own-pair recall per direction, the graded nDCG@10 per direction and the linear probe's
+    macro AUC."""
     paths = set(paths)
     ks = sorted({int(m.group(1)) for p in paths for m in [re.search(r"(?:precision|recall)@(\d+)$", p)] if m})
     out = []
@@ -116,6 +117,8 @@ def key_metrics(paths: Sequence[str]) -> list[str]:
         rel = next((r for r in ("fine", "disease")
                     if any(p.startswith(f"{direction}/{r}/pair_recall@") for p in paths)), "fine")
         out += [f"{direction}/{rel}/pair_recall@{k}" for k in ks]
+    # the graded ranking by meta-entity score (relevance-free: under "graded")
+    out += [f"{direction}/graded/ndcg@10" for direction in ("i2t", "t2i")]
     out.append("probe/macro_auc")
     return [p for p in out if p in paths]
 

@@ -132,7 +132,7 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     into ``out_dir`` (default ``<run>/eval``), which is checked before any work.
     Returns {result, markdown, paths}."""
     from .plots import plot_results
-    from .report import results_markdown, summarize_runs, write_results
+    from .report import summarize_runs, write_results
     from .plots import RESULT_PLOTS
     from ..training.rundir import config_inputs
     from ..utils.io import check_outputs_not_inputs, check_writable
@@ -152,7 +152,9 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     summary = summarize_runs(runs)
     paths = write_results(out, runs, summary)
     paths.update(plot_results(summary, out))
-    return {"result": result, "markdown": results_markdown(summary), "paths": paths}
+    # the report written (making it again would warn of a collapse twice)
+    markdown = Path(paths["markdown"]).read_text(encoding="utf-8")
+    return {"result": result, "markdown": markdown, "paths": paths}
 
 
 __all__ = ["class_labels", "embed_dataset", "evaluate_model", "evaluate_run", "load_trained", "relevance_keys"]
