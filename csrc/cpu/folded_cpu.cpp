@@ -41,10 +41,21 @@ namespace medtrim {
 namespace {
 using namespace cpu_prep;
 
+// A stable counting sort: the positions 0..n-1 ordered by key[pos] in [0, buckets), equal keys
+// in position order; start[b] .. start[b + 1] of the result hold bucket b.
+std::vector<int64_t> stable_buckets(const int64_t* key, int64_t n, int64_t buckets,
+                                    std::vector<int64_t>& start) {
+  start.assign(buckets + 1, 0);
+  for (int64_t i = 0; i < n; ++i) ++start[key[i] + 1];
+  for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+  std::vector<int64_t> fill(start.begin(), start.end() - 1), out(n);
+  for (int64_t i = 0; i < n; ++i) out[fill[key[i]]++] = i;
+  return out;
+}
+
 // Candidate samples in the orders the tie rule walks.
 struct CandidateOrders {
-  int64_t n = 0, records = 0;
-  std::vector<uint32_t> hash;          // [n] tie hash of each sample (0 with lowest-index ties)
+  int64_t n = 0;
   std::vector<int64_t> rec_start;      // [records + 1] record v's samples: rec_start[v] ..
   std::vector<uint32_t> rec_hash;      // [n] by record, then (hash, index)
   std::vector<int64_t> rec_index;      // [n]
@@ -55,33 +66,28 @@ struct CandidateOrders {
   const int64_t* ids = nullptr;
   const int64_t* record = nullptr;
 
-  CandidateOrders(const int64_t* inverse, const int64_t* ids_, int64_t n_, int64_t records_,
+  CandidateOrders(const int64_t* inverse, const int64_t* ids_, int64_t n_, int64_t records,
                   std::optional<uint64_t> seed)
-      : n(n_), records(records_), ids(ids_), record(inverse) {
-    hash.resize(n);
+      : n(n_), ids(ids_), record(inverse) {
+    std::vector<uint32_t> hash(n);   // tie hash of each sample (0 with lowest-index ties)
     for (int64_t j = 0; j < n; ++j) hash[j] = seed ? sample_tie_hash(*seed, ids[j]) : 0u;
-    auto by_hash = [&](int64_t x, int64_t y) { return hash[x] < hash[y] || (hash[x] == hash[y] && x < y); };
-    std::vector<int64_t> order(n);
-    for (int64_t j = 0; j < n; ++j) order[j] = j;
-    std::sort(order.begin(), order.end(), by_hash);
+    all_index.resize(n);
+    for (int64_t j = 0; j < n; ++j) all_index[j] = j;
+    std::sort(all_index.begin(), all_index.end(),
+              [&](int64_t x, int64_t y) { return hash[x] < hash[y] || (hash[x] == hash[y] && x < y); });
     all_hash.resize(n);
-    all_index = order;
     all_record.resize(n);
     for (int64_t k = 0; k < n; ++k) {
-      all_hash[k] = hash[order[k]];
-      all_record[k] = record[order[k]];
+      all_hash[k] = hash[all_index[k]];
+      all_record[k] = record[all_index[k]];
     }
-    // a stable counting sort of the circle by record keeps (hash, index) order inside each record
-    rec_start.assign(records + 1, 0);
-    for (int64_t j = 0; j < n; ++j) ++rec_start[record[j] + 1];
-    for (int64_t v = 0; v < records; ++v) rec_start[v + 1] += rec_start[v];
-    std::vector<int64_t> fill(rec_start.begin(), rec_start.end() - 1);
+    // the circle sorted stably by record keeps (hash, index) order inside each record
+    const std::vector<int64_t> by_record = stable_buckets(all_record.data(), n, records, rec_start);
     rec_hash.resize(n);
     rec_index.resize(n);
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t at = fill[all_record[k]]++;
-      rec_hash[at] = all_hash[k];
-      rec_index[at] = all_index[k];
+    for (int64_t t = 0; t < n; ++t) {
+      rec_hash[t] = all_hash[by_record[t]];
+      rec_index[t] = all_index[by_record[t]];
     }
     by_id.resize(n);
     for (int64_t j = 0; j < n; ++j) by_id[j] = j;
@@ -110,7 +116,6 @@ struct Level {
   std::vector<int64_t> records;   // single records (of groups that score record by record)
   int64_t record_count = 0, samples = 0;
   std::vector<std::pair<uint32_t, int64_t>> merged;  // built on first use (many small records)
-  bool has_merged = false;
 };
 
 // How the candidate groups score against an anchor disease mask (shared by every anchor record
@@ -178,7 +183,6 @@ struct LevelOrder {
       levels[i].groups.clear();
       levels[i].records.clear();
       levels[i].merged.clear();
-      levels[i].has_merged = false;
       levels[i].record_count = levels[i].samples = 0;
     }
     used = 0;
@@ -251,7 +255,7 @@ class LevelWalk {
     const double log_m = std::log2(samples + 1.0);
     double scan = 2.0 * static_cast<double>(c.n) / samples;
     double merge = records * (1.0 + std::log2(samples / std::max(records, 1.0) + 1.0));
-    double merged = log_m + (level.has_merged ? 0.0 : samples * log_m / static_cast<double>(group));
+    double merged = log_m + (!level.merged.empty() ? 0.0 : samples * log_m / static_cast<double>(group));
     if (force != 0) {
       merge = force == 1 ? 0.0 : 1e300;
       scan = force == 2 ? 0.0 : 1e300;
@@ -266,14 +270,13 @@ class LevelWalk {
       pos_ = std::upper_bound(c.all_hash.begin(), c.all_hash.end(), h) - c.all_hash.begin();
       left_ = c.n;
     } else {
-      if (!level.has_merged) {
+      if (level.merged.empty()) {
         level.merged.reserve(level.samples);
         groups.for_records(level, [&](int64_t v) {
           for (int64_t k = c.rec_start[v]; k < c.rec_start[v + 1]; ++k)
             level.merged.emplace_back(c.rec_hash[k], c.rec_index[k]);
         });
         std::sort(level.merged.begin(), level.merged.end());
-        level.has_merged = true;
       }
       merged_ = &level.merged;
       Range r;
@@ -344,7 +347,6 @@ class LevelWalk {
 
 struct FoldedParams {
   int64_t k;
-  bool negatives;
   float threshold, upper, min_positive;
   std::optional<uint64_t> seed;
   int walk;  // MEDTRIM_FOLDED_WALK (tests): merge / scan / merged forces one walk; unset: by cost
@@ -504,7 +506,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
   TORCH_CHECK(k >= 1, "k must be >= 1, got ", k);
   TORCH_CHECK(std::isfinite(min_positive_score) && min_positive_score >= 0,
               "min_positive_score must be finite and >= 0, got ", min_positive_score);
-  const FoldedParams fp{k, negatives, static_cast<float>(threshold), static_cast<float>(upper),
+  const FoldedParams fp{k, static_cast<float>(threshold), static_cast<float>(upper),
                         static_cast<float>(min_positive_score), read_tie_seed(tie_seed_tensor),
                         walk_mode_from_env()};
 
@@ -529,13 +531,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mine_folded_cpu(
                               records_b, fp.seed);
   // the anchor samples of each anchor record
   const int64_t* a_rec = ainv.data_ptr<int64_t>();
-  std::vector<int64_t> a_start(records_a + 1, 0), a_list(n);
-  for (int64_t i = 0; i < n; ++i) ++a_start[a_rec[i] + 1];
-  for (int64_t u = 0; u < records_a; ++u) a_start[u + 1] += a_start[u];
-  {
-    std::vector<int64_t> fill(a_start.begin(), a_start.end() - 1);
-    for (int64_t i = 0; i < n; ++i) a_list[fill[a_rec[i]]++] = i;
-  }
+  std::vector<int64_t> a_start;
+  const std::vector<int64_t> a_list = stable_buckets(a_rec, n, records_a, a_start);
   const int64_t* ids = aid.data_ptr<int64_t>();
   const bool* semi_p = semi.data_ptr<bool>();
   int64_t* pos_out = positive.data_ptr<int64_t>();
