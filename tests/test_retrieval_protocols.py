@@ -116,3 +116,19 @@ def test_results_tables_show_the_graded_ndcg():
     shown = key_metrics(paths)
     assert shown.index("i2t/graded/ndcg@10") > shown.index("i2t/disease/pair_recall@5")
     assert "t2i/graded/ndcg@10" in shown
+
+
+def test_graded_ndcg_leaves_the_other_metrics_of_its_pass_alone():
+    """nDCG computed in the same pass as mAP and pair recall (evaluate_retrieval does so with its
+    first key) leaves them as a pass without it gives (its gains once shadowed the relevance mask)."""
+    from medtrim_ext.entities.synthetic import synthetic_records
+
+    g = torch.Generator().manual_seed(0)
+    ents = MetaEntities.from_records(synthetic_records(120, seed=2))
+    q, gal = torch.randn(120, 6, generator=g), torch.randn(120, 6, generator=g)
+    keys = torch.randint(0, 4, (120,), generator=g)
+    pair = torch.arange(120)
+    plain = retrieval_metrics(q, gal, keys, keys, ks=[1, 5], pair_index=pair)
+    with_graded = retrieval_metrics(q, gal, keys, keys, ks=[1, 5], pair_index=pair,
+                                    graded=(ents, ents, TripletMiner()))
+    assert {k: with_graded[k] for k in plain} == plain and 0 < with_graded["ndcg@10"] < 1

@@ -224,9 +224,9 @@ def retrieval_metrics(query: torch.Tensor, gallery: torch.Tensor, query_keys: to
                 exact_found[k] += (pair_cum[:, eff[k] - 1] > 0).sum()
                 pair_found[k] += ((group_cum if pair_groups is not None else pair_cum)[:, eff[k] - 1] > 0).sum()
         if graded is not None:
-            rel = miner.score_matrix(q_ents[s:e], g_ents).to(device, torch.float64)   # (rows, M) in [0, 1]
-            dcg = (rel.gather(1, ranking[:, :kn]) * weights).sum(1)
-            idcg = (rel.topk(kn, dim=1).values * weights).sum(1)
+            gain = miner.score_matrix(q_ents[s:e], g_ents).to(device, torch.float64)   # (rows, M) in [0, 1]
+            dcg = (gain.gather(1, ranking[:, :kn]) * weights).sum(1)
+            idcg = (gain.topk(kn, dim=1).values * weights).sum(1)
             has = idcg > 0
             ndcg_sum += (dcg[has] / idcg[has]).sum()
             ndcg_count += int(has.sum())
@@ -294,19 +294,20 @@ def evaluate_retrieval(img_emb: torch.Tensor, txt_emb: torch.Tensor, keys: Mappi
 
         miner = TripletMiner()
     out: dict = {"i2t": {}, "t2i": {}}
-    for name, k in keys.items():
+    for position, (name, k) in enumerate(keys.items()):
         if not isinstance(name, str):
             raise TypeError(f"keys must be named by strings, got {name!r}")
         k = check_ids(f"keys[{name!r}]", k, n, None)
+        # the graded ranking needs no key: computed with the first key's ranking, not a pass of its own
+        graded = (entities, entities, miner) if entities is not None and position == 0 else None
         for direction, (qe, ge) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
-            out[direction][name] = retrieval_metrics(qe, ge, k, k, ks, pair_index=pair,
-                                                     chunk_size=chunk_size, compute_map=compute_map,
-                                                     progress=progress, pair_groups=groups)
-    if entities is not None:   # one key-free entry: the graded ranking by meta-entity score
-        zero = torch.zeros(n, dtype=torch.int64)
-        for direction, (qe, ge) in (("i2t", (img_emb, txt_emb)), ("t2i", (txt_emb, img_emb))):
-            graded = retrieval_metrics(qe, ge, zero, zero, [1], chunk_size=chunk_size, compute_map=False,
-                                       progress=progress, graded=(entities, entities, miner))
-            out[direction]["graded"] = {key: graded[key] for key in ("ndcg@10", "queries_without_graded",
-                                                                      "num_queries", "gallery_size")}
+            metrics = retrieval_metrics(qe, ge, k, k, ks, pair_index=pair, chunk_size=chunk_size,
+                                        compute_map=compute_map, progress=progress, pair_groups=groups,
+                                        graded=graded)
+            if graded is not None:   # a key-free entry of its own
+                out[direction]["graded"] = {"ndcg@10": metrics.pop("ndcg@10"),
+                                            "queries_without_graded": metrics.pop("queries_without_graded"),
+                                            "num_queries": metrics["num_queries"],
+                                            "gallery_size": metrics["gallery_size"]}
+            out[direction][name] = metrics
     return out
