@@ -186,8 +186,7 @@ def _csv_pieces_arrow(columns: dict, n: int):
             if key not in done:
                 done[key] = pa.concat_arrays([_csv_cells_arrow(column.texts), pa.array([""], s)])
             cells = done[key]
-            index = np.asarray(column.index, dtype=np.int64)
-            index = np.where(index < 0, len(column.texts), index)
+            _, index = _column_levels(column)
         else:
             values = np.asarray(column)
             if values.dtype.kind in "iu":   # ranks: no levels to share, cast them all
@@ -234,7 +233,7 @@ def _write_parquet(path, columns: dict, n: int, bar) -> None:
             key = id(column.texts)   # mine's anchor, positive and negative ids share one list
             if key not in done:
                 done[key] = pa.array(list(column.texts), pa.string())
-            column = _ArrowIds(column.texts, column.index, done[key])
+            column = _ArrowIds(column.index, done[key])
         prepared[name] = column
     schema = pa.schema([(name, _arrow_column(c, slice(0, 0)).type) for name, c in prepared.items()])
     with atomic_write(path, "wb") as f:
@@ -246,7 +245,7 @@ def _write_parquet(path, columns: dict, n: int, bar) -> None:
 
 
 class _ArrowIds(NamedTuple):
-    texts: Sequence[str]
+    """An id column for Parquet: row indices (-1: empty) into the ids as one Arrow array."""
     index: np.ndarray
     arrow: object
 
