@@ -91,7 +91,7 @@ def check_run_outputs(cfg) -> None:
     (``model.image.checkpoint=runs/x/last.pt train.out_dir=runs/x``, a manifest called
     ``metrics.csv`` in the run folder, a model folder as the run folder). ``config.json`` is left
     to the resume rules (:mod:`medtrim_ext.training.rundir`), which refuse another run's config."""
-    from ..evaluation.plots import RESULT_PLOTS
+    from ..evaluation.run import evaluation_files
     from ..training.batches import OFFLINE_TRIPLETS_FILE
     from ..training.checkpoint import CHECKPOINT_NAME
     from ..training.rundir import config_inputs
@@ -101,8 +101,7 @@ def check_run_outputs(cfg) -> None:
     inputs = config_inputs(cfg)
     check_outputs_not_inputs(out, [CHECKPOINT_NAME, "metrics.csv", "train_summary.json", "training_loss.png",
                                    OFFLINE_TRIPLETS_FILE], inputs, "train.out_dir")
-    check_outputs_not_inputs(out / "eval", ["results.json", "results.md", *RESULT_PLOTS.values()],
-                             inputs, "train.out_dir")
+    check_outputs_not_inputs(out / "eval", evaluation_files(), inputs, "train.out_dir")
 
 
 def _is_main() -> bool:

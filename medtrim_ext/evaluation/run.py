@@ -124,6 +124,13 @@ def load_trained(checkpoint: str | Path, device: torch.device):
     return model.to(device).eval(), tokenizer, cfg, state
 
 
+def evaluation_files() -> list[str]:
+    """The names of the files an evaluation writes into its folder (results and figures)."""
+    from .plots import RESULT_PLOTS
+
+    return ["results.json", "results.md", *RESULT_PLOTS.values()]
+
+
 def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | None = None,
                  device: str = "auto", progress: bool = True) -> dict:
     """Evaluate a checkpoint (a ``last.pt`` file or a run folder; config overrides may point at
@@ -133,7 +140,6 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     Returns {result, markdown, paths}."""
     from .plots import plot_results
     from .report import summarize_runs, write_results
-    from .plots import RESULT_PLOTS
     from ..training.rundir import config_inputs
     from ..utils.io import check_outputs_not_inputs, check_writable
 
@@ -144,7 +150,7 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     model, tokenizer, cfg, state = load_trained(checkpoint, dev)
     cfg = Config.from_dict(apply_overrides(cfg.to_dict(), list(overrides)), "evaluation overrides")
     # before the (long) evaluation: no result file may replace the checkpoint or the data
-    check_outputs_not_inputs(out, ["results.json", "results.md", *RESULT_PLOTS.values()],
+    check_outputs_not_inputs(out, evaluation_files(),
                              {"--checkpoint": checkpoint, **config_inputs(cfg)}, "evaluation output folder")
     result = evaluate_model(model, tokenizer, cfg, dev, progress)
     result["step"] = state["step"]
@@ -157,4 +163,5 @@ def evaluate_run(checkpoint: str | Path, overrides=(), out_dir: str | Path | Non
     return {"result": result, "markdown": markdown, "paths": paths}
 
 
-__all__ = ["class_labels", "embed_dataset", "evaluate_model", "evaluate_run", "load_trained", "relevance_keys"]
+__all__ = ["class_labels", "embed_dataset", "evaluate_model", "evaluate_run", "evaluation_files",
+           "load_trained", "relevance_keys"]
