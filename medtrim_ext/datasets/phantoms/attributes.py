@@ -100,6 +100,80 @@ def validate_attributes(attributes, where: str = "attributes") -> dict:
     return out
 
 
+# -- rendering from other sources ----------------------------------------------------------------
+_SIDES = ("left", "right", "bilateral")
+_ZONES = ("upper", "mid", "lower")
+# What the renderer (:func:`.scene.sample_scene` + :func:`.render.render`) can draw, for ground
+# truth that does not come from :func:`sample_attributes` (e.g. findings read from real reports):
+# disease -> key -> allowed values; None in a tuple means "unspecified" is allowed (today's look);
+# a key not listed must be None. A superset of ATTRIBUTE_SPACE (same values draw the same
+# images), plus the key "form" and four more findings. A "zone" may also be a tuple of zones:
+# one instance per (side, zone). No probabilities: callers choose the values.
+RENDER_SPACE = {
+    "pleural effusion": {"side": _SIDES, "size": ("small", "moderate", "large")},
+    "consolidation": {"side": _SIDES, "zone": _ZONES},
+    "lung opacity": {"side": _SIDES, "zone": _ZONES, "size": (None, "small", "large")},
+    "cardiomegaly": {"size": ("mild", "moderate", "severe")},
+    "lung lesion": {"side": _SIDES, "zone": _ZONES, "size": ("small", "large"),
+                    "form": (None, "calcified")},
+    "pneumothorax": {"side": _SIDES, "size": ("small", "moderate", "large")},
+    "atelectasis": {"side": _SIDES, "zone": _ZONES},
+    "edema": {"side": ("bilateral",), "size": ("mild", "moderate", "severe")},
+    "pneumonia": {"side": _SIDES, "zone": _ZONES},
+    "pleural other": {"side": _SIDES, "zone": _ZONES, "size": (None, "small", "large")},
+    "fracture": {"side": _SIDES, "zone": _ZONES},
+    "enlarged cardiomediastinum": {},
+}
+RENDER_KEYS = ATTRIBUTE_KEYS + ("form",)
+
+
+def _clean_render_finding(disease: str, attrs, where: str) -> dict:
+    """One finding's attributes with all of :data:`RENDER_KEYS` (None where not applicable);
+    a list or tuple of zones becomes a tuple without repeats."""
+    attrs = {} if attrs is None else attrs
+    if not isinstance(attrs, dict):
+        raise TypeError(f"{where}[{disease!r}] must be a dict, got {type(attrs).__name__}")
+    unknown = set(attrs) - set(RENDER_KEYS)
+    if unknown:
+        raise ValueError(f"{where}[{disease!r}]: unknown keys {sorted(unknown)}")
+    space = RENDER_SPACE[disease]
+    clean = {}
+    for key in RENDER_KEYS:
+        value = attrs.get(key)
+        if key not in space:
+            if value is not None:
+                raise ValueError(f"{where}[{disease!r}]: {key!r} does not apply, got {value!r}")
+            clean[key] = None
+            continue
+        if key == "zone" and isinstance(value, (list, tuple)):
+            zones = tuple(dict.fromkeys(value))  # order kept, repeats dropped
+            bad = [z for z in zones if z not in space[key]]
+            if not zones or bad:
+                raise ValueError(f"{where}[{disease!r}]['zone'] must be one of {space[key]} or a "
+                                 f"non-empty tuple of them, got {value!r}")
+            clean[key] = zones
+        elif value not in space[key]:
+            raise ValueError(f"{where}[{disease!r}][{key!r}] must be one of {space[key]}, "
+                             f"got {value!r}")
+        else:
+            clean[key] = value
+    return clean
+
+
+def validate_render_attributes(attributes, where: str = "attributes") -> dict:
+    """Check one dict of findings against :data:`RENDER_SPACE` (any number of findings);
+    returns a normalised copy with all of :data:`RENDER_KEYS` (None where not applicable).
+    ``ValueError`` names the bad disease, key or value."""
+    if not isinstance(attributes, dict):
+        raise TypeError(f"{where} must be a dict, got {type(attributes).__name__}")
+    out = {}
+    for disease, attrs in attributes.items():
+        if disease not in RENDER_SPACE:
+            raise ValueError(f"{where}: unknown disease {disease!r}; known: {list(RENDER_SPACE)}")
+        out[disease] = _clean_render_finding(disease, attrs, where)
+    return out
+
+
 # -- sampling --------------------------------------------------------------------------------------
 def _choice(rng: np.random.Generator, values, probs):
     # inverse CDF of one uniform draw (Generator.choice with p= is ~10x slower per call)
