@@ -7,6 +7,22 @@ right. A batch of scenes is painted at once, as float32 ``(B, H, W)`` arrays.
 
 The order of the additions to ``D`` is part of the output: float32 sums are not associative, so
 reordering two terms changes pixels (the phantoms are reproducible bit for bit).
+
+Besides the built-in findings, the painters draw everything of
+:data:`.attributes.RENDER_SPACE` (new values only add branches, so the built-in images stay the
+same): lung opacity small (fewer, fainter puffs) or large (more, wider puffs); calcified lung
+lesions (1-3 small, very dense, sharp-edged granulomas); atelectasis bands at the upper or mid
+zone; and four more findings:
+
+- pneumonia: an ill-defined, mottled airspace region: a soft-edged ellipse modulated by puffs
+  (unlike the dense homogeneous, sharp-edged consolidation);
+- pleural other (thickening): an apical pleural cap over the lung apex (zone upper) or a band
+  along the lateral chest wall at the zone's height (mid / lower), thicker when "large";
+- fracture (rib): a short bright rib segment crossing the lateral chest wall at the zone's
+  height, broken by a gap with the lateral fragment stepped down (its own rib, since the
+  random rib strength may hide the ribs);
+- enlarged cardiomediastinum: a dense band about the midline above the heart, much wider
+  than the normal mediastinum (the spine).
 """
 
 from __future__ import annotations
@@ -183,18 +199,24 @@ def _paint_consolidation(c: _Canvas, b: int, g: dict) -> None:
 
 
 def _paint_opacity(c: _Canvas, b: int, g: dict) -> None:
-    """Faint patchy puffs."""
+    """Faint patchy puffs (fewer and fainter, or more and wider, by size: ``amp``)."""
     cx, _, lung_j = c.lung_of(b, g)
     px = (cx + f32(g["sgn"]) * g["px"].astype(f32))[:, None, None]
     py = g["py"].astype(f32)[:, None, None]
     ps = g["ps"].astype(f32)[:, None, None]
     puffs = np.exp(-((c.x[b] - px) ** 2 + (c.y[b] - py) ** 2) / (ps * ps)).sum(0)
-    c.D[b] += f32(0.26) * np.tanh(f32(0.7) * puffs) * lung_j * (1 - c.heart[b])
+    c.D[b] += f32(g.get("amp", 0.26)) * np.tanh(f32(0.7) * puffs) * lung_j * (1 - c.heart[b])
 
 
 def _paint_lesion(c: _Canvas, b: int, g: dict) -> None:
-    """A round nodule or mass, drawn whole (not masked by the lung or the heart)."""
+    """A round nodule or mass, drawn whole (not masked by the lung or the heart); calcified:
+    1-3 small nodules, much denser and with a sharper edge than soft tissue."""
     cx, _, _ = c.lung_of(b, g)
+    if g.get("form") == "calcified":
+        for dx, y, r in zip(g["dxs"], g["ys"], g["rs"]):
+            d = np.sqrt((c.x[b] - (cx + f32(g["sgn"] * dx))) ** 2 + (c.y[b] - f32(y)) ** 2)
+            c.D[b] += f32(0.70) * _sig(f32(2) * c.k * (f32(r) - d))
+        return
     d = np.sqrt((c.x[b] - (cx + f32(g["sgn"] * g["dx"]))) ** 2 + (c.y[b] - f32(g["y"])) ** 2)
     c.D[b] += f32(g["amp"]) * _sig(c.k * (f32(g["r"]) - d))
 
@@ -204,10 +226,75 @@ def _paint_atelectasis(c: _Canvas, b: int, g: dict) -> None:
     sgn = g["sgn"]
     cx, base_j, lung_j = c.lung_of(b, g)
     xb, yb, k = c.x[b], c.y[b], c.k
-    yl = base_j - f32(g["rise"]) + f32(g["slope"] * sgn) * (xb - cx)
+    if "y" in g:  # upper / mid zone: the band at the zone's height
+        yl = f32(g["y"]) + f32(g["slope"] * sgn) * (xb - cx)
+    else:
+        yl = base_j - f32(g["rise"]) + f32(g["slope"] * sgn) * (xb - cx)
     band = _sig(k * (f32(g["th"]) - np.abs(yb - yl)))
     band *= _sig(k * (f32(0.75) * c.hw[b] - np.abs(xb - cx - f32(sgn * 0.05))))
     c.D[b] += f32(0.30) * band * lung_j * (1 - c.heart[b])
+
+
+def _paint_pneumonia(c: _Canvas, b: int, g: dict) -> None:
+    """An ill-defined mottled airspace region: a soft-edged ellipse times a puff texture."""
+    cx, _, lung_j = c.lung_of(b, g)
+    x0, y0, rx, ry = cx + f32(g["sgn"] * g["dx"]), f32(g["y"]), f32(g["rx"]), f32(g["ry"])
+    ex_, ey_ = (c.x[b] - x0) / rx, (c.y[b] - y0) / ry
+    env = _sig(f32(4) * (1 - ex_ * ex_ - ey_ * ey_))  # fades over ~half a radius: no sharp edge
+    px = (x0 + f32(g["sgn"]) * rx * g["px"].astype(f32))[:, None, None]
+    py = (y0 + ry * g["py"].astype(f32))[:, None, None]
+    ps = g["ps"].astype(f32)[:, None, None]
+    puffs = np.exp(-((c.x[b] - px) ** 2 + (c.y[b] - py) ** 2) / (ps * ps)).sum(0)
+    mottle = f32(0.25) + f32(0.75) * np.tanh(f32(0.8) * puffs)
+    c.D[b] += f32(0.36) * env * mottle * lung_j * (1 - c.heart[b])
+
+
+def _paint_pleural_other(c: _Canvas, b: int, g: dict) -> None:
+    """Pleural thickening: an apical cap (the lung's top rim, ``th`` thick, down to ``h`` below
+    the apex) or a band of thickness ``th`` inside the lateral wall around height ``y``."""
+    sgn = g["sgn"]
+    cx, base_j, lung_j = c.lung_of(b, g)
+    xb, yb, k, th = c.x[b], c.y[b], c.k, f32(g["th"])
+    apex = c.apex[b]
+    if "h" in g:
+        # the lung moved down by th no longer covers its own top rim
+        below = _lung(xb, yb - th, cx, c.hw[b], apex, base_j, c.dome_h[b], f32(sgn), k)
+        band = lung_j * (1 - below) * _sig(k * (apex + f32(g["h"]) - yb))
+    else:
+        # the lateral wall's distance from the lung centre: the apex ellipse above cy, then straight
+        cy = f32(0.05)
+        ey_ = (yb - cy) / (cy - apex)
+        wall = np.where(yb < cy, c.hw[b] * np.sqrt(np.clip(1 - ey_ * ey_, 0, 1)),
+                        c.hw[b] * (1 + f32(0.1) * np.clip(yb - cy, 0, 1)))
+        band = lung_j * _sig(k * (f32(sgn) * (xb - cx) - (wall - th)))
+        band *= _sig(k * (f32(g["hl"]) - np.abs(yb - f32(g["y"]))))
+    c.D[b] += f32(0.36) * band  # soft tissue: about as dense as the chest wall
+
+
+def _paint_fracture(c: _Canvas, b: int, g: dict) -> None:
+    """A bright rib segment crossing the lateral chest wall, curved like the rib arcs, broken
+    ``brk`` inward of the wall by a gap, its lateral fragment stepped down."""
+    cx, _, _ = c.lung_of(b, g)
+    k = c.k
+    ax_ = f32(g["sgn"]) * c.x[b]  # distance from the midline toward the finding's side
+    xw = f32(g["sgn"]) * cx + c.hw[b, 0, 0]  # the lateral wall
+    xg = xw - f32(g["brk"])
+    lateral = _sig(k * (ax_ - xg))
+    yc = f32(g["y"]) + f32(0.25) * (ax_ * ax_ - xw * xw) + f32(g["step"]) * lateral
+    rib = _sig(k * (f32(0.028) - np.abs(c.y[b] - yc)))
+    rib *= _sig(k * (ax_ - (xw - f32(g["length"])))) * _sig(k * (xw + f32(0.05) - ax_))
+    rib *= _sig(k * (np.abs(ax_ - xg) - f32(0.5 * g["gap"])))
+    c.D[b] += f32(0.35) * rib * c.body[b]
+
+
+def _paint_cardiomediastinum(c: _Canvas, b: int, g: dict) -> None:
+    """A widened superior mediastinum: a dense band about the midline from ``top`` down to the
+    heart, a little wider at its base."""
+    k, xb, yb = c.k, c.x[b], c.y[b]
+    hy = c.col("heart_y")[b]
+    hw = f32(g["hw"]) * (f32(0.85) + f32(0.15) * np.clip((yb - f32(g["top"])) / (hy - f32(g["top"])), 0, 1))
+    band = _sig(k * (hw - np.abs(xb - f32(g["dx"])))) * _sig(k * (yb - f32(g["top"]))) * _sig(k * (hy - yb))
+    c.D[b] += f32(0.26) * band * (1 - c.heart[b]) * c.body[b]
 
 
 # finding -> (pass, painter). The "air" pass runs before the vascular markings, because a
@@ -221,6 +308,10 @@ PAINTERS = {
     "lung opacity": ("overlay", _paint_opacity),
     "lung lesion": ("overlay", _paint_lesion),
     "atelectasis": ("overlay", _paint_atelectasis),
+    "pneumonia": ("overlay", _paint_pneumonia),
+    "pleural other": ("overlay", _paint_pleural_other),
+    "fracture": ("overlay", _paint_fracture),
+    "enlarged cardiomediastinum": ("overlay", _paint_cardiomediastinum),
 }
 
 
