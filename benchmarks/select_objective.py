@@ -9,6 +9,7 @@ records this table.
 
     python benchmarks/select_objective.py --out benchmarks/out/selection --steps 900 --seeds 0 1
     python benchmarks/select_objective.py --only soft-t0.1-w0.5 infonce   # a subset (e.g. 2 processes)
+    python benchmarks/select_objective.py --dataset iu-phantoms --out benchmarks/out/selection-iu
 
 Runs are reused when the script is started again (each run resumes from its checkpoint and its
 validation result is cached), so it can be interrupted, split over processes
@@ -79,18 +80,19 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
 
 
 def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
-            refresh: bool = False) -> dict:
+            refresh: bool = False, dataset: str = "phantoms") -> dict:
     from medtrim_ext.training import load_config, train
     from medtrim_ext.training.builders import resolve_device
     from medtrim_ext.training.distributed import DistContext
     from medtrim_ext.evaluation.run import evaluate_model, load_trained
     from medtrim_ext.utils.io import atomic_write
+    from medtrim_ext.apps.demo import DATASETS
 
     run_dir = out / "runs" / f"{name}-seed{seed}"
     cached = run_dir / "validate.json"
     if cached.exists() and not (refresh and ATTRIBUTES[0] not in json.loads(cached.read_text())["metrics"]):
         return json.loads(cached.read_text())
-    cfg = load_config("demo", overrides + [f"train.steps={steps}", f"train.seed={seed}",
+    cfg = load_config("demo", list(DATASETS[dataset]) + overrides + [f"train.steps={steps}", f"train.seed={seed}",
                                            f"train.out_dir={run_dir}", "train.progress=false",
                                            "train.tensorboard=false", "train.device=cpu",
                                            f"data.cache_dir={out / 'entity-cache'}",
@@ -99,7 +101,8 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
     dev = resolve_device("cpu", DistContext())
     model, tokenizer, _, _ = load_trained(result["checkpoint"], dev)
     ev = evaluate_model(model, tokenizer, cfg, dev, progress=False)
-    row = {"name": name, "seed": seed, "steps": steps, "overrides": overrides,
+    row = {"name": name, "seed": seed, "steps": steps, "overrides": overrides, "dataset": dataset,
+           "validation_studies": ev["num_samples"],
            "metrics": {k: _metric(ev, k) for k in REPORTED + ATTRIBUTES}, "wall_s": result["wall_s"],
            "step_time": result["step_time"]}
     with atomic_write(cached) as f:
@@ -137,6 +140,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/out/selection")
     p.add_argument("--steps", type=int, default=900)
+    p.add_argument("--dataset", default="phantoms", choices=["phantoms", "iu-phantoms"],
+                   help="the demo dataset whose validation split chooses (default: phantoms)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--only", nargs="+", default=None, help="candidate names (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -155,19 +160,21 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         for name in names:
-            row = run_one(name, CANDIDATES[name][1], seed, args.steps, out, refresh=args.refresh)
+            row = run_one(name, CANDIDATES[name][1], seed, args.steps, out, refresh=args.refresh,
+                          dataset=args.dataset)
             rows.append(row)
             m = row["metrics"]
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {m[k]:.3f}" for k in CRITERION), flush=True)
     # the table over every finished run in the folder, not just this process's
     done = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/validate.json"))]
-    done = [r for r in done if r["steps"] == args.steps]
+    done = [r for r in done if r["steps"] == args.steps and r.get("dataset", "phantoms") == args.dataset]
     md = table(done)
+    studies = sorted({r.get("validation_studies", 600) for r in done})
     from medtrim_ext.utils.io import atomic_write
 
     with atomic_write(out / "selection.md") as f:
-        f.write(f"# Validation-split selection ({args.steps} steps)\n\nCriterion: mean of "
-                f"{', '.join(CRITERION)} over seeds (validation split, 600 studies).\n\n{md}\n")
+        f.write(f"# Validation-split selection on {args.dataset} ({args.steps} steps)\n\nCriterion: mean "
+                f"of {', '.join(CRITERION)} over seeds (validation split, {studies} studies).\n\n{md}\n")
     print("\n" + md)
     if args.attributes:
         with_attrs = [r for r in done if ATTRIBUTES[0] in r["metrics"]]

@@ -350,7 +350,8 @@ def cmd_demo(args) -> int:
     if args.device != "auto":   # named here: "tpu" was a RuntimeError traceback from torch.device
         parse_device(args.device, "--device")
     return demo.run(out=Path(args.out), seeds=args.seeds, steps=args.steps, arms=args.arms,
-                    overrides=args.overrides, device=args.device, progress=not args.no_progress)
+                    overrides=args.overrides, device=args.device, progress=not args.no_progress,
+                    dataset=args.dataset)
 
 
 def cmd_train(args) -> int:
@@ -434,17 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "Prints the compiled backends, the torch they were built for and the torch that runs.")
     p.set_defaults(func=cmd_info)
 
-    from .demo import ARMS, DEFAULT_ARMS   # plain data; the demo's training modules load in cmd_demo
+    from .demo import ARMS, BEST_FOR, DATASETS   # plain data; the demo's training modules load in cmd_demo
 
-    p = command("demo", "train MedTrim-based objectives and InfoNCE on the built-in phantoms and "
-                        "compare them seed by seed",
+    p = command("demo", "train MedTrim-based objectives and InfoNCE on the built-in phantoms (or the "
+                        "real IU reports with phantom images) and compare them seed by seed",
                 "Writes the runs, results tables and plots into --out; finished runs are reused when "
                 "the demo is run again.", extra="train")
     p.add_argument("--out", default="medtrim-demo", help="output folder (runs, results, plots)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
-    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=[*ARMS, "all"], metavar="ARM",
-                   help=f"objectives to compare: {', '.join(ARMS)}, or all")
+    p.add_argument("--dataset", default="phantoms", choices=list(DATASETS),
+                   help="phantoms (built-in, default) or iu-phantoms (the 3,955 real IU reports of the "
+                        "installed torchxrayvision, each with a phantom image of its own findings)")
+    p.add_argument("--arms", nargs="+", default=None, choices=[*ARMS, "all"], metavar="ARM",
+                   help=f"objectives to compare: {', '.join(ARMS)}, or all (default: infonce and the "
+                        f"dataset's chosen arm: {', '.join(f'{d}: {a}' for d, a in BEST_FOR.items())})")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
@@ -463,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a run folder (runs/x: its last.pt) or a training checkpoint (runs/x/last.pt)")
     p.add_argument("--data", help="dataset root or manifest (default: the run's own data)")
-    p.add_argument("--kind", choices=["phantoms", "manifest", "mimic", "iu"],
+    p.add_argument("--kind", choices=["phantoms", "manifest", "mimic", "iu", "iu_phantoms"],
                    help="dataset kind of --data (default: the run's)")
     p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
     p.add_argument("--out", help="output folder (default: <run>/eval)")

@@ -71,6 +71,22 @@ BASELINE = "infonce"
 BEST = "medtrim+soft_infonce"     # the best MedTrim-based objective on the validation split
 DEFAULT_ARMS = (BASELINE, BEST)   # what `make demo` runs (the full table: --arms all)
 
+# the demo's datasets: config overrides on the demo preset (the training settings are shared), and
+# the best MedTrim-based arm chosen on that dataset's own validation split
+DATASETS = {"phantoms": (), "iu-phantoms": ("data.kind=iu_phantoms",)}
+BEST_FOR = {"phantoms": BEST, "iu-phantoms": BEST}
+
+
+def default_arms(dataset: str = "phantoms") -> tuple[str, str]:
+    """The arms the demo runs on ``dataset`` without ``--arms``: InfoNCE and the chosen arm."""
+    return (BASELINE, BEST_FOR[check_dataset(dataset)])
+
+
+def check_dataset(dataset: str) -> str:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown demo dataset {dataset!r}; known: {list(DATASETS)}")
+    return dataset
+
 
 def majority_precision(keys) -> float:
     """Precision@K of a model that returns the most common class for every query: the share of
@@ -249,7 +265,10 @@ def resolve_arms(names) -> list[str]:
 
 
 def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = None,
-        arms=DEFAULT_ARMS, overrides=(), device: str = "auto", progress: bool = True) -> int:
+        arms=None, overrides=(), device: str = "auto", progress: bool = True,
+        dataset: str = "phantoms") -> int:
+    """Train and compare the ``arms`` (default: :func:`default_arms`) on ``dataset``
+    (:data:`DATASETS`) for each seed; write results, comparison, verdict and plots into ``out``."""
     from ..evaluation import plot_attributes, plot_probe_auc, plot_retrieval, plot_step_breakdown
     from ..evaluation import plot_training_curves
     from ..evaluation import summarize_runs, write_results
@@ -260,17 +279,22 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
 
     from ..utils.io import check_writable
 
-    arms = resolve_arms(arms)
+    dataset = check_dataset(dataset)
+    arms = resolve_arms(default_arms(dataset) if arms is None else arms)
+    best = BEST_FOR[dataset]
     out = check_writable(Path(out), "demo output folder", folder=True)   # before any training
-    extra = list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
+    extra = list(DATASETS[dataset]) + list(overrides) + ([f"train.steps={steps}"] if steps is not None else [])
     base = load_config("demo", extra + [f"train.device={device}", f"train.progress={str(progress).lower()}"])
     base = replace(base, data={"cache_dir": str(out / "entity-cache")})  # its test split: the runs' cache
     dev = resolve_device(device, DistContext())
-    print(f"medtrim demo: {', '.join(arms)} x seeds {list(seeds)}, {base.train.steps} steps of "
-          f"batch {base.train.batch_size} on {dev}; test split; output in {out}")
+    print(f"medtrim demo on {dataset}: {', '.join(arms)} x seeds {list(seeds)}, {base.train.steps} "
+          f"steps of batch {base.train.batch_size} on {dev}; test split; output in {out}")
     for arm in arms:
         print(f"  {arm}: {ARMS[arm].label}")
-    _save_examples(base, out / "phantoms.png")
+    if dataset == "phantoms":
+        _save_examples(base, out / "phantoms.png")
+    else:
+        dataset_notes = _iu_diagnostics(base, seeds, out, progress)
 
     runs: dict[str, list] = {a: [] for a in arms}
     curves: dict[str, dict] = {a: {} for a in arms}
@@ -307,7 +331,8 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     print("\n" + paths["markdown"].read_text(encoding="utf-8").removeprefix("# Results\n\n"))
     attributes = attribute_table(summary, arms)
     print("\nper attribute (top 5):\n" + attributes)
-    report = [f"# MedTrim demo: {', '.join(arms)}, seeds {list(seeds)}, {base.train.steps} steps (test split)\n",
+    report = [f"# MedTrim demo on {dataset}: {', '.join(arms)}, seeds {list(seeds)}, {base.train.steps} "
+              "steps (test split)\n",
               "## Per attribute kind and hub diagnostic (mean ± std over seeds)\n", attributes, ""]
     if times:
         table = _breakdown_table(times)
@@ -330,15 +355,50 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         line = cmp["verdict"]
         print(f"\n{line}:\n{table}")
         report += [f"## {arm} against {BASELINE}, per seed\n", line + ".\n", table, ""]
+    extra_json = {}
+    if dataset != "phantoms":
+        notes, extra_json = dataset_notes
+        print("\n" + notes)
+        report += [notes, ""]
     with atomic_write(out / "verdict.json") as f:
-        json.dump({"arms": {a: ARMS[a].label for a in arms}, "baseline": BASELINE, "best": BEST,
-                   "steps": base.train.steps, "seeds": list(seeds), "hub_level": hub_level,
-                   "comparisons": verdicts}, f, indent=1)
+        json.dump({"dataset": dataset, "arms": {a: ARMS[a].label for a in arms}, "baseline": BASELINE,
+                   "best": best, "steps": base.train.steps, "seeds": list(seeds), "hub_level": hub_level,
+                   "comparisons": verdicts, **extra_json}, f, indent=1)
     with atomic_write(out / "comparison.md") as f:
         f.write("\n".join(report) + "\n")
     print(f"\nwrote {paths['markdown']}, {paths['json']}, {out / 'comparison.md'}, {out / 'verdict.json'} "
           f"and plots in {out}")
     return 0
+
+
+def _iu_diagnostics(cfg, seeds, out: Path, progress: bool) -> tuple[str, dict]:
+    """Before training, for the IU phantoms: the montage of report text beside its image, what
+    the renderer could not draw (``iu_coverage.md``), and how many identical records InfoNCE
+    sees as negatives per training batch. Returns the markdown and the JSON of the latter."""
+    from ..datasets.iu_phantoms import coverage_markdown, save_report_montage
+    from ..evaluation.false_negatives import in_batch_false_negatives
+    from ..training.builders import build_dataset
+
+    train = build_dataset(cfg, "train", train=False, progress=progress)
+    test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
+    save_report_montage(test, out / "iu_phantoms.png")
+    with atomic_write(out / "iu_coverage.md") as f:
+        f.write(coverage_markdown(train.coverage, "train") + "\n" +
+                coverage_markdown(test.coverage, cfg.data.eval_split).replace("# ", "## ", 1))
+    fn = {s: in_batch_false_negatives(train.records, cfg.train.batch_size, cfg.train.steps, seed=s)
+          for s in seeds}
+    first = fn[seeds[0]]
+    lines = ["## In-batch false negatives (training batches)\n",
+             f"The training split has {len(train)} studies, {first['normal_share']:.0%} of them normal, "
+             f"with {first['distinct_records_in_split']} distinct meta-entity records. In a batch of "
+             f"{first['batch_size']} ({first['pairs']} pairs), InfoNCE counts as negatives pairs "
+             "whose reports have identical records:\n",
+             "| seed | identical pairs per batch | of them both normal | items with an identical "
+             "partner | distinct records per batch |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s} | {v['identical_pairs']:.0f} | {v['identical_normal_pairs']:.0f} | "
+              f"{v['items_with_a_twin']:.1%} | {v['distinct_records']:.1f} |" for s, v in fn.items()]
+    return "\n".join(lines) + "\n", {"in_batch_false_negatives": fn, "coverage": {
+        "train": train.coverage, cfg.data.eval_split: test.coverage}}
 
 
 def _save_examples(cfg, path: Path) -> None:

@@ -25,11 +25,12 @@ from .factory import KINDS, load_dataset
 from .manifest import ManifestDataset
 from .mimic import MimicCxrDataset
 from .openi import OpenIDataset
+from .iu_phantoms import IUPhantomDataset
 from .phantoms import (ATTRIBUTE_SPACE, DISEASES, PhantomDataset, PhantomSet, attributes_to_record,
                        compose_report, generate_phantoms, save_montage, write_phantom_dataset)
 from .transforms import ImageTransform
 
-__all__ = ["ATTRIBUTE_SPACE", "Collator", "DISEASES", "EntityCache", "ImageTransform", "KINDS",
+__all__ = ["ATTRIBUTE_SPACE", "Collator", "DISEASES", "EntityCache", "IUPhantomDataset", "ImageTransform", "KINDS",
            "ManifestDataset", "MimicCxrDataset", "OpenIDataset", "PhantomDataset", "PhantomSet",
            "ReportImageDataset", "SPLITS", "attributes_to_record", "compose_report",
            "generate_phantoms", "image_text", "load_dataset", "load_image", "save_montage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-KINDS = ("phantoms", "manifest", "mimic", "iu")
+KINDS = ("phantoms", "manifest", "mimic", "iu", "iu_phantoms")
 
 
 def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_chans: int = 1,
@@ -13,7 +13,9 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
     Args:
         kind: ``"phantoms"`` (built-in synthetic data, no ``root``), ``"manifest"`` (``root`` =
             the CSV / Parquet manifest), ``"mimic"`` (``root`` = the MIMIC-CXR-JPG folder) or
-            ``"iu"`` (``root`` = the IU / OpenI folder).
+            ``"iu"`` (``root`` = the IU / OpenI folder) or ``"iu_phantoms"`` (the real IU reports
+            with phantom images of their findings; no ``root``: the reports come from the
+            installed ``torchxrayvision``, or the ``reports=`` option).
         split: ``"train"``, ``"validate"`` or ``"test"`` (``None`` for all rows of a manifest).
         image_size, in_chans, train, normalize: the :class:`ImageTransform` (``train``:
             augmentation; ``normalize``: ``"half"`` or ``"imagenet"``, which needs ``in_chans=3``).
@@ -33,6 +35,10 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
         if root is not None:
             raise ValueError("phantoms are generated: root must be None (use kind='manifest' for "
                              "phantoms written by write_phantom_dataset)")
+    elif kind == "iu_phantoms":
+        if root is not None:
+            raise ValueError("iu_phantoms renders its images: root must be None (the report archive "
+                             "is the 'reports' option, default: torchxrayvision's copy)")
     elif root is None:
         raise ValueError(f"kind {kind!r} needs root=<path>")
     cls = dataset_class(kind)
@@ -41,7 +47,7 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
     if unknown:
         raise ValueError(f"dataset kind {kind!r} takes no option(s) {unknown} (data.options of a "
                          f"config); its options: {accepted}")
-    if kind == "phantoms":
+    if kind in ("phantoms", "iu_phantoms"):
         return cls(split, **common, **options)
     return cls(root, split, **common, **options)
 
@@ -56,6 +62,8 @@ def dataset_class(kind: str):
         from .mimic import MimicCxrDataset as cls
     elif kind == "iu":
         from .openi import OpenIDataset as cls
+    elif kind == "iu_phantoms":
+        from .iu_phantoms import IUPhantomDataset as cls
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return cls

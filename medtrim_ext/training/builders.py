@@ -48,7 +48,7 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
     if d.entities == "extracted" and d.cache_dir:   # named by its key, before any extraction
         check_folder_path(d.cache_dir, "data.cache_dir")
     options = dict(d.options)
-    if d.kind == "phantoms":
+    if d.kind in ("phantoms", "iu_phantoms"):
         # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
         # checked here, by the key's name: PhantomDataset would name its own argument, "n"
         sizes = {k[2:]: check_int(f"data.options.{k}", options.pop(k))

@@ -37,7 +37,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PROJECTIONS = ("linear", "mlp", "none")   # medtrim_ext.models.dual.PROJECTIONS (not imported: light)
 MODEL_KINDS = ("dual", "open_clip")       # open_clip: medtrim_ext.integrations.open_clip
 NORMALIZATIONS = ("half", "imagenet")     # medtrim_ext.datasets.transforms.NORMALIZATIONS
-DATA_KINDS = ("phantoms", "manifest", "mimic", "iu")   # medtrim_ext.datasets.factory.KINDS
+DATA_KINDS = ("phantoms", "manifest", "mimic", "iu", "iu_phantoms")   # medtrim_ext.datasets.factory.KINDS
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 MAX_MEMORY_BANK = 1_000_000              # objective.memory_bank: rows kept on the device
 MAX_LOGIT_SCALE = OBJECTIVE_DEFAULTS.max_logit_scale   # InfoNCELoss's: 1 / logit_temperature may not exceed it
@@ -52,7 +52,7 @@ RENAMED_KEYS = {("objective", "temperature"): "logit_temperature",
 class DataConfig:
     """Which dataset to train and evaluate on (see :func:`medtrim_ext.datasets.load_dataset`)."""
 
-    kind: str = "phantoms"            # phantoms | manifest | mimic | iu
+    kind: str = "phantoms"            # phantoms | manifest | mimic | iu | iu_phantoms
     root: str | None = None           # dataset path (unused for phantoms)
     image_size: int = 224
     in_chans: int = 1                 # channels the dataset yields (1: grayscale X-rays)

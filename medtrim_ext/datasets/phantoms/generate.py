@@ -61,6 +61,21 @@ def _sample(seed: int, i: int, image_size: int, forced: dict | None) -> tuple:
     return scene, noise, attrs, compose_report(attrs, r_txt)
 
 
+def render_chunks(n: int, image_size: int, sample, progress: bool = False,
+                  desc: str = "phantoms") -> torch.Tensor:
+    """uint8 ``(n, H, W)`` images of ``sample(i) -> (scene, noise)`` for i in order, rendered in
+    chunks of a bounded size; ``progress``: a tqdm bar over chunks."""
+    from tqdm import tqdm
+
+    chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
+    images = np.empty((n, image_size, image_size), dtype=np.uint8)
+    for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=not progress):
+        scenes, noises = zip(*(sample(i) for i in range(start, min(n, start + chunk))))
+        img = render(list(scenes), list(noises), image_size)
+        images[start:start + len(scenes)] = np.rint(img * 255).astype(np.uint8)
+    return torch.from_numpy(images)
+
+
 def generate_phantoms(n: int, seed: int = 0, image_size: int = 64, progress: bool = False, *,
                       attributes: list | None = None) -> PhantomSet:
     """Generate ``n`` phantoms (images, reports, ground truth) from ``seed``.
@@ -69,25 +84,21 @@ def generate_phantoms(n: int, seed: int = 0, image_size: int = 64, progress: boo
     ground-truth dicts to render instead of sampled ones (nuisance and phrasing stay random);
     useful to show or test one finding. ``progress``: a tqdm bar over chunks.
     """
-    from tqdm import tqdm
-
     n = _int_arg("n", n, 0)
     seed = _int_arg("seed", seed, 0, 2**63 - 1)
     image_size = _int_arg("image_size", image_size, 16, 1024)
     forced = None if attributes is None else _check_forced(attributes, n)
 
-    chunk = max(1, _CHUNK_PIXELS // (image_size * image_size))
-    images = np.empty((n, image_size, image_size), dtype=np.uint8)
     reports, all_attrs = [], []
-    for start in tqdm(range(0, n, chunk), desc="phantoms", unit="chunk", disable=not progress):
-        samples = [_sample(seed, i, image_size, None if forced is None else forced[i])
-                   for i in range(start, min(n, start + chunk))]
-        scenes, noises, attrs, texts = zip(*samples)
-        reports += texts
-        all_attrs += attrs
-        img = render(list(scenes), list(noises), image_size)
-        images[start:start + len(scenes)] = np.rint(img * 255).astype(np.uint8)
-    return PhantomSet(images=torch.from_numpy(images), reports=reports, attributes=all_attrs,
+
+    def sample(i: int):
+        scene, noise, attrs, text = _sample(seed, i, image_size, None if forced is None else forced[i])
+        reports.append(text)
+        all_attrs.append(attrs)
+        return scene, noise
+
+    images = render_chunks(n, image_size, sample, progress=progress, desc="phantoms")
+    return PhantomSet(images=images, reports=reports, attributes=all_attrs,
                       records=[attributes_to_record(a) for a in all_attrs],
                       study_ids=[f"phantom-s{seed}-{i:06d}" for i in range(n)], seed=seed,
                       meta={"image_size": image_size, "generator": "medtrim_ext.datasets.phantoms"})
