@@ -97,21 +97,16 @@ APPLIES = {
 }
 _GRADES = ("small", "mild", "moderate", "large", "severe")   # the order "largest" follows
 # disease -> grade -> the size drawn (each disease's own scale)
+_THREE_SIZES = {"small": "small", "mild": "small", "moderate": "moderate", "large": "large",
+                "severe": "large"}
+_THREE_GRADES = {"small": "mild", "mild": "mild", "moderate": "moderate", "large": "severe",
+                 "severe": "severe"}
+_TWO_SIZES = {"small": "small", "mild": "small", "moderate": "large", "large": "large",
+              "severe": "large"}
 SIZE_SCALES = {
-    "pleural effusion": {"small": "small", "mild": "small", "moderate": "moderate",
-                         "large": "large", "severe": "large"},
-    "pneumothorax": {"small": "small", "mild": "small", "moderate": "moderate",
-                     "large": "large", "severe": "large"},
-    "cardiomegaly": {"small": "mild", "mild": "mild", "moderate": "moderate",
-                     "large": "severe", "severe": "severe"},
-    "edema": {"small": "mild", "mild": "mild", "moderate": "moderate",
-              "large": "severe", "severe": "severe"},
-    "lung opacity": {"small": "small", "mild": "small", "moderate": "moderate",
-                     "large": "large", "severe": "large"},
-    "lung lesion": {"small": "small", "mild": "small", "moderate": "large",
-                    "large": "large", "severe": "large"},
-    "pleural other": {"small": "small", "mild": "small", "moderate": "large",
-                      "large": "large", "severe": "large"},
+    "pleural effusion": _THREE_SIZES, "pneumothorax": _THREE_SIZES,
+    "cardiomegaly": _THREE_GRADES, "edema": _THREE_GRADES, "lung opacity": _THREE_SIZES,
+    "lung lesion": _TWO_SIZES, "pleural other": _TWO_SIZES,
 }
 # a moderate lung opacity is drawn with the medium look (size None), which is also the look of
 # an opacity whose report gives no size: the ground truth keeps "moderate" apart from unspecified

@@ -25,16 +25,13 @@ def caption(truth: dict) -> str:
     return "; ".join(parts)
 
 
-def save_report_montage(dataset, path, n: int = 6, dpi: int = 100, width: int = 70) -> Path:
+def save_report_montage(dataset, path, n: int = 6, width: int = 70) -> Path:
     """A PNG of ``n`` studies, each its rendered image beside its report text (FINDINGS /
     IMPRESSION) and the ground truth drawn; abnormal studies first, so the findings show.
     Written atomically."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from ...utils.io import atomic_write
+    from ...evaluation.plots import _save as save_png
 
     n = check_int("n", n)
     order = sorted(range(len(dataset)), key=lambda i: (not dataset.attributes[i], i))
@@ -44,8 +41,8 @@ def save_report_montage(dataset, path, n: int = 6, dpi: int = 100, width: int = 
     picks = abnormal + normal
     if not picks:
         raise ValueError("the dataset is empty: nothing to draw")
-    fig, axes = plt.subplots(len(picks), 2, figsize=(9.5, 2.1 * len(picks)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 3.4]})
+    fig = Figure(figsize=(9.5, 2.1 * len(picks)))
+    axes = fig.subplots(len(picks), 2, squeeze=False, gridspec_kw={"width_ratios": [1, 3.4]})
     for row, i in zip(axes, picks):
         row[0].imshow(dataset.images[i].numpy(), cmap="gray", vmin=0, vmax=255)
         row[0].axis("off")
@@ -57,11 +54,7 @@ def save_report_montage(dataset, path, n: int = 6, dpi: int = 100, width: int = 
         row[1].text(0.0, 0.02, "drawn: " + caption(dataset.attributes[i]), va="bottom",
                     ha="left", fontsize=8, color="tab:blue", transform=row[1].transAxes)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def coverage_markdown(coverage: dict, split: str = "") -> str:

@@ -35,6 +35,29 @@ pixels; then exposure, contrast, gamma, a smooth exposure gradient and noise are
   edema               bilateral, severity         perihilar haze on both sides
   ==================  ==========================  =======================================
 
+  The renderer also draws what the real IU reports need (:data:`RENDER_SPACE`, any number of
+  findings per image; used by :mod:`medtrim_ext.datasets.iu_phantoms`, never sampled here):
+
+  ==========================  ==========================  ===================================
+  disease                     attributes                  what it looks like
+  ==========================  ==========================  ===================================
+  pneumonia                   side, zone                  a soft-edged, mottled region (unlike
+                                                          the dense, even consolidation)
+  pleural other (thickening)  side, zone, size (small /   upper: a cap over the apex; mid /
+                              large thickness)            lower: a band along the lateral wall
+  fracture (rib)              side, zone                  a short bright rib segment at the
+                                                          lateral wall with a gap and a step
+  enlarged cardiomediastinum  none                        a wide dense band above the heart
+  lung opacity                also size small / large     4 fainter / 12 wider puffs
+  lung lesion                 also form calcified         1-3 small, very bright, sharp nodules
+                                                          (granulomas)
+  atelectasis                 also zone upper / mid       the linear band at that height
+  pneumothorax                also size moderate          a rim between small and large
+  ==========================  ==========================  ===================================
+
+  Consolidation, lung lesion and pneumothorax may also be bilateral, and a zone may be a tuple
+  (one region per side and zone).
+
 Sample ``i`` depends only on ``(seed, i)``: a larger ``n`` gives the same first samples.
 
 Modules: :mod:`.attributes` (the ground-truth model and its sampling), :mod:`.scene` (nuisance
@@ -43,8 +66,8 @@ and finding geometry of one image), :mod:`.render` (anatomy and one painter per 
 """
 
 from .attributes import (ATTRIBUTE_KEYS, ATTRIBUTE_SPACE, DISEASES, NORMAL_SHARE, PREVALENCE,
-                         TWO_FINDINGS_SHARE, _streams, describe, sample_attributes, split_seed,
-                         validate_attributes)
+                         RENDER_SPACE, TWO_FINDINGS_SHARE, _streams, describe, sample_attributes,
+                         split_seed, validate_attributes, validate_render_attributes)
 from .dataset import PhantomDataset
 from .export import save_montage, write_phantom_dataset
 from .generate import PhantomSet, generate_phantoms
@@ -52,7 +75,7 @@ from .reports import MORPHOLOGY, SENTENCES, attributes_to_record, compose_report
 from .scene import CTR_RANGES
 
 __all__ = ["ATTRIBUTE_KEYS", "ATTRIBUTE_SPACE", "CTR_RANGES", "DISEASES", "MORPHOLOGY",
-           "NORMAL_SHARE", "PREVALENCE", "PhantomDataset", "PhantomSet", "SENTENCES",
+           "NORMAL_SHARE", "PREVALENCE", "PhantomDataset", "PhantomSet", "RENDER_SPACE", "SENTENCES",
            "TWO_FINDINGS_SHARE", "attributes_to_record", "compose_report", "describe",
            "generate_phantoms", "sample_attributes", "save_montage", "split_seed",
-           "validate_attributes", "write_phantom_dataset"]
+           "validate_attributes", "validate_render_attributes", "write_phantom_dataset"]

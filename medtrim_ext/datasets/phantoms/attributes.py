@@ -61,43 +61,56 @@ def split_seed(seed: int, split: str) -> int:
 
 
 # -- checking --------------------------------------------------------------------------------------
-def _clean_finding(disease: str, attrs, where: str) -> dict:
-    """One finding's attributes with all three keys (None where the key does not apply)."""
+def _clean_finding(disease: str, attrs, where: str, keys=ATTRIBUTE_KEYS, allowed=None,
+                   zone_tuples: bool = False) -> dict:
+    """One finding's attributes with all ``keys`` (None where the key does not apply).
+    ``allowed``: key -> values (default: the values of :data:`ATTRIBUTE_SPACE`); with
+    ``zone_tuples`` a list or tuple of zones becomes a tuple without repeats."""
     attrs = {} if attrs is None else attrs
     if not isinstance(attrs, dict):
         raise TypeError(f"{where}[{disease!r}] must be a dict, got {type(attrs).__name__}")
-    unknown = set(attrs) - set(ATTRIBUTE_KEYS)
+    unknown = set(attrs) - set(keys)
     if unknown:
         raise ValueError(f"{where}[{disease!r}]: unknown keys {sorted(unknown)}")
-    space = ATTRIBUTE_SPACE[disease]
+    if allowed is None:
+        allowed = {key: values for key, (values, _) in ATTRIBUTE_SPACE[disease].items()}
     clean = {}
-    for key in ATTRIBUTE_KEYS:
+    for key in keys:
         value = attrs.get(key)
-        if key not in space:
+        if key not in allowed:
             if value is not None:
                 raise ValueError(f"{where}[{disease!r}]: {key!r} does not apply, got {value!r}")
             clean[key] = None
-        elif value not in space[key][0]:
-            raise ValueError(f"{where}[{disease!r}][{key!r}] must be one of {space[key][0]}, "
+        elif zone_tuples and key == "zone" and isinstance(value, (list, tuple)):
+            zones = tuple(dict.fromkeys(value))  # order kept, repeats dropped
+            bad = [z for z in zones if z not in allowed[key]]
+            if not zones or bad:
+                raise ValueError(f"{where}[{disease!r}]['zone'] must be one of {allowed[key]} or a "
+                                 f"non-empty tuple of them, got {value!r}")
+            clean[key] = zones
+        elif value not in allowed[key]:
+            raise ValueError(f"{where}[{disease!r}][{key!r}] must be one of {allowed[key]}, "
                              f"got {value!r}")
         else:
             clean[key] = value
     return clean
 
 
+def _check_findings(attributes, where: str, known) -> None:
+    if not isinstance(attributes, dict):
+        raise TypeError(f"{where} must be a dict, got {type(attributes).__name__}")
+    for disease in attributes:
+        if disease not in known:
+            raise ValueError(f"{where}: unknown disease {disease!r}; known: {list(known)}")
+
+
 def validate_attributes(attributes, where: str = "attributes") -> dict:
     """Check one ground-truth dict against :data:`ATTRIBUTE_SPACE`; returns a normalised copy
     with all three keys (None where not applicable). ``ValueError`` names the bad entry."""
-    if not isinstance(attributes, dict):
-        raise TypeError(f"{where} must be a dict, got {type(attributes).__name__}")
-    if len(attributes) > 2:
+    if isinstance(attributes, dict) and len(attributes) > 2:
         raise ValueError(f"{where}: a phantom has at most 2 findings, got {len(attributes)}")
-    out = {}
-    for disease, attrs in attributes.items():
-        if disease not in ATTRIBUTE_SPACE:
-            raise ValueError(f"{where}: unknown disease {disease!r}; known: {list(ATTRIBUTE_SPACE)}")
-        out[disease] = _clean_finding(disease, attrs, where)
-    return out
+    _check_findings(attributes, where, ATTRIBUTE_SPACE)
+    return {disease: _clean_finding(disease, attrs, where) for disease, attrs in attributes.items()}
 
 
 # -- rendering from other sources ----------------------------------------------------------------
@@ -127,51 +140,13 @@ RENDER_SPACE = {
 RENDER_KEYS = ATTRIBUTE_KEYS + ("form",)
 
 
-def _clean_render_finding(disease: str, attrs, where: str) -> dict:
-    """One finding's attributes with all of :data:`RENDER_KEYS` (None where not applicable);
-    a list or tuple of zones becomes a tuple without repeats."""
-    attrs = {} if attrs is None else attrs
-    if not isinstance(attrs, dict):
-        raise TypeError(f"{where}[{disease!r}] must be a dict, got {type(attrs).__name__}")
-    unknown = set(attrs) - set(RENDER_KEYS)
-    if unknown:
-        raise ValueError(f"{where}[{disease!r}]: unknown keys {sorted(unknown)}")
-    space = RENDER_SPACE[disease]
-    clean = {}
-    for key in RENDER_KEYS:
-        value = attrs.get(key)
-        if key not in space:
-            if value is not None:
-                raise ValueError(f"{where}[{disease!r}]: {key!r} does not apply, got {value!r}")
-            clean[key] = None
-            continue
-        if key == "zone" and isinstance(value, (list, tuple)):
-            zones = tuple(dict.fromkeys(value))  # order kept, repeats dropped
-            bad = [z for z in zones if z not in space[key]]
-            if not zones or bad:
-                raise ValueError(f"{where}[{disease!r}]['zone'] must be one of {space[key]} or a "
-                                 f"non-empty tuple of them, got {value!r}")
-            clean[key] = zones
-        elif value not in space[key]:
-            raise ValueError(f"{where}[{disease!r}][{key!r}] must be one of {space[key]}, "
-                             f"got {value!r}")
-        else:
-            clean[key] = value
-    return clean
-
-
 def validate_render_attributes(attributes, where: str = "attributes") -> dict:
     """Check one dict of findings against :data:`RENDER_SPACE` (any number of findings);
-    returns a normalised copy with all of :data:`RENDER_KEYS` (None where not applicable).
-    ``ValueError`` names the bad disease, key or value."""
-    if not isinstance(attributes, dict):
-        raise TypeError(f"{where} must be a dict, got {type(attributes).__name__}")
-    out = {}
-    for disease, attrs in attributes.items():
-        if disease not in RENDER_SPACE:
-            raise ValueError(f"{where}: unknown disease {disease!r}; known: {list(RENDER_SPACE)}")
-        out[disease] = _clean_render_finding(disease, attrs, where)
-    return out
+    returns a normalised copy with all of :data:`RENDER_KEYS` (None where not applicable; zones
+    of a list or tuple as a tuple). ``ValueError`` names the bad disease, key or value."""
+    _check_findings(attributes, where, RENDER_SPACE)
+    return {disease: _clean_finding(disease, attrs, where, RENDER_KEYS, RENDER_SPACE[disease],
+                                    zone_tuples=True) for disease, attrs in attributes.items()}
 
 
 # -- sampling --------------------------------------------------------------------------------------
