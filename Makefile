@@ -2,6 +2,7 @@
 # missing) and installs through constraints.txt, so a fresh clone gets the same versions as CI.
 #   make test   set up, build the extension, run the test suite
 #   make demo   set up, build, run the main job (MedTrim vs InfoNCE on the built-in phantoms)
+#   make demo-iu  the same on the real IU reports with phantom images of their findings
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 # what the build needs before pip can build the package (--no-build-isolation), plus the package
-# that ships the IU reports for the extraction benchmark and tests; everything else comes from the
+# that ships the IU reports for the extraction benchmark, the iu_phantoms data and the tests; everything else comes from the
 # package's own extras ([all,test] in pyproject.toml), so `make test` checks that they suffice
 BUILD_PACKAGES := pip torch numpy scikit-build-core cmake ninja torchxrayvision
 EXTRAS := all,test
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.medtrim-deps
 # pip's own progress: its Collecting / Building / Installing lines and download bars
 PIP_FLAGS := --progress-bar on
 
-.PHONY: all setup build test demo bench clean
+.PHONY: all setup build test demo demo-iu bench clean
 
 all: test
 
@@ -44,6 +45,9 @@ test: build
 
 demo: build
 	$(VENV)/bin/medtrim demo --out benchmarks/out/demo
+
+demo-iu: build
+	$(VENV)/bin/medtrim demo --dataset iu-phantoms --out benchmarks/out/demo-iu
 
 bench: build
 	$(PY) benchmarks/bench_kernels.py --out benchmarks/out/full

@@ -27,10 +27,13 @@ from pathlib import Path
 import torch
 
 CRITERION = ("i2t/fine/precision@5", "t2i/fine/precision@5", "i2t/fine/mAP", "t2i/fine/mAP")
-REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP")
+REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP", "i2t/graded/ndcg@10", "t2i/graded/ndcg@10",
+                       "i2t/disease/pair_recall@5", "t2i/disease/pair_recall@5")
 # the per-attribute diagnostic (kept with every run; shown with --attributes)
 ATTRIBUTES = tuple(f"attributes/{d}/{k}/{s}@5" for d in ("i2t", "t2i") for k in ("side", "size", "zone")
                    for s in ("same", "same_given_disease"))
+# the hub diagnostic: "no finding" share of the top 5 and distinct items in any top 5
+HUB = tuple(f"attributes/{d}/hub/{s}@5" for d in ("i2t", "t2i") for s in ("no_finding", "distinct"))
 
 ATTR_WEIGHTS = "objective.soft_weights=[0.5, 0.3, 0.2]"
 MEDTRIM_X2 = "objective.weights={medtrim: 2.0}"
@@ -90,7 +93,7 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
 
     run_dir = out / "runs" / f"{name}-seed{seed}"
     cached = run_dir / "validate.json"
-    if cached.exists() and not (refresh and ATTRIBUTES[0] not in json.loads(cached.read_text())["metrics"]):
+    if cached.exists() and not (refresh and not set(REPORTED + ATTRIBUTES + HUB) <= set(json.loads(cached.read_text())["metrics"])):
         return json.loads(cached.read_text())
     cfg = load_config("demo", list(DATASETS[dataset]) + overrides + [f"train.steps={steps}", f"train.seed={seed}",
                                            f"train.out_dir={run_dir}", "train.progress=false",
@@ -103,7 +106,7 @@ def run_one(name: str, overrides: list[str], seed: int, steps: int, out: Path,
     ev = evaluate_model(model, tokenizer, cfg, dev, progress=False)
     row = {"name": name, "seed": seed, "steps": steps, "overrides": overrides, "dataset": dataset,
            "validation_studies": ev["num_samples"],
-           "metrics": {k: _metric(ev, k) for k in REPORTED + ATTRIBUTES}, "wall_s": result["wall_s"],
+           "metrics": {k: _metric(ev, k) for k in REPORTED + ATTRIBUTES + HUB}, "wall_s": result["wall_s"],
            "step_time": result["step_time"]}
     with atomic_write(cached) as f:
         json.dump(row, f, indent=1)
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=None, help="candidate names (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--refresh", action="store_true",
-                   help="re-evaluate finished runs whose cached result lacks the attribute diagnostic")
+                   help="re-evaluate finished runs whose cached result lacks a reported metric or diagnostic")
     p.add_argument("--attributes", action="store_true",
                    help="also write attributes.md: the per-attribute top-5 agreement per candidate")
     args = p.parse_args(argv)
@@ -177,8 +180,8 @@ def main(argv=None) -> int:
                 f"of {', '.join(CRITERION)} over seeds (validation split, {studies} studies).\n\n{md}\n")
     print("\n" + md)
     if args.attributes:
-        with_attrs = [r for r in done if ATTRIBUTES[0] in r["metrics"]]
-        attrs = table(with_attrs, ATTRIBUTES)
+        with_attrs = [r for r in done if set(ATTRIBUTES + HUB) <= set(r["metrics"])]
+        attrs = table(with_attrs, ATTRIBUTES + HUB)
         with atomic_write(out / "attributes.md") as f:
             f.write(f"# Validation split: top-5 agreement per attribute kind ({args.steps} steps)\n\n"
                     f"{attrs}\n")
