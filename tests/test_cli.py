@@ -250,7 +250,8 @@ def test_every_option_has_help_and_shows_its_default():
         after = mine.split(option + " ")[-1]     # the option's own help, not the usage line
         assert f"(default: {value})" in after.split(" --")[0], option
     demo = " ".join(commands["demo"].format_help().split())
-    assert "(default: 0 1 2)" in demo and "(default: infonce medtrim+soft_infonce)" in demo
+    assert "(default: 0 1 2)" in demo and "(default: infonce medtrim+soft_infonce;" in demo
+    assert "for the IU phantoms: infonce " in demo and "(default: phantoms)" in demo
     assert "(default: 4096)" in " ".join(commands["mine-demo"].format_help().split())
 
 

@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Prints the compiled backends, the torch they were built for and the torch that runs.")
     p.set_defaults(func=cmd_info)
 
-    from .demo import ARMS, BEST_FOR, DATASETS   # plain data; the demo's training modules load in cmd_demo
+    from .demo import ARMS, DATASETS, default_arms   # plain data; the demo's training modules load in cmd_demo
 
     p = command("demo", "train MedTrim-based objectives and InfoNCE on the built-in phantoms (or the "
                         "real IU reports with phantom images) and compare them seed by seed",
@@ -445,11 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the preset's)")
     p.add_argument("--dataset", default="phantoms", choices=list(DATASETS),
-                   help="phantoms (built-in, default) or iu-phantoms (the 3,955 real IU reports of the "
-                        "installed torchxrayvision, each with a phantom image of its own findings)")
+                   help="phantoms (built in) or iu-phantoms (the 3,955 real IU reports of the installed "
+                        "torchxrayvision, each with a phantom image of its own findings)")
     p.add_argument("--arms", nargs="+", default=None, choices=[*ARMS, "all"], metavar="ARM",
-                   help=f"objectives to compare: {', '.join(ARMS)}, or all (default: infonce and the "
-                        f"dataset's chosen arm: {', '.join(f'{d}: {a}' for d, a in BEST_FOR.items())})")
+                   help=f"objectives to compare: {', '.join(ARMS)}, or all (default: "
+                        f"{' '.join(default_arms('phantoms'))}; for the IU phantoms: "
+                        f"{' '.join(default_arms('iu-phantoms'))}: InfoNCE and the arm chosen on "
+                        "the dataset's validation split)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="demo config overrides")
