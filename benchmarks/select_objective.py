@@ -32,8 +32,8 @@ REPORTED = CRITERION + ("i2t/disease/mAP", "t2i/disease/mAP", "i2t/graded/ndcg@1
 # the per-attribute diagnostic (kept with every run; shown with --attributes)
 ATTRIBUTES = tuple(f"attributes/{d}/{k}/{s}@5" for d in ("i2t", "t2i") for k in ("side", "size", "zone")
                    for s in ("same", "same_given_disease"))
-# the hub diagnostic: "no finding" share of the top 5 and distinct items in any top 5
-HUB = tuple(f"attributes/{d}/hub/{s}@5" for d in ("i2t", "t2i") for s in ("no_finding", "distinct"))
+# the hub diagnostic: "no finding" share of the top 5, distinct items in any top 5, hub share
+HUB = tuple(f"attributes/{d}/hub/{s}@5" for d in ("i2t", "t2i") for s in ("no_finding", "distinct", "hub_share"))
 
 ATTR_WEIGHTS = "objective.soft_weights=[0.5, 0.3, 0.2]"
 MEDTRIM_X2 = "objective.weights={medtrim: 2.0}"
