@@ -23,17 +23,9 @@ from pathlib import Path
 import torch
 
 
-def _average_precision(sim: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """AP per query over the whole gallery (ties to the lower index, as the evaluation ranks)."""
-    order = torch.sort(-sim, dim=1, stable=True).indices
-    rel = torch.gather(relevant, 1, order).float()
-    hits = rel.cumsum(1)
-    ranks = torch.arange(1, rel.shape[1] + 1, dtype=torch.float32)
-    return (hits / ranks * rel).sum(1) / rel.sum(1).clamp_min(1)
-
-
 def run_diagnostics(checkpoint: Path) -> dict:
     from medtrim_ext.evaluation.attributes import top_k
+    from medtrim_ext.evaluation.retrieval import retrieval_metrics
     from medtrim_ext.evaluation.run import embed_dataset, load_trained, relevance_keys
     from medtrim_ext.training.builders import build_dataset
 
@@ -45,17 +37,16 @@ def run_diagnostics(checkpoint: Path) -> dict:
     normal = torch.tensor([not a for a in test.attributes])
     out = {}
     for direction, (q, g) in {"i2t": (img, txt), "t2i": (txt, img)}.items():
-        qn, gn = torch.nn.functional.normalize(q.float(), dim=1), torch.nn.functional.normalize(g.float(), dim=1)
-        relevant = fine[:, None] == fine[None, :]
-        ap = _average_precision(qn @ gn.T, relevant)
+        # the evaluation's own metrics, over each group of queries against the whole gallery
+        group = {name: retrieval_metrics(q[mask], g, fine[mask], fine, ks=(5,))
+                 for name, mask in (("abnormal", ~normal), ("normal", normal))}
         top = top_k(q, g, 5)
-        p5 = torch.gather(relevant, 1, top).float().mean(1)
         all_normal = normal[top].all(1)
         counts = torch.bincount(top.flatten(), minlength=len(test))
         hub = int(counts.argmax())
         out[direction] = {
-            "abnormal fine P@5": float(p5[~normal].mean()), "abnormal fine mAP": float(ap[~normal].mean()),
-            "normal fine P@5": float(p5[normal].mean()), "normal fine mAP": float(ap[normal].mean()),
+            **{f"{name} fine {label}": float(m[key]) for name, m in group.items()
+               for label, key in (("P@5", "precision@5"), ("mAP", "mAP"))},
             "abnormal queries, all-normal top 5": float(all_normal[~normal].float().mean()),
             "normal queries, all-normal top 5": float(all_normal[normal].float().mean()),
             "hub share": float((top == hub).any(1).float().mean()), "hub is normal": bool(normal[hub]),

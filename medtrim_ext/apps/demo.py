@@ -68,8 +68,7 @@ ARMS: dict[str, Arm] = {
                                        SOFT + ("objective.target_temperature=0.1",)),
 }
 BASELINE = "infonce"
-BEST = "medtrim+soft_infonce"     # the best MedTrim-based objective on the validation split
-DEFAULT_ARMS = (BASELINE, BEST)   # what `make demo` runs (the full table: --arms all)
+BEST = "medtrim+soft_infonce"     # the best MedTrim-based objective on the phantoms' validation split
 
 # the demo's datasets: config overrides on the demo preset (the training settings are shared), and
 # the best MedTrim-based arm chosen on that dataset's own validation split. On the IU phantoms the
@@ -80,7 +79,8 @@ BEST_FOR = {"phantoms": BEST, "iu-phantoms": "medtrim"}
 
 
 def default_arms(dataset: str = "phantoms") -> tuple[str, str]:
-    """The arms the demo runs on ``dataset`` without ``--arms``: InfoNCE and the chosen arm."""
+    """The arms the demo runs on ``dataset`` without ``--arms`` (``make demo``: the phantoms'):
+    InfoNCE and the chosen arm; ``--arms all`` runs every one."""
     return (BASELINE, BEST_FOR[check_dataset(dataset)])
 
 
@@ -293,10 +293,16 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
           f"steps of batch {base.train.batch_size} on {dev}; test split; output in {out}")
     for arm in arms:
         print(f"  {arm}: {ARMS[arm].label}")
+    from ..training.builders import build_dataset
+    from ..evaluation.run import relevance_keys
+
+    # the test split, built once (its records go to the entity cache the runs share)
+    test = build_dataset(base, base.data.eval_split, train=False, progress=progress)
+    dataset_notes, dataset_json = "", {}
     if dataset == "phantoms":
         _save_examples(base, out / "phantoms.png")
     else:
-        dataset_notes = _iu_diagnostics(base, seeds, out, progress)
+        dataset_notes, dataset_json = _iu_diagnostics(base, test, seeds, out, progress)
 
     runs: dict[str, list] = {a: [] for a in arms}
     curves: dict[str, dict] = {a: {} for a in arms}
@@ -342,10 +348,6 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         with atomic_write(out / "step_time.md") as f:
             f.write(f"# Step time on {dev}\n\n{table}\n")
 
-    from ..training.builders import build_dataset
-    from ..evaluation.run import relevance_keys
-
-    test = build_dataset(base, base.data.eval_split, train=False, progress=False)
     hub_level = majority_precision(relevance_keys(test)["fine"])
     verdicts = {}
     for arm in arms:
@@ -357,15 +359,13 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
         line = cmp["verdict"]
         print(f"\n{line}:\n{table}")
         report += [f"## {arm} against {BASELINE}, per seed\n", line + ".\n", table, ""]
-    extra_json = {}
-    if dataset != "phantoms":
-        notes, extra_json = dataset_notes
-        print("\n" + notes)
-        report += [notes, ""]
+    if dataset_notes:
+        print("\n" + dataset_notes)
+        report += [dataset_notes, ""]
     with atomic_write(out / "verdict.json") as f:
         json.dump({"dataset": dataset, "arms": {a: ARMS[a].label for a in arms}, "baseline": BASELINE,
                    "best": best, "steps": base.train.steps, "seeds": list(seeds), "hub_level": hub_level,
-                   "comparisons": verdicts, **extra_json}, f, indent=1)
+                   "comparisons": verdicts, **dataset_json}, f, indent=1)
     with atomic_write(out / "comparison.md") as f:
         f.write("\n".join(report) + "\n")
     print(f"\nwrote {paths['markdown']}, {paths['json']}, {out / 'comparison.md'}, {out / 'verdict.json'} "
@@ -373,7 +373,7 @@ def run(out: Path = Path("medtrim-demo"), seeds=(0, 1, 2), steps: int | None = N
     return 0
 
 
-def _iu_diagnostics(cfg, seeds, out: Path, progress: bool) -> tuple[str, dict]:
+def _iu_diagnostics(cfg, test, seeds, out: Path, progress: bool) -> tuple[str, dict]:
     """Before training, for the IU phantoms: the montage of report text beside its image, what
     the renderer could not draw (``iu_coverage.md``), and how many identical records InfoNCE
     sees as negatives per training batch. Returns the markdown and the JSON of the latter."""
@@ -382,7 +382,6 @@ def _iu_diagnostics(cfg, seeds, out: Path, progress: bool) -> tuple[str, dict]:
     from ..training.builders import build_dataset
 
     train = build_dataset(cfg, "train", train=False, progress=progress)
-    test = build_dataset(cfg, cfg.data.eval_split, train=False, progress=progress)
     save_report_montage(test, out / "iu_phantoms.png")
     with atomic_write(out / "iu_coverage.md") as f:
         f.write(coverage_markdown(train.coverage, "train") + "\n" +

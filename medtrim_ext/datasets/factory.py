@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 KINDS = ("phantoms", "manifest", "mimic", "iu", "iu_phantoms")
+# kinds that generate their images: no root, and per-split sizes (data.options.n_train, ...)
+GENERATED_KINDS = ("phantoms", "iu_phantoms")
 
 
 def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_chans: int = 1,
@@ -47,7 +49,7 @@ def load_dataset(kind: str, split: str, *, root=None, image_size: int = 224, in_
     if unknown:
         raise ValueError(f"dataset kind {kind!r} takes no option(s) {unknown} (data.options of a "
                          f"config); its options: {accepted}")
-    if kind in ("phantoms", "iu_phantoms"):
+    if kind in GENERATED_KINDS:
         return cls(split, **common, **options)
     return cls(root, split, **common, **options)
 

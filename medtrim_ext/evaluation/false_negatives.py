@@ -6,17 +6,9 @@ the same for medical CLIP). The meta-entity objectives score these pairs as posi
 
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import torch
-
-
-def record_groups(records: Sequence[dict]) -> torch.Tensor:
-    """Dense int64 ids of the records: equal id = identical record (diseases and descriptors)."""
-    index: dict[str, int] = {}
-    return torch.tensor([index.setdefault(json.dumps(r, sort_keys=True), len(index)) for r in records],
-                        dtype=torch.int64)
 
 
 def in_batch_false_negatives(records: Sequence[dict], batch_size: int, steps: int, seed: int = 0) -> dict:
@@ -28,9 +20,12 @@ def in_batch_false_negatives(records: Sequence[dict], batch_size: int, steps: in
     - ``items_with_a_twin``: share of the items that have at least one identical record in the batch;
     - ``distinct_records``: distinct records per batch.
     """
+    from ..entities.meta_entities import MetaEntities
     from ..training.sampling import StepBatchSampler
+    from .keys import entity_keys
 
-    groups = record_groups(records)
+    # equal key = the same diseases, each with the same adjective and direction sets
+    groups = entity_keys(MetaEntities.from_records(list(records)))
     normal = torch.tensor([not r for r in records])
     sampler = StepBatchSampler(len(records), batch_size, steps=steps, seed=seed)
     totals = {"identical_pairs": 0.0, "identical_normal_pairs": 0.0, "items_with_a_twin": 0.0,

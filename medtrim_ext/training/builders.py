@@ -43,12 +43,13 @@ def build_dataset(cfg: Config, split: str, *, train: bool, progress: bool = True
     seeded by ``train.seed`` (so a resumed run sees the same images). Every split is normalised
     by ``data.normalize`` (evaluation sees the images as training did)."""
     from ..datasets import load_dataset
+    from ..datasets.factory import GENERATED_KINDS
 
     d = cfg.data
     if d.entities == "extracted" and d.cache_dir:   # named by its key, before any extraction
         check_folder_path(d.cache_dir, "data.cache_dir")
     options = dict(d.options)
-    if d.kind in ("phantoms", "iu_phantoms"):
+    if d.kind in GENERATED_KINDS:
         # per-split sizes of generated data: {n_train: 3000, n_test: 1000} -> n for this split
         # checked here, by the key's name: PhantomDataset would name its own argument, "n"
         sizes = {k[2:]: check_int(f"data.options.{k}", options.pop(k))

@@ -25,7 +25,6 @@ of a seed is the same image whatever the split sizes or the other reports.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections import Counter
 from pathlib import Path
@@ -36,6 +35,8 @@ import torch
 
 from ...utils.checks import check_int
 from ..base import ReportImageDataset, hash_split, image_text, normalize_split, resolve_records
+from ..phantoms.attributes import _choice, seed_from_text
+from ..phantoms.reports import _pick
 from .descriptors import ALWAYS_BILATERAL, APPLIES, SIZE_SCALES, map_finding, render_size
 
 SPLIT_SHARES = (0.8, 0.1, 0.1)
@@ -69,13 +70,12 @@ def find_iu_reports(reports=None) -> Path:
 
 def stream_seed(seed: int) -> int:
     """The phantom stream seed of a dataset seed (apart from the built-in phantoms' seeds)."""
-    digest = hashlib.sha256(f"medtrim-iu-phantoms/{int(seed)}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
+    return seed_from_text(f"medtrim-iu-phantoms/{int(seed)}")
 
 
 def study_index(study_id: str) -> int:
     """The stream index of a study: from its id alone, so its image never depends on the others."""
-    return int.from_bytes(hashlib.sha256(str(study_id).encode("utf-8")).digest()[:7], "little")
+    return seed_from_text(str(study_id))
 
 
 def truth_of(record: dict) -> tuple[dict, list]:
@@ -89,13 +89,6 @@ def truth_of(record: dict) -> tuple[dict, list]:
     return truth, unused
 
 
-def _pick(rng: np.random.Generator, values, probs=None):
-    if probs is None:
-        return values[int(rng.integers(len(values)))]
-    k = int(np.searchsorted(np.cumsum(probs), rng.random() * sum(probs), side="right"))
-    return values[min(k, len(values) - 1)]
-
-
 def rendered_attributes(truth: dict, rng: np.random.Generator) -> dict:
     """The renderer's attributes of a ground truth: values the report leaves open drawn from
     ``rng`` (sides 40 / 40 / 20 left / right / bilateral, zones evenly, sizes evenly on the
@@ -105,7 +98,7 @@ def rendered_attributes(truth: dict, rng: np.random.Generator) -> dict:
         applies = APPLIES[disease]
         a = {"side": None, "size": None, "zone": None, "form": t["form"]}
         if "side" in applies:
-            a["side"] = t["side"] or _pick(rng, *_SIDES)
+            a["side"] = t["side"] or _choice(rng, *_SIDES)
         elif disease in ALWAYS_BILATERAL:
             a["side"] = "bilateral"
         if "zone" in applies:

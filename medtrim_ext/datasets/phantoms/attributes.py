@@ -54,10 +54,14 @@ def _streams(seed: int, i: int) -> list[np.random.Generator]:
     return [np.random.default_rng(s) for s in ss.spawn(_STREAMS)]
 
 
+def seed_from_text(text: str) -> int:
+    """A 56-bit seed from a text (its SHA-256): reproducible, and apart for different texts."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:7], "little")
+
+
 def split_seed(seed: int, split: str) -> int:
     """The generator seed of one split: disjoint, reproducible streams per (seed, split)."""
-    digest = hashlib.sha256(f"medtrim-phantoms/{int(seed)}/{split}".encode()).digest()
-    return int.from_bytes(digest[:7], "little")
+    return seed_from_text(f"medtrim-phantoms/{int(seed)}/{split}")
 
 
 # -- checking --------------------------------------------------------------------------------------
